@@ -1,0 +1,3 @@
+from mergeguard.cli import main
+
+raise SystemExit(main())

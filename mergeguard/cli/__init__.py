@@ -1,0 +1,33 @@
+"""The `mergeguard` command: a thin typer layer over the library.
+
+Importing this module must stay fast (`mergeguard --help` in well under a second): command modules import
+torch, datasets and lm_eval inside the functions that need them, never at the top.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from mergeguard.cli import (  # noqa: F401  (each module registers its commands on `app`)
+    audit,
+    benchmarks,
+    demo,
+    evaluate,
+    importer,
+    merge,
+    reports,
+)
+from mergeguard.cli.app import app
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI and return its exit status (the console script calls this)."""
+    try:
+        app(args=argv if argv is not None else sys.argv[1:], prog_name="mergeguard", standalone_mode=True)
+    except SystemExit as exit_:
+        code = exit_.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
+    return 0
+
+
+__all__ = ["app", "main"]

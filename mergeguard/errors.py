@@ -1,0 +1,44 @@
+"""The project's own exception types.
+
+Every error a user can cause is one of these, with a message that names the problem and the fix. The CLI
+prints the message on one line and exits with `exit_code`; library users catch `MergeguardError`.
+"""
+
+from __future__ import annotations
+
+
+class MergeguardError(Exception):
+    """A problem the user can act on. `str(err)` is the one-line message."""
+
+    exit_code: int = 1
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        self.message = message
+        self.hint = hint
+        super().__init__(f"{message}; {hint}" if hint else message)
+
+
+class UsageError(MergeguardError):
+    """The command line itself is wrong (exit status 2, like click's usage errors)."""
+
+    exit_code = 2
+
+
+class ModelNotFoundError(MergeguardError):
+    """A model reference that is neither a local folder nor a reachable hub repository."""
+
+
+class ConfigError(MergeguardError):
+    """A merge configuration that cannot be merged as written."""
+
+
+class DatasetError(MergeguardError):
+    """A dataset reference that cannot be read."""
+
+
+class BenchmarkError(MergeguardError):
+    """A benchmark that is unknown or whose data cannot be found."""
+
+
+class DatabaseError(MergeguardError):
+    """A database file that is not mergeguard's, is corrupt, or lacks the requested record."""

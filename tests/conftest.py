@@ -1,0 +1,89 @@
+"""Shared fixtures: the real data folder, and a factory of tiny real models (see `mergeguard.tiny`)."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REQUIRE_DATA_ENV = "MERGEGUARD_REQUIRE_SHARED_DATA"
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+warnings.filterwarnings("ignore", message=".*TRANSFORMERS_CACHE.*")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """`../shared/data`: real benchmark test sets and corpora. Skips when absent, unless CI requires it."""
+    if (SHARED_DATA / "hf").is_dir():
+        return SHARED_DATA
+    if os.environ.get(REQUIRE_DATA_ENV):
+        pytest.fail(f"{SHARED_DATA} is missing but {REQUIRE_DATA_ENV} says it must be there")
+    pytest.skip(f"real data not found at {SHARED_DATA}")
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One locally trained tokenizer, shared by every tiny model of the session."""
+    from mergeguard import tiny
+
+    return tiny.train_tokenizer(tmp_path_factory.mktemp("tokenizer"))
+
+
+class ModelFactory:
+    """Builds tiny models into a session folder and caches them by their arguments."""
+
+    def __init__(self, root: Path, tokenizer_dir: Path) -> None:
+        self.root = root
+        self.tokenizer_dir = tokenizer_dir
+        self._built: dict[tuple[Any, ...], Path] = {}
+
+    def base(self, arch: str = "llama", *, seed: int = 0, sharded: bool = False, **kwargs: Any) -> Path:
+        """A seeded random model; `sharded=True` splits it into several safetensors files with an index."""
+        from mergeguard import tiny
+
+        key = ("base", arch, seed, sharded, tuple(sorted(kwargs.items())))
+        if key not in self._built:
+            name = f"{arch}-s{seed}{'-sharded' if sharded else ''}-{len(self._built)}"
+            self._built[key] = tiny.build_model(
+                self.root / name,
+                arch,
+                seed=seed,
+                tokenizer_dir=self.tokenizer_dir,
+                shard_size="200KB" if sharded else None,
+                **kwargs,
+            )
+        return self._built[key]
+
+    def finetune(
+        self, base: Path, *, seed: int, scale: float = 0.01, card: dict[str, Any] | None = None
+    ) -> Path:
+        """Base plus small seeded deltas, in the same file layout; `card` writes a model card."""
+        from mergeguard import tiny
+
+        key = ("ft", str(base), seed, scale, repr(card))
+        if key not in self._built:
+            out = self.root / f"{base.name}-ft{seed}-{len(self._built)}"
+            self._built[key] = tiny.finetune_variant(base, out, seed=seed, scale=scale, card=card)
+        return self._built[key]
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) -> ModelFactory:
+    """The tiny model factory: `models.base("qwen2")`, `models.finetune(base, seed=1, card={...})`."""
+    return ModelFactory(tmp_path_factory.mktemp("models"), tokenizer_dir)
+
+
+@pytest.fixture
+def write_card() -> Callable[..., Path]:
+    """Give a model folder a model card: `write_card(folder, datasets=[...], base_model=...)`."""
+    from mergeguard import tiny
+
+    return tiny.write_card
