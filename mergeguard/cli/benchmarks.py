@@ -1,14 +1,134 @@
-"""`mergeguard benchmarks list|show` (filled in by the benchmark registry issue)."""
+"""`mergeguard benchmarks list|show`: the benchmark test sets, where they load from, a few of their items."""
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import typer
+
 from mergeguard.cli.app import new_group
-from mergeguard.errors import MergeguardError
 
 group = new_group("benchmarks", "The benchmark test sets mergeguard guards against.")
 
+DIR_OPTION = typer.Option(
+    None,
+    "--benchmarks-dir",
+    help="Local folder of test sets (<benchmark>/<split>.jsonl...); default $MERGEGUARD_BENCHMARKS_DIR, "
+    "else the Hugging Face hub.",
+)
+SPEC_OPTION = typer.Option(None, "--benchmark-spec", help="A custom benchmark YAML file (repeatable).")
+JSON_OPTION = typer.Option(False, "--json", help="Print JSON instead of a table.")
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console(highlight=False, soft_wrap=False)
+
+
+def _specs(benchmark_spec: list[Path] | None) -> list[Any]:
+    from mergeguard.benchmarks import REGISTRY, load_custom_spec
+
+    custom = [spec for path in benchmark_spec or [] for spec in load_custom_spec(path)]
+    return [*REGISTRY.values(), *custom]
+
 
 @group.command("list")
-def list_command() -> None:
-    """List the known benchmarks and where their data loads from."""
-    raise MergeguardError("benchmarks list is not implemented yet", hint="see the project's open issues")
+def list_command(
+    benchmarks_dir: Path | None = DIR_OPTION,
+    benchmark_spec: list[Path] | None = SPEC_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """List the known benchmarks: suite, split, item count, where each would load from, available or not."""
+    from mergeguard.benchmarks import load_spec, spec_status
+    from mergeguard.errors import BenchmarkError
+
+    rows: list[dict[str, Any]] = []
+    specs = _specs(benchmark_spec)
+    for spec in specs:
+        available, where = spec_status(spec, benchmarks_dir)
+        items: int | None = None
+        if available and not where.startswith("hub:"):
+            try:  # local copies are cheap to count; the hub is never touched by `list`
+                items = len(load_spec(spec, benchmarks_dir, use_hub=False).items)
+            except BenchmarkError as error:
+                available, where = False, error.message
+        rows.append(
+            {
+                "name": spec.name,
+                "suites": list(spec.suites),
+                "split": spec.split,
+                "items": items,
+                "available": available,
+                "source": where,
+                "hf_id": spec.hf_id,
+                "lm_eval_task": spec.lm_eval_task,
+                "metric": spec.metric,
+                "num_fewshot": spec.num_fewshot,
+                "random_baseline": spec.random_baseline,
+                "contained_in": list(spec.contained_in),
+            }
+        )
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    from rich.table import Table
+
+    table = Table("benchmark", "suite", "split", "items", "available", "loads from", "lm-eval task")
+    for spec, row in zip(specs, rows, strict=True):
+        table.add_row(
+            row["name"],
+            ",".join(row["suites"]) or "-",
+            f"{len(spec.subsets)} subtask splits" if spec.subsets_from == "split" else spec.split,
+            "-" if row["items"] is None else str(row["items"]),
+            "[green]yes[/]" if row["available"] else "[red]no[/]",
+            row["source"],
+            f"{row['lm_eval_task']} ({row['num_fewshot']}-shot {row['metric']})"
+            if row["lm_eval_task"]
+            else "-",
+        )
+    _console().print(table)
+
+
+@group.command("show")
+def show_command(
+    name: str = typer.Argument(..., help="A benchmark name (see `mergeguard benchmarks list`)."),
+    limit: int = typer.Option(3, "--limit", "-n", min=0, help="How many items to show."),
+    benchmarks_dir: Path | None = DIR_OPTION,
+    benchmark_spec: list[Path] | None = SPEC_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Show a benchmark's first normalized items (question, choices, gold answer)."""
+    from mergeguard.benchmarks import get_spec, load_spec
+
+    custom = {spec.name: spec for spec in _specs(benchmark_spec)}
+    spec = custom[name] if name in custom else get_spec(name)
+    loaded = load_spec(spec, benchmarks_dir)
+    shown = loaded.items[:limit]
+    if as_json:
+        payload = {
+            "name": spec.name,
+            "source": loaded.source,
+            "content_hash": loaded.content_hash,
+            "count": len(loaded.items),
+            "items": [asdict(item) for item in shown],
+        }
+        typer.echo(json.dumps(payload, indent=2, ensure_ascii=False))
+        return
+    from rich.markup import escape
+
+    console = _console()
+    console.print(f"[bold]{spec.name}[/]: {len(loaded.items)} items from {escape(loaded.source)}")
+    for item in shown:
+        where = f"{item.split}{f'/{item.subset}' if item.subset else ''}#{item.index}"
+        ident = f" id={item.item_id}" if item.item_id else ""
+        console.print(f"\n[bold cyan]{escape(where)}[/]{escape(ident)}")
+        console.print(escape(item.question), soft_wrap=True)
+        for position, choice in enumerate(item.choices):
+            mark = "[green]*[/]" if choice == item.answer else " "
+            console.print(f" {mark} {chr(65 + position) if position < 26 else position}. {escape(choice)}")
+        if item.answer and item.answer not in item.choices:
+            console.print(f"[green]answer:[/] {escape(item.answer)}", soft_wrap=True)
