@@ -1,0 +1,30 @@
+"""Passthrough: copy one model's tensor, optionally multiplied by its per-model `scale` (frankenmerges)."""
+
+from __future__ import annotations
+
+import torch
+
+from mergeguard.errors import ConfigError
+
+from .base import MergeInputs, MergeMethod, Param
+
+
+def passthrough(inputs: MergeInputs) -> torch.Tensor:
+    if len(inputs.tensors) != 1:
+        raise ConfigError(
+            f"passthrough takes exactly one model per slice source, got {len(inputs.tensors)}",
+            hint="give each slice a single source",
+        )
+    scale = inputs.params[0].get("scale") if inputs.params else None
+    tensor = inputs.tensors[0]
+    return tensor if scale is None else tensor * float(scale)
+
+
+PASSTHROUGH = MergeMethod(
+    name="passthrough",
+    fn=passthrough,
+    params=(Param("scale", float, None, per_model=True, help="multiply this source's tensor by scale"),),
+    requires_base=False,
+    max_models=1,
+    description="copy tensors unchanged (layer stacking), optionally scaled",
+)

@@ -1,0 +1,235 @@
+"""Sparsification of task vectors (delta = model - base), in place.
+
+Each function keeps mergekit's semantics (which entries survive, how the survivors are rescaled). Selection
+finds a threshold with `kthvalue` instead of sorting the whole tensor; only when equal magnitudes straddle the
+threshold does it fall back to the same sort mergekit uses, so that ties are broken identically.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mergeguard.errors import ConfigError
+
+RESCALE_EPS = 1e-7
+EXACT_TIES_MAX_NUMEL = 1 << 18
+"""Up to this size, equal values straddling a cut are broken exactly as mergekit's torch sort breaks them
+(parity on small models); above it, the lowest indices win (no full sort: the speed of big merges)."""
+_SAMPLE = 1 << 16
+
+
+def _kth_smallest(w: torch.Tensor, m: int) -> torch.Tensor:
+    """The m-th smallest value of the 1-D tensor `w` (1 <= m <= numel), without sorting all of it.
+
+    A strided sample brackets the answer; only the entries inside the bracket go to `kthvalue`.
+    """
+    n = w.numel()
+    if n <= 4 * _SAMPLE:
+        return torch.kthvalue(w, m).values
+    step = n // _SAMPLE
+    step += 1 - step % 2  # odd, so the sample does not follow one column of a matrix
+    sample = w[::step].contiguous()
+    size = sample.numel()
+    pos = (m - 0.5) / n * size
+    margin = 8 * size**0.5
+    lo = torch.kthvalue(sample, max(1, int(pos - margin))).values
+    hi = torch.kthvalue(sample, min(size, int(pos + margin) + 1)).values
+    below = int(torch.count_nonzero(w < lo))
+    inside = w[(w >= lo) & (w <= hi)]
+    if below < m <= below + inside.numel():
+        return torch.kthvalue(inside, m - below).values
+    return torch.kthvalue(w, m).values
+
+
+def _first_by_index(mask: torch.Tensor, candidates: torch.Tensor, need: int) -> torch.Tensor:
+    """Add the first `need` True entries of `candidates` (lowest indices) to `mask`."""
+    if need > 0:
+        mask[torch.nonzero(candidates).flatten()[:need]] = True
+    return mask
+
+
+def _largest_mask(w: torch.Tensor, k: int) -> torch.Tensor:
+    """Bool mask of the k largest entries of the 1-D tensor `w` (1 <= k <= numel)."""
+    n = w.numel()
+    if k >= n:
+        return torch.ones_like(w, dtype=torch.bool)
+    thr = _kth_smallest(w, n - k + 1)
+    mask = w > thr
+    need = k - int(torch.count_nonzero(mask))
+    if need == 0 or thr == 0:  # no tie at the cut, or only zeros tie (keeping a zero changes nothing)
+        return mask
+    eq = w == thr
+    if int(torch.count_nonzero(eq)) == need:
+        return mask | eq
+    if n <= EXACT_TIES_MAX_NUMEL:  # reproduce mergekit's argsort order for the tie
+        mask.zero_()
+        mask[torch.argsort(w, descending=True)[:k]] = True
+        return mask
+    return _first_by_index(mask, eq, need)
+
+
+def _smallest_mask(w: torch.Tensor, m: int, exact: bool) -> torch.Tensor:
+    """Bool mask of the m smallest entries (ties: lowest index first, or mergekit's sort order if exact)."""
+    n = w.numel()
+    if m <= 0:
+        return torch.zeros_like(w, dtype=torch.bool)
+    if m >= n:
+        return torch.ones_like(w, dtype=torch.bool)
+    thr = _kth_smallest(w, m)
+    mask = w < thr
+    need = m - int(torch.count_nonzero(mask))
+    if need == 0:
+        return mask
+    eq = w == thr
+    if int(torch.count_nonzero(eq)) == need:
+        return mask | eq
+    if exact:
+        mask.zero_()
+        mask[torch.sort(w).indices[:m]] = True
+        return mask
+    return _first_by_index(mask, eq, need)
+
+
+def _ascending_range_mask(w: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    """Bool mask of the entries at positions [lo, hi) of `w` sorted ascending."""
+    n = w.numel()
+    if hi <= lo:
+        return torch.zeros_like(w, dtype=torch.bool)
+    if n <= EXACT_TIES_MAX_NUMEL:
+        upper, lower = _smallest_mask(w, hi, False), _smallest_mask(w, lo, False)
+        if _tie_free(w, hi) and _tie_free(w, lo):
+            return upper & ~lower
+        mask = torch.zeros(n, dtype=torch.bool, device=w.device)
+        mask[torch.sort(w, descending=False).indices[lo:hi]] = True
+        return mask
+    return _smallest_mask(w, hi, False) & ~_smallest_mask(w, lo, False)
+
+
+def _tie_free(w: torch.Tensor, m: int) -> bool:
+    """True when the m smallest entries are determined without breaking a tie."""
+    if m <= 0 or m >= w.numel():
+        return True
+    thr = _kth_smallest(w, m)
+    return int(torch.count_nonzero(w < thr)) + int(torch.count_nonzero(w == thr)) == m
+
+
+def _work(delta: torch.Tensor) -> torch.Tensor:
+    """mergekit draws random masks in float32 on CPU (bfloat16 and accelerator tensors stay as they are)."""
+    if delta.device.type != "cpu" or delta.dtype in (torch.float32, torch.bfloat16):
+        return delta
+    return delta.float()
+
+
+def _rescale_(delta: torch.Tensor, mask: torch.Tensor, l1: bool) -> None:
+    """delta *= mask; with `l1`, restore delta's L1 norm (mergekit's DARE/TIES `rescale`)."""
+    if not l1:
+        delta.mul_(mask)
+        return
+    before = delta.abs().sum()
+    delta.mul_(mask)
+    after = delta.abs().sum()
+    if before < RESCALE_EPS or after < RESCALE_EPS:
+        return
+    delta.mul_(before / after)
+
+
+def magnitude_(delta: torch.Tensor, density: float, rescale: bool) -> None:
+    """Keep the `density` fraction with the largest |delta| (TIES trim); at least one if density > 0."""
+    if density >= 1:
+        return
+    if density <= 0 or delta.numel() == 0:
+        delta.zero_()
+        return
+    k = max(1, int(density * delta.numel()))
+    w = delta.abs().reshape(-1)
+    if w.dtype != torch.float64:
+        w = w.float()
+    mask = _largest_mask(w, k).reshape(delta.shape)
+    del w
+    _rescale_(delta, mask, rescale)
+
+
+def breadcrumbs_(delta: torch.Tensor, density: float, gamma: float, rescale: bool) -> None:
+    """Drop the `gamma` fraction of largest |delta| and the smallest, keeping `density` (Breadcrumbs).
+
+    As in mergekit, density >= 1 disables it entirely (gamma included), and the outlier cut shrinks when
+    density + gamma > 1.
+    """
+    if density >= 1:
+        return
+    n = delta.numel()
+    target = int(density * n)
+    n_top = int(gamma * n)
+    n_bot = max(0, n - target - n_top)
+    w = delta.abs().reshape(-1)
+    if w.dtype != torch.float64:
+        w = w.float()
+    mask = _ascending_range_mask(w, n_bot, min(n, n_bot + target)).reshape(delta.shape)
+    del w
+    _rescale_(delta, mask, rescale)
+
+
+def random_(
+    delta: torch.Tensor, density: float, rescale: bool, generator: torch.Generator | None, paper: bool = False
+) -> torch.Tensor:
+    """DARE: keep each entry with probability `density`.
+
+    mergekit rescales the survivors to the original L1 norm (`rescale`); `paper` rescales by 1/density
+    instead, as the DARE paper does. Returns the result (a new tensor when the work dtype differs).
+    """
+    if density >= 1:
+        return delta
+    work = _work(delta)
+    mask = torch.full_like(work, density)
+    torch.bernoulli(mask, generator=generator, out=mask)
+    if paper and rescale:
+        work.mul_(mask)
+        if density > 0:
+            work.div_(density)
+    else:
+        _rescale_(work, mask, rescale)
+    return work
+
+
+def della_(
+    delta: torch.Tensor,
+    density: float,
+    epsilon: float,
+    rescale: bool,
+    generator: torch.Generator | None,
+    paper: bool = False,
+) -> torch.Tensor:
+    """DELLA MagPrune: per row, keep probability grows linearly with the magnitude rank, from
+    density - epsilon to density + epsilon. mergekit rescales by the L1 norm ratio; `paper` divides each
+    survivor by its own keep probability, as the DELLA paper does.
+    """
+    if density >= 1:
+        return delta
+    if density <= 0:
+        delta.zero_()
+        return delta
+    if density + epsilon >= 1 or density - epsilon <= 0:
+        raise ConfigError(
+            f"della: density {density} +/- epsilon {epsilon} must stay inside (0, 1)",
+            hint="lower `epsilon` or move `density` away from 0 and 1",
+        )
+    work = _work(delta)
+    rows = work if work.dim() >= 2 else work.unsqueeze(0)
+    ncols = rows.shape[1]
+    # rank of each entry along dim 1 (0 = smallest |x|): the inverse of mergekit's sorting permutation
+    order = torch.argsort(rows.abs(), dim=1)
+    ranks = torch.empty_like(order)
+    shape = [1] * rows.dim()
+    shape[1] = ncols
+    ranks.scatter_(1, order, torch.arange(ncols, device=order.device).view(shape).expand_as(order))
+    del order
+    probs = ranks.to(work.dtype)
+    del ranks
+    probs.div_(ncols - 1).clamp_(0, 1).mul_(2 * epsilon).add_(density - epsilon)
+    mask = torch.bernoulli(probs, generator=generator)
+    if paper and rescale:
+        rows.mul_(mask).div_(probs)
+    else:
+        del probs
+        _rescale_(rows, mask, rescale)
+    return work
