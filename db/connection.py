@@ -1,0 +1,123 @@
+"""Opening the database file: where it is, the pragmas every connection needs, and refusing files that are
+not mergeguard's (or not SQLite at all) before anything is written to them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import sys
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+
+from mergeguard.errors import DatabaseError
+from mergeguard.paths import db_path
+
+
+def _import_sqlite_utils() -> None:
+    """Import sqlite-utils without pandas: it imports pandas only to map `pd.Timestamp` columns, which
+    mergeguard never writes, and that import costs over a second on every command."""
+    if "sqlite_utils.db" in sys.modules or "pandas" in sys.modules:
+        return
+    sys.modules["pandas"] = None  # type: ignore[assignment]  # makes `import pandas` raise ImportError
+    try:
+        import sqlite_utils.db  # noqa: F401
+    finally:
+        del sys.modules["pandas"]
+
+
+_import_sqlite_utils()
+from sqlite_utils import Database  # noqa: E402
+
+APPLICATION_ID = 0x4D475244  # "MGRD": marks a SQLite file as mergeguard's (PRAGMA application_id)
+BUSY_TIMEOUT_MS = 30_000
+QUICK_CHECK_MAX_BYTES = 32 * 2**20  # quick_check reads every page: only on files small enough to be instant
+
+
+def now_iso() -> str:
+    """The current UTC time as ISO 8601 with seconds, the one timestamp format in the database."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _refuse(path: Path, problem: str) -> DatabaseError:
+    return DatabaseError(
+        f"{path} {problem}",
+        hint="give another file with --db or MERGEGUARD_DB, or move this one away",
+    )
+
+
+def _check_file(conn: sqlite3.Connection, path: Path) -> bool:
+    """True when the file is empty (a new database); raise when it is corrupt or someone else's."""
+    try:
+        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        small = path.exists() and path.stat().st_size <= QUICK_CHECK_MAX_BYTES
+        quick = conn.execute("PRAGMA quick_check(1)").fetchone()[0] if tables and small else "ok"
+    except sqlite3.DatabaseError as error:
+        raise _refuse(path, f"is not a SQLite database or is corrupt ({error})") from error
+    if quick != "ok":
+        raise _refuse(path, f"is corrupt (integrity check: {quick})")
+    if not tables:
+        return app_id in (0, APPLICATION_ID)
+    if app_id != APPLICATION_ID or "mergeguard_migrations" not in tables:
+        raise _refuse(path, "is a SQLite database but not a mergeguard one")
+    return False
+
+
+def open_db(path: str | os.PathLike[str] | None = None, *, migrate: bool = True) -> Database:
+    """Open (creating on first use) the mergeguard database: `path`, else $MERGEGUARD_DB, else the user's
+    data folder. WAL journal, foreign keys on, a 30 s busy timeout; migrations applied once each.
+    """
+    from mergeguard.db.migrations import apply_migrations
+
+    file = db_path(path)
+    if file.is_dir():
+        raise _refuse(file, "is a folder, not a database file")
+    if file.exists() and file.stat().st_size and not file.is_file():
+        raise _refuse(file, "is not a regular file")
+    file.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        conn = sqlite3.connect(str(file), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+    except sqlite3.Error as error:
+        raise _refuse(file, f"cannot be opened ({error})") from error
+    try:
+        _check_file(conn, file)
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA foreign_keys = ON")
+        if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+            conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        db = Database(conn, execute_plugins=False)
+        if migrate:
+            apply_migrations(db)
+    except BaseException:
+        conn.close()
+        raise
+    return db
+
+
+@contextlib.contextmanager
+def transaction(db: Database) -> Iterator[Database]:
+    """One write transaction, taken with BEGIN IMMEDIATE so concurrent writers queue on the busy timeout
+    instead of failing on a lock upgrade. Nested use joins the outer transaction.
+    """
+    conn = db.conn
+    if conn.in_transaction:
+        yield db
+        return
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as error:
+        raise DatabaseError(
+            f"the database is busy ({error})", hint="another mergeguard is writing; try again"
+        ) from error
+    try:
+        yield db
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    else:
+        conn.execute("COMMIT")

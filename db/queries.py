@@ -1,0 +1,544 @@
+"""The questions: which model is best (leaderboard), where did it come from (lineage), what happened
+(history). Read-only; every value from the user is a bound parameter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlite_utils import Database
+
+from mergeguard.benchmarks.registry import REGISTRY, suite_names
+from mergeguard.db.records import find_model
+from mergeguard.db.scores import averages, task_map
+from mergeguard.errors import BenchmarkError, UsageError
+
+CHUNK = 500
+
+
+def _chunks(ids: Sequence[int]) -> Iterable[Sequence[int]]:
+    for start in range(0, len(ids), CHUNK):
+        yield ids[start : start + CHUNK]
+
+
+def _marks(ids: Sequence[Any]) -> str:
+    return ", ".join("?" for _ in ids)
+
+
+# ---------------------------------------------------------------- contamination
+
+
+@dataclass(frozen=True)
+class Contamination:
+    """A model's verdict: its own latest audit's, or 'contaminated' through the nearest ancestor `via`."""
+
+    verdict: str  # clean | contaminated | undeclared | unaudited
+    via: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.verdict} (via {self.via})" if self.via else self.verdict
+
+
+def contamination(db: Database, model_ids: Sequence[int]) -> dict[int, Contamination]:
+    """Verdicts for these models, own or inherited from any contaminated ancestor, in two queries a chunk."""
+    out: dict[int, Contamination] = {}
+    ids = list(dict.fromkeys(model_ids))
+    for chunk in _chunks(ids):
+        own = db.execute(
+            f"""
+            SELECT v.model_id, v.verdict, v.inherited_from FROM audit_verdicts v
+            WHERE v.model_id IN ({_marks(chunk)})
+              AND v.audit_id = (SELECT max(v2.audit_id) FROM audit_verdicts v2 WHERE v2.model_id = v.model_id)
+            """,
+            list(chunk),
+        ).fetchall()
+        for model_id, verdict, inherited_from in own:
+            out[model_id] = Contamination(verdict, inherited_from if verdict == "contaminated" else None)
+        tainted = db.execute(
+            f"""
+            WITH RECURSIVE anc(seed, id) AS (
+                SELECT child_id, parent_id FROM lineage_edges WHERE child_id IN ({_marks(chunk)})
+                UNION
+                SELECT anc.seed, e.parent_id FROM anc JOIN lineage_edges e ON e.child_id = anc.id
+            )
+            SELECT anc.seed, m.name, v.inherited_from FROM anc
+            JOIN models m ON m.id = anc.id
+            JOIN audit_verdicts v ON v.model_id = anc.id
+             AND v.audit_id = (SELECT max(v2.audit_id) FROM audit_verdicts v2 WHERE v2.model_id = anc.id)
+            WHERE v.verdict = 'contaminated'
+            ORDER BY anc.seed, v.inherited_from IS NOT NULL, m.name
+            """,
+            list(chunk),
+        ).fetchall()
+        for seed, ancestor, _ in tainted:  # the ancestor contaminated by its own data comes first
+            current = out.get(seed)
+            if current is None or current.verdict != "contaminated":
+                out[seed] = Contamination("contaminated", ancestor)
+    for model_id in ids:
+        out.setdefault(model_id, Contamination("unaudited"))
+    return out
+
+
+# ---------------------------------------------------------------- leaderboard
+
+
+@dataclass
+class LeaderboardRow:
+    """One model: scores in percent per benchmark (None: not evaluated), the average, verdict, parents."""
+
+    rank: int
+    model: str
+    ref: str
+    average: float | None
+    n_scores: int
+    scores: dict[str, float | None]
+    verdict: str
+    contaminated_via: str | None
+    is_merge: bool
+    parents: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Leaderboard:
+    suite: str | None
+    columns: list[str]
+    rows: list[LeaderboardRow]
+
+
+def resolve_benchmarks(names: Iterable[str]) -> list[str]:
+    """Benchmark names from what a user typed: registry names or lm-eval task names."""
+    out: list[str] = []
+    for raw in names:
+        name = raw.strip()
+        if not name:
+            continue
+        if name in REGISTRY:
+            out.append(name)
+        elif name in task_map():
+            out.append(task_map()[name][0])
+        else:
+            raise BenchmarkError(f"unknown benchmark or task {name!r}", hint=f"known: {', '.join(REGISTRY)}")
+    return list(dict.fromkeys(out))
+
+
+def _order(names: Iterable[str]) -> list[str]:
+    order = {name: i for i, name in enumerate(REGISTRY)}
+    return sorted(set(names), key=lambda n: (order.get(n, len(order)), n))
+
+
+def _ranked_page(
+    db: Database, suite: str | None, benchmarks: list[str] | None, limit: int, offset: int
+) -> list[tuple[int, float, int]]:
+    column = "normalized" if suite == "v2" else "value"
+    if benchmarks and len(benchmarks) == 1:  # one column: walk its (benchmark, value) index, no grouping
+        return db.execute(
+            f"SELECT model_id, {column}, 1 FROM model_scores WHERE benchmark = ? "
+            "ORDER BY value DESC, model_id LIMIT ? OFFSET ?",
+            [benchmarks[0], limit, offset],
+        ).fetchall()
+    if benchmarks:
+        return db.execute(
+            f"""
+            SELECT model_id, avg({column}) AS average, count(*) AS n FROM model_scores
+            WHERE benchmark IN ({_marks(benchmarks)})
+            GROUP BY model_id ORDER BY n DESC, average DESC, model_id LIMIT ? OFFSET ?
+            """,
+            [*benchmarks, limit, offset],
+        ).fetchall()
+    return db.execute(
+        "SELECT model_id, average, n_scores FROM model_averages WHERE suite = ? "
+        "ORDER BY n_scores DESC, average DESC LIMIT ? OFFSET ?",
+        [suite or "all", limit, offset],
+    ).fetchall()
+
+
+def _top_complete(
+    db: Database, benchmarks: list[str], column: str, want: int
+) -> list[tuple[int, float, int]]:
+    """The `want` best models scored on every one of `benchmarks`, without grouping every row: read each
+    benchmark's (benchmark, value) index from the top in growing steps (Fagin's "no random access"
+    algorithm) and stop once `want` complete models beat the best any other model could still reach. Empty
+    when too few models have all the benchmarks (the caller then groups every row instead)."""
+    k, step = len(benchmarks), max(want, 128)
+    offsets = dict.fromkeys(benchmarks, 0)
+    frontier: dict[str, float] = dict.fromkeys(benchmarks, float("inf"))
+    known: dict[int, dict[str, float]] = {}
+    while True:
+        for benchmark in benchmarks:
+            if frontier[benchmark] == float("-inf"):
+                continue
+            rows = db.execute(
+                f"SELECT model_id, {column} FROM model_scores WHERE benchmark = ? "
+                "ORDER BY value DESC LIMIT ? OFFSET ?",
+                [benchmark, step, offsets[benchmark]],
+            ).fetchall()
+            offsets[benchmark] += len(rows)
+            for model_id, value in rows:
+                known.setdefault(model_id, {})[benchmark] = value
+            # exhausted: no model left unread has this benchmark, so none of them can be complete
+            frontier[benchmark] = rows[-1][1] if len(rows) == step else float("-inf")
+        step *= 2  # geometric steps keep the OFFSET re-reads linear in the rows read
+        complete = sorted(
+            ((-sum(v.values()) / k, m) for m, v in known.items() if len(v) == k), key=lambda t: (t[0], t[1])
+        )
+        if len(complete) >= want:
+            floor = -complete[want - 1][0]
+            unseen = sum(frontier.values()) / k
+            partial = max(
+                (
+                    (sum(v.values()) + sum(frontier[b] for b in benchmarks if b not in v)) / k
+                    for v in known.values()
+                    if len(v) < k
+                ),
+                default=float("-inf"),
+            )
+            if floor >= max(unseen, partial):
+                return [(m, -neg, k) for neg, m in complete[:want]]
+        if all(f == float("-inf") for f in frontier.values()):
+            return []
+
+
+def _details(db: Database, ids: list[int]) -> tuple[dict, dict, dict, set[int]]:
+    names: dict[int, tuple[str, str]] = {}
+    scores: dict[int, dict[str, tuple[float, float]]] = {i: {} for i in ids}
+    parents: dict[int, list[tuple[str, str, float | None]]] = {i: [] for i in ids}
+    merged: set[int] = set()
+    for chunk in _chunks(ids):
+        marks, params = _marks(chunk), list(chunk)
+        for model_id, name, ref in db.execute(
+            f"SELECT id, name, ref FROM models WHERE id IN ({marks})", params
+        ):
+            names[model_id] = (name, ref)
+        for model_id, benchmark, value, normalized in db.execute(
+            f"SELECT model_id, benchmark, value, normalized FROM model_scores WHERE model_id IN ({marks})",
+            params,
+        ):
+            scores[model_id][benchmark] = (value, normalized)
+        for child, name, relation, weight in db.execute(
+            f"SELECT e.child_id, p.name, e.relation, e.weight FROM lineage_edges e "
+            f"JOIN models p ON p.id = e.parent_id WHERE e.child_id IN ({marks}) ORDER BY e.id",
+            params,
+        ):
+            parents[child].append((name, relation, weight))
+            if relation in ("merge", "base"):
+                merged.add(child)
+        merged.update(
+            r[0]
+            for r in db.execute(
+                f"SELECT output_model_id FROM merges WHERE output_model_id IN ({marks})", params
+            )
+        )
+    return names, scores, parents, merged
+
+
+def leaderboard(
+    db: Database,
+    *,
+    suite: str | None = None,
+    clean_only: bool = False,
+    tasks: Sequence[str] | None = None,
+    limit: int | None = 50,
+) -> Leaderboard:
+    """One row per model ranked by average (models with more of the benchmarks first), best first.
+
+    No suite: every benchmark with scores, plain mean. v1: plain mean of the v1 benchmarks. v2: each score
+    normalized against its random baseline, as the Open LLM Leaderboard v2 did. `clean_only` keeps models
+    whose latest audit says clean and that have no contaminated ancestor.
+    """
+    if suite is not None and suite not in ("v1", "v2"):
+        raise UsageError(f"unknown suite {suite!r}", hint="use v1 or v2")
+    benchmarks = resolve_benchmarks(tasks) if tasks else None
+    if benchmarks and suite:
+        benchmarks = [b for b in benchmarks if b in suite_names(suite)] or benchmarks
+    want = limit if limit and limit > 0 else None
+    page = want if want and not clean_only else max((want or 0) * 2, 200)
+    picked: list[tuple[int, float, int]] = []
+    verdicts: dict[int, Contamination] = {}
+    offset = 0
+    fast: list[tuple[int, float, int]] = []
+    if benchmarks and len(benchmarks) > 1 and want and not clean_only:
+        fast = _top_complete(db, benchmarks, "normalized" if suite == "v2" else "value", want)
+    if fast:
+        picked = fast
+        verdicts = contamination(db, [r[0] for r in fast])
+    while not fast and (want is None or len(picked) < want):
+        batch = _ranked_page(db, suite, benchmarks, page, offset)
+        if not batch:
+            break
+        offset += len(batch)
+        verdicts.update(contamination(db, [r[0] for r in batch]))
+        picked += [r for r in batch if not clean_only or verdicts[r[0]].verdict == "clean"]
+        if len(batch) < page:
+            break
+    picked = picked[:want] if want else picked
+    ids = [r[0] for r in picked]
+    names, scores, parents, merged = _details(db, ids)
+    if benchmarks:
+        columns = benchmarks
+    elif suite:
+        columns = suite_names(suite)
+    else:
+        columns = _order(b for i in ids for b in scores[i])
+    use_normalized = suite == "v2"
+    rows = []
+    for rank, (model_id, average, n_scores) in enumerate(picked, start=1):
+        verdict = verdicts[model_id]
+        rows.append(
+            LeaderboardRow(
+                rank=rank,
+                model=names[model_id][0],
+                ref=names[model_id][1],
+                average=None if average is None else average * 100,
+                n_scores=n_scores,
+                scores={
+                    b: (
+                        scores[model_id][b][1 if use_normalized else 0] * 100
+                        if b in scores[model_id]
+                        else None
+                    )
+                    for b in columns
+                },
+                verdict=verdict.verdict,
+                contaminated_via=verdict.via,
+                is_merge=model_id in merged,
+                parents=[p[0] for p in parents[model_id]],
+            )
+        )
+    return Leaderboard(suite=suite, columns=columns, rows=rows)
+
+
+# ---------------------------------------------------------------- lineage
+
+
+@dataclass
+class LineageNode:
+    """A model in a family: `depth` < 0 for ancestors, 0 for the asked model, > 0 for descendants."""
+
+    id: int
+    model: str
+    ref: str
+    depth: int
+    method: str | None
+    is_merge: bool
+    average: float | None
+    delta: float | None
+    best_parent: str | None
+    verdict: str
+    contaminated_via: str | None
+    scores: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class LineageEdge:
+    child: str
+    parent: str
+    relation: str
+    method: str | None
+    weight: float | None
+
+
+@dataclass
+class LineageGraph:
+    root: str
+    suite: str | None
+    nodes: list[LineageNode]
+    edges: list[LineageEdge]
+
+    def node(self, model: str) -> LineageNode:
+        """The node named `model` (its display name or ref)."""
+        for node in self.nodes:
+            if model in (node.model, node.ref):
+                return node
+        raise KeyError(model)
+
+
+def _walk(db: Database, root: int, up: bool) -> set[int]:
+    """Every model reachable from `root` through parent (up) or child (down) edges; UNION keeps each id
+    once, so diamonds in merge DAGs and accidental cycles cost nothing extra."""
+    start, step = ("parent_id", "child_id") if up else ("child_id", "parent_id")
+    rows = db.execute(
+        f"""
+        WITH RECURSIVE walk(id) AS (
+            SELECT {start} FROM lineage_edges WHERE {step} = ?
+            UNION
+            SELECT e.{start} FROM walk JOIN lineage_edges e ON e.{step} = walk.id
+        )
+        SELECT id FROM walk
+        """,
+        [root],
+    ).fetchall()
+    return {r[0] for r in rows} - {root}
+
+
+def _depths(
+    root: int,
+    edges: list[tuple[int, int, str, str | None, float | None]],
+    ancestors: set[int],
+    descendants: set[int],
+) -> dict[int, int]:
+    """Shortest generation distance from the root: negative for ancestors, positive for descendants."""
+    depth = {root: 0}
+    parents: dict[int, list[int]] = {}
+    children: dict[int, list[int]] = {}
+    for child, parent, *_ in edges:
+        parents.setdefault(child, []).append(parent)
+        children.setdefault(parent, []).append(child)
+    for links, allowed, sign in ((parents, ancestors, -1), (children, descendants, 1)):
+        frontier, level = [root], 0
+        while frontier:
+            level += 1
+            nxt = []
+            for node in frontier:
+                for other in links.get(node, []):
+                    if other in allowed and other not in depth:
+                        depth[other] = sign * level
+                        nxt.append(other)
+            frontier = nxt
+    return depth
+
+
+def _family_average(
+    scores: dict[str, tuple[float, float]], suite: str | None, only: set[str] | None
+) -> float | None:
+    picked = {b: v for b, v in scores.items() if only is None or b in only}
+    key = suite or "all"
+    result = averages(picked).get(key)
+    return result[0] * 100 if result else None
+
+
+def lineage(
+    db: Database, model: str, *, suite: str | None = None, max_depth: int | None = None
+) -> LineageGraph:
+    """The model's ancestors and descendants with each node's average, its delta against its best parent
+    (on the benchmarks both were scored on) and its contamination, own or inherited."""
+    root = find_model(db, model)
+    ancestors = _walk(db, root["id"], True)
+    descendants = _walk(db, root["id"], False)
+    ids = [root["id"], *sorted(ancestors | descendants)]
+    names, scores, _, merged = _details(db, ids)
+    edges_raw: list[tuple[int, int, str, str | None, float | None]] = []
+    for chunk in _chunks(ids):
+        edges_raw += db.execute(
+            f"SELECT child_id, parent_id, relation, method, weight FROM lineage_edges "
+            f"WHERE child_id IN ({_marks(chunk)}) ORDER BY id",
+            list(chunk),
+        ).fetchall()
+    inside = set(ids)
+    edges_raw = [e for e in edges_raw if e[1] in inside]
+    depth = _depths(root["id"], edges_raw, ancestors, descendants)
+    if max_depth is not None:
+        keep = {i for i, d in depth.items() if abs(d) <= max_depth}
+        ids = [i for i in ids if i in keep]
+        edges_raw = [e for e in edges_raw if e[0] in keep and e[1] in keep]
+    verdicts = contamination(db, ids)
+    only = set(suite_names(suite)) if suite else None
+    nodes = []
+    for model_id in sorted(ids, key=lambda i: (depth[i], names[i][0])):
+        own = scores[model_id]
+        parent_ids = [e[1] for e in edges_raw if e[0] == model_id]
+        into = [e for e in edges_raw if e[0] == model_id]
+        method = next((e[3] for e in into if e[3]), None) or ("finetune" if into else None)
+        best: tuple[float, str, float] | None = None
+        for parent_id in parent_ids:
+            common = set(own) & set(scores[parent_id]) & (only if only is not None else set(own))
+            parent_avg = _family_average(scores[parent_id], suite, common) if common else None
+            if parent_avg is not None and (best is None or parent_avg > best[0]):
+                child_avg = _family_average(own, suite, common)
+                best = (parent_avg, names[parent_id][0], (child_avg or 0.0) - parent_avg)
+        verdict = verdicts[model_id]
+        nodes.append(
+            LineageNode(
+                id=model_id,
+                model=names[model_id][0],
+                ref=names[model_id][1],
+                depth=depth[model_id],
+                method=method,
+                is_merge=model_id in merged,
+                average=_family_average(own, suite, only),
+                delta=best[2] if best else None,
+                best_parent=best[1] if best else None,
+                verdict=verdict.verdict,
+                contaminated_via=verdict.via,
+                scores={b: v[0] * 100 for b, v in own.items() if only is None or b in only},
+            )
+        )
+    edges = [
+        LineageEdge(names[c][0], names[p][0], relation, method, weight)
+        for c, p, relation, method, weight in edges_raw
+    ]
+    return LineageGraph(root=root["name"], suite=suite, nodes=nodes, edges=edges)
+
+
+# ---------------------------------------------------------------- history
+
+
+@dataclass
+class HistoryEvent:
+    at: str
+    kind: str  # merge | audit | eval | import | check
+    model: str
+    detail: str
+
+
+def parse_since(text: str) -> str:
+    """A user's date or datetime as the database's UTC ISO form (naive values are taken as UTC)."""
+    try:
+        when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError as error:
+        raise UsageError(
+            f"cannot read date {text!r}", hint="use ISO form, e.g. 2026-01-31 or 2026-01-31T12:00"
+        ) from error
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return when.astimezone(timezone.utc).isoformat(timespec="seconds")
+
+
+HISTORY_SQL = """
+SELECT g.created_at AS at, 'merge' AS kind, m.name AS model,
+       coalesce(g.method, '?') || ' of ' || coalesce((SELECT group_concat(p.name, ', ')
+           FROM lineage_edges e JOIN models p ON p.id = e.parent_id WHERE e.merge_id = g.id), '?')
+           || ' [' || g.status || ']' AS detail
+FROM merges g JOIN models m ON m.id = g.output_model_id
+WHERE (:model IS NULL OR g.output_model_id = :model
+       OR EXISTS (SELECT 1 FROM lineage_edges e WHERE e.merge_id = g.id AND e.parent_id = :model))
+  AND (:since IS NULL OR g.created_at >= :since)
+UNION ALL
+SELECT a.created_at, 'audit', m.name,
+       v.verdict || coalesce(' via ' || v.inherited_from, '') || ' (' ||
+       (SELECT count(*) FROM findings f WHERE f.audit_id = a.id AND f.model_id = v.model_id) || ' findings)'
+FROM audit_verdicts v JOIN audits a ON a.id = v.audit_id JOIN models m ON m.id = v.model_id
+WHERE (:model IS NULL OR v.model_id = :model) AND (:since IS NULL OR a.created_at >= :since)
+UNION ALL
+SELECT coalesce(r.evaluated_at, r.imported_at),
+       CASE r.source WHEN 'eval' THEN 'eval' ELSE 'import' END, m.name,
+       coalesce((SELECT group_concat(coalesce(e.benchmark, e.task) || ' '
+                        || printf('%.2f', e.value * 100), ', ')
+                 FROM evaluations e WHERE e.results_file_id = r.id AND e.is_primary = 1),
+                (SELECT count(*) FROM evaluations e WHERE e.results_file_id = r.id) || ' metrics')
+FROM results_files r JOIN models m ON m.id = r.model_id
+WHERE (:model IS NULL OR r.model_id = :model)
+  AND (:since IS NULL OR coalesce(r.evaluated_at, r.imported_at) >= :since)
+UNION ALL
+SELECT c.created_at, 'check', m.name, c.verdict || coalesce(': ' || c.detail, '')
+FROM checks c JOIN models m ON m.id = c.model_id
+WHERE (:model IS NULL OR c.model_id = :model) AND (:since IS NULL OR c.created_at >= :since)
+ORDER BY at DESC
+LIMIT :limit
+"""
+
+
+def history(
+    db: Database, model: str | None = None, *, since: str | None = None, limit: int = 100
+) -> list[HistoryEvent]:
+    """What happened, newest first: merges, audits, evaluations and imports, checks."""
+    model_id = find_model(db, model)["id"] if model else None
+    params = {
+        "model": model_id,
+        "since": parse_since(since) if since else None,
+        "limit": limit if limit > 0 else -1,
+    }
+    return [HistoryEvent(*row) for row in db.execute(HISTORY_SQL, params).fetchall()]

@@ -1,0 +1,473 @@
+"""Writing what mergeguard did: models, lineage, merges, datasets, audits, evaluations, checks.
+
+Every function that writes more than one row does it in one transaction, and user values reach SQL only as
+bound parameters. Functions take plain values (paths, dicts, tuples) so that the merge engine, the auditor
+and the CLI call them without sharing classes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlite_utils import Database
+
+from mergeguard.db.connection import now_iso, transaction
+from mergeguard.db.fingerprint import weights_info
+from mergeguard.db.scores import refresh_model_scores
+from mergeguard.errors import DatabaseError
+from mergeguard.refs import looks_local
+
+RELATIONS = ("merge", "finetune", "base")
+VERDICTS = ("clean", "contaminated", "undeclared")
+CHECK_VERDICTS = ("ok", "degraded", "broken")
+
+
+def canonical_ref(ref: str | Path) -> str:
+    """The stored form of a model reference: an absolute resolved path for local folders, else the hub id."""
+    text = str(ref).strip()
+    if not text:
+        raise DatabaseError("empty model reference", hint="give a model folder or a hub id")
+    if looks_local(text):
+        return str(Path(text).expanduser().resolve())
+    return text
+
+
+def _describe(ref: str) -> dict[str, Any]:
+    """Architecture, parameter count, dtype and fingerprint of a local folder (empty for hub ids)."""
+    folder = Path(ref)
+    if not folder.is_absolute() or not folder.is_dir():
+        return {}
+    from mergeguard.refs import read_config
+
+    try:
+        config = read_config(folder)
+    except Exception:  # an unreadable config still leaves a model worth recording
+        config = {}
+    archs = config.get("architectures") or []
+    out: dict[str, Any] = {
+        "architecture": archs[0] if archs else config.get("model_type"),
+        "dtype": config.get("torch_dtype") or config.get("dtype"),
+    }
+    try:
+        info = weights_info(folder)
+    except (OSError, ValueError):
+        info = None
+    if info is not None:
+        out.update(fingerprint=info.fingerprint, param_count=info.param_count)
+        out["dtype"] = out["dtype"] or info.dtype
+    return out
+
+
+def upsert_model(db: Database, ref: str | Path, *, name: str | None = None) -> int:
+    """The id of model `ref`, inserting it on first sight; a local folder's facts are refreshed each time."""
+    key = canonical_ref(ref)
+    facts = _describe(key)
+    with transaction(db):
+        row = db.execute("SELECT id FROM models WHERE ref = ?", [key]).fetchone()
+        if row is None:
+            display = name or (Path(key).name if Path(key).is_absolute() else key)
+            cursor = db.execute(
+                "INSERT INTO models (ref, name, fingerprint, architecture, param_count, dtype, first_seen) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    key,
+                    display,
+                    facts.get("fingerprint"),
+                    facts.get("architecture"),
+                    facts.get("param_count"),
+                    facts.get("dtype"),
+                    now_iso(),
+                ],
+            )
+            return int(cursor.lastrowid)
+        model_id = int(row[0])
+        if facts:
+            db.execute(
+                "UPDATE models SET fingerprint = ?, architecture = coalesce(?, architecture), "
+                "param_count = coalesce(?, param_count), dtype = coalesce(?, dtype) WHERE id = ?",
+                [
+                    facts.get("fingerprint"),
+                    facts.get("architecture"),
+                    facts.get("param_count"),
+                    facts.get("dtype"),
+                    model_id,
+                ],
+            )
+        if name:
+            db.execute("UPDATE models SET name = ? WHERE id = ?", [name, model_id])
+        return model_id
+
+
+def find_model(db: Database, text: str | Path) -> dict[str, Any]:
+    """The stored model that `text` names (its ref, its folder, or its display name), else DatabaseError."""
+    candidates = [str(text).strip()]
+    with contextlib.suppress(DatabaseError):
+        candidates.append(canonical_ref(text))
+    for value in candidates:
+        row = db.execute("SELECT * FROM models WHERE ref = ?", [value]).fetchone()
+        if row is not None:
+            return _row(db, row)
+    rows = db.execute("SELECT * FROM models WHERE name = ? LIMIT 3", [candidates[0]]).fetchall()
+    if len(rows) == 1:
+        return _row(db, rows[0])
+    if len(rows) > 1:
+        raise DatabaseError(
+            f"{candidates[0]!r} names several models", hint="give the model's full path or hub id instead"
+        )
+    raise DatabaseError(
+        f"model {candidates[0]!r} is not in the database",
+        hint="evaluate, import, audit or merge it first, or check the name with `mergeguard leaderboard`",
+    )
+
+
+def _row(db: Database, row: Sequence[Any]) -> dict[str, Any]:
+    columns = [d[0] for d in db.execute("SELECT * FROM models LIMIT 0").description]
+    return dict(zip(columns, row, strict=True))
+
+
+def add_edge(
+    db: Database,
+    child_id: int,
+    parent_id: int,
+    relation: str,
+    *,
+    method: str | None = None,
+    weight: float | None = None,
+    merge_id: int | None = None,
+) -> None:
+    """Record that `parent` is a `relation` ('merge', 'finetune' or 'base') of `child` (idempotent)."""
+    if relation not in RELATIONS:
+        raise DatabaseError(
+            f"unknown lineage relation {relation!r}", hint=f"use one of {', '.join(RELATIONS)}"
+        )
+    if child_id == parent_id:
+        raise DatabaseError("a model cannot be its own parent", hint="check the merge's inputs")
+    db.execute(
+        "INSERT INTO lineage_edges (child_id, parent_id, relation, method, weight, merge_id) "
+        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (child_id, parent_id, relation) DO UPDATE SET "
+        "method = coalesce(excluded.method, method), weight = coalesce(excluded.weight, weight), "
+        "merge_id = coalesce(excluded.merge_id, merge_id)",
+        [child_id, parent_id, relation, method, weight, merge_id],
+    )
+
+
+def _dataset_id(db: Database, name: str) -> int:
+    db.execute("INSERT OR IGNORE INTO datasets (name) VALUES (?)", [name])
+    return int(db.execute("SELECT id FROM datasets WHERE name = ?", [name]).fetchone()[0])
+
+
+def declare_datasets(db: Database, model_id: int, datasets: Iterable[str]) -> None:
+    """The datasets on a model's own card (declared=1)."""
+    for name in datasets:
+        db.execute(
+            "INSERT INTO model_datasets (model_id, dataset_id, declared, inherited_from_id) "
+            "VALUES (?, ?, 1, NULL) "
+            "ON CONFLICT (model_id, dataset_id) DO UPDATE SET declared = 1, inherited_from_id = NULL",
+            [model_id, _dataset_id(db, name)],
+        )
+
+
+def inherit_datasets(db: Database, child_id: int, parent_id: int) -> None:
+    """Give `child` every dataset `parent` has, marked inherited from the model that declared it."""
+    db.execute(
+        "INSERT OR IGNORE INTO model_datasets (model_id, dataset_id, declared, inherited_from_id) "
+        "SELECT ?, dataset_id, 0, coalesce(inherited_from_id, model_id) FROM model_datasets "
+        "WHERE model_id = ?",
+        [child_id, parent_id],
+    )
+
+
+def register_model(
+    db: Database,
+    ref: str | Path,
+    *,
+    name: str | None = None,
+    parents: Sequence[tuple[str | Path, str]] = (),
+    datasets: Sequence[str] | None = None,
+) -> int:
+    """Record a model with its parents [(ref, relation)] and declared datasets; a local folder's card fills
+    in whatever is not given (`base_model` as fine-tune parents, `datasets`)."""
+    key = canonical_ref(ref)
+    if Path(key).is_dir() and (datasets is None or not parents):
+        from mergeguard.refs import read_model_card
+
+        card = read_model_card(Path(key))
+        if datasets is None:
+            datasets = card.datasets
+        if not parents:
+            relation = "merge" if card.base_model_relation == "merge" else "finetune"
+            parents = [(base, relation) for base in card.base_model]
+    with transaction(db):
+        model_id = upsert_model(db, key, name=name)
+        declare_datasets(db, model_id, datasets or [])
+        for parent_ref, relation in parents:
+            parent_id = upsert_model(db, parent_ref)
+            add_edge(db, model_id, parent_id, relation)
+            inherit_datasets(db, model_id, parent_id)
+    return model_id
+
+
+@dataclass(frozen=True)
+class MergeRecord:
+    merge_id: int
+    model_id: int
+    created: bool
+
+
+def _sha256(text: str | bytes) -> str:
+    return hashlib.sha256(text.encode() if isinstance(text, str) else text).hexdigest()
+
+
+def record_merge(
+    db: Database,
+    *,
+    output: str | Path,
+    config_text: str,
+    method: str | None,
+    parents: Sequence[tuple[str | Path, str, float | None]],
+    seed: int | None = None,
+    status: str = "ok",
+    seconds: float | None = None,
+    timings: dict[str, float] | None = None,
+    tool_version: str | None = None,
+    name: str | None = None,
+) -> MergeRecord:
+    """Record a merge, its output model and one lineage edge per parent [(ref, 'merge'|'base', weight or t)].
+
+    The same config merged into the same output again updates the one row (status, timings) instead of
+    adding a second; the output inherits its parents' datasets.
+    """
+    config_hash = _sha256(config_text)
+    with transaction(db):
+        model_id = upsert_model(db, output, name=name)
+        existing = db.execute(
+            "SELECT id FROM merges WHERE output_model_id = ? AND config_hash = ?", [model_id, config_hash]
+        ).fetchone()
+        values = [method, tool_version, seed, str(output), status, seconds, json.dumps(timings or {})]
+        if existing:
+            merge_id = int(existing[0])
+            db.execute(
+                "UPDATE merges SET method = ?, tool_version = ?, seed = ?, out_path = ?, status = ?, "
+                "seconds = ?, timings = ? WHERE id = ?",
+                [*values, merge_id],
+            )
+        else:
+            merge_id = int(
+                db.execute(
+                    "INSERT INTO merges (method, tool_version, seed, out_path, status, seconds, timings, "
+                    "output_model_id, config_hash, config_text, created_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [*values, model_id, config_hash, config_text, now_iso()],
+                ).lastrowid
+            )
+        for parent_ref, relation, weight in parents:
+            parent_id = upsert_model(db, parent_ref)
+            add_edge(db, model_id, parent_id, relation, method=method, weight=weight, merge_id=merge_id)
+            inherit_datasets(db, model_id, parent_id)
+    return MergeRecord(merge_id=merge_id, model_id=model_id, created=existing is None)
+
+
+def _text(value: Any) -> str | None:
+    if value is None or value == [] or value == "":
+        return None
+    if isinstance(value, (list, tuple)):
+        return ", ".join(str(v) for v in value)
+    return str(value)
+
+
+def _contamination_origins(findings: list[dict[str, Any]]) -> dict[str, tuple[bool, set[str]]]:
+    """model -> (has findings in its own data, ancestors its inherited findings came from)."""
+    out: dict[str, tuple[bool, set[str]]] = {}
+    for finding in findings:
+        own, via = out.get(str(finding.get("model")), (False, set()))
+        inherited = finding.get("inherited_from")
+        if inherited:
+            via |= set(inherited) if isinstance(inherited, (list, tuple)) else {str(inherited)}
+        out[str(finding.get("model"))] = (own or not inherited, via)
+    return out
+
+
+def _via(entry: dict[str, Any], origins: dict[str, tuple[bool, set[str]]]) -> str | None:
+    """Whose data made a contaminated model so: None for its own, else the ancestors (from its findings
+    when the report has them, else from the verdict's `inherited_from`)."""
+    if str(entry.get("model")) in origins:
+        own, via = origins[str(entry.get("model"))]
+        return None if own else _text(sorted(via))
+    return _text(entry.get("inherited_from"))
+
+
+def record_audit(db: Database, report: dict[str, Any], *, tool_version: str | None = None) -> int:
+    """Record an audit report (the auditor's `to_json()` dict): verdicts per model and findings.
+
+    Recording the same report twice returns the first audit's id and writes nothing.
+    """
+    if not isinstance(report, dict) or not isinstance(report.get("models", []), list):
+        raise DatabaseError("not an audit report", hint="pass the auditor report's to_json() dict")
+    report_hash = _sha256(json.dumps(report, sort_keys=True, default=str))
+    with transaction(db):
+        existing = db.execute("SELECT id FROM audits WHERE report_hash = ?", [report_hash]).fetchone()
+        if existing:
+            return int(existing[0])
+        audit_id = int(
+            db.execute(
+                "INSERT INTO audits (created_at, index_hash, thresholds, benchmark_rates, tool_version, "
+                "report_hash) VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    report.get("created_at") or now_iso(),
+                    report.get("index_hash"),
+                    json.dumps(report.get("thresholds") or {}, default=str),
+                    json.dumps(report.get("benchmark_rates") or {}, default=str),
+                    tool_version,
+                    report_hash,
+                ],
+            ).lastrowid
+        )
+        origins = _contamination_origins(report.get("findings", []))
+        for entry in report.get("models", []):
+            if entry.get("kind", "model") != "model":
+                continue  # `audit --dataset` verdicts are about datasets, not models
+            verdict = entry.get("verdict")
+            if verdict not in VERDICTS:
+                raise DatabaseError(
+                    f"audit verdict {verdict!r} for {entry.get('model')!r} is unknown",
+                    hint=f"verdicts are {', '.join(VERDICTS)}",
+                )
+            model_id = upsert_model(db, entry["model"])
+            db.execute(
+                "INSERT OR REPLACE INTO audit_verdicts "
+                "(audit_id, model_id, verdict, inherited_from, datasets) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [
+                    audit_id,
+                    model_id,
+                    verdict,
+                    _via(entry, origins) if verdict == "contaminated" else None,
+                    json.dumps(entry.get("datasets") or [], default=str),
+                ],
+            )
+        for finding in report.get("findings", []):
+            model_id = upsert_model(db, finding["model"]) if finding.get("model") else None
+            db.execute(
+                "INSERT INTO findings (audit_id, model_id, dataset, example, benchmark, split, item, "
+                "item_id, score, severity, inherited_from, evidence) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    audit_id,
+                    model_id,
+                    _text(finding.get("dataset")),
+                    _text(finding.get("example")),
+                    finding.get("benchmark"),
+                    finding.get("split"),
+                    finding.get("item"),
+                    _text(finding.get("item_id")),
+                    finding.get("score"),
+                    finding.get("severity"),
+                    _text(finding.get("inherited_from")),
+                    _text(finding.get("evidence")),
+                ],
+            )
+    return audit_id
+
+
+@dataclass
+class EvaluationRow:
+    """One lm-eval metric of one task."""
+
+    task: str
+    metric: str
+    value: float | None
+    filter: str = "none"
+    stderr: float | None = None
+    num_fewshot: int | None = None
+    n_samples: int | None = None
+    benchmark: str | None = None
+    is_primary: bool = False
+
+
+@dataclass
+class ResultsFile:
+    """Where a batch of evaluations came from: the results file, its hash and the run's facts."""
+
+    path: str
+    sha256: str
+    model_ref: str
+    rows: list[EvaluationRow] = field(default_factory=list)
+    harness_version: str | None = None
+    evaluated_at: str | None = None
+    sample_limit: float | None = None
+    source: str = "import"
+
+
+def record_evaluations(db: Database, results: ResultsFile) -> tuple[int, bool]:
+    """Store one results file's evaluations; (results_file_id, created). A file already imported (same
+    hash) is not stored twice."""
+    with transaction(db):
+        existing = db.execute("SELECT id FROM results_files WHERE sha256 = ?", [results.sha256]).fetchone()
+        if existing:
+            return int(existing[0]), False
+        model_id = upsert_model(db, results.model_ref)
+        file_id = int(
+            db.execute(
+                "INSERT INTO results_files (sha256, path, model_id, source, harness_version, evaluated_at, "
+                "imported_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    results.sha256,
+                    results.path,
+                    model_id,
+                    results.source,
+                    results.harness_version,
+                    results.evaluated_at,
+                    now_iso(),
+                ],
+            ).lastrowid
+        )
+        db.conn.executemany(
+            "INSERT INTO evaluations (model_id, results_file_id, task, benchmark, metric, filter, value, "
+            "stderr, is_primary, num_fewshot, sample_limit, n_samples, harness_version, evaluated_at, "
+            "source_file, source_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                [
+                    model_id,
+                    file_id,
+                    row.task,
+                    row.benchmark,
+                    row.metric,
+                    row.filter,
+                    row.value,
+                    row.stderr,
+                    int(row.is_primary),
+                    row.num_fewshot,
+                    results.sample_limit,
+                    row.n_samples,
+                    results.harness_version,
+                    results.evaluated_at,
+                    results.path,
+                    results.sha256,
+                ]
+                for row in results.rows
+            ],
+        )
+        refresh_model_scores(db, [model_id])
+    return file_id, True
+
+
+def record_check(db: Database, model: str | Path, verdict: str, detail: str | None = None) -> int:
+    """A sanity check's verdict on a model ('ok', 'degraded' or 'broken')."""
+    if verdict not in CHECK_VERDICTS:
+        raise DatabaseError(
+            f"unknown check verdict {verdict!r}", hint=f"use one of {', '.join(CHECK_VERDICTS)}"
+        )
+    with transaction(db):
+        model_id = upsert_model(db, model)
+        return int(
+            db.execute(
+                "INSERT INTO checks (model_id, verdict, detail, created_at) VALUES (?, ?, ?, ?)",
+                [model_id, verdict, detail, now_iso()],
+            ).lastrowid
+        )
