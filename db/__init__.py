@@ -37,6 +37,8 @@ from mergeguard.db.records import (
     record_evaluations,
     record_merge,
     register_model,
+    reusable_audit,
+    set_merge_guard,
     upsert_model,
 )
 from mergeguard.db.render import render_history, render_leaderboard, render_lineage
@@ -71,6 +73,8 @@ __all__ = [
     "record_evaluations",
     "record_merge",
     "register_model",
+    "reusable_audit",
+    "set_merge_guard",
     "render_history",
     "render_leaderboard",
     "render_lineage",

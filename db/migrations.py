@@ -235,3 +235,19 @@ def m002_views(db: Database) -> None:
     from mergeguard.db.views import create_views
 
     create_views(db)
+
+
+@migration
+def m003_guardrails(db: Database) -> None:
+    """Audit reuse (a key over everything an audit read, and the report itself) and each merge's guard
+    decisions (the audit it passed, what was overridden)."""
+    _script(
+        db,
+        """
+        ALTER TABLE audits ADD COLUMN input_key TEXT;
+        ALTER TABLE audits ADD COLUMN report TEXT;
+        CREATE INDEX audits_input_key ON audits(input_key);
+        ALTER TABLE merges ADD COLUMN audit_id INTEGER REFERENCES audits(id);
+        ALTER TABLE merges ADD COLUMN guard TEXT
+        """,
+    )

@@ -302,22 +302,32 @@ def _via(entry: dict[str, Any], origins: dict[str, tuple[bool, set[str]]]) -> st
     return _text(entry.get("inherited_from"))
 
 
-def record_audit(db: Database, report: dict[str, Any], *, tool_version: str | None = None) -> int:
+def record_audit(
+    db: Database,
+    report: dict[str, Any],
+    *,
+    tool_version: str | None = None,
+    input_key: str | None = None,
+) -> int:
     """Record an audit report (the auditor's `to_json()` dict): verdicts per model and findings.
 
-    Recording the same report twice returns the first audit's id and writes nothing.
+    Recording the same report twice returns the first audit's id and writes nothing. `input_key` (a hash of
+    everything the audit read) lets `reusable_audit` hand the report back instead of auditing again.
     """
     if not isinstance(report, dict) or not isinstance(report.get("models", []), list):
         raise DatabaseError("not an audit report", hint="pass the auditor report's to_json() dict")
-    report_hash = _sha256(json.dumps(report, sort_keys=True, default=str))
+    report_text = json.dumps(report, sort_keys=True, default=str)
+    report_hash = _sha256(report_text)
     with transaction(db):
         existing = db.execute("SELECT id FROM audits WHERE report_hash = ?", [report_hash]).fetchone()
         if existing:
+            if input_key:
+                db.execute("UPDATE audits SET input_key = ? WHERE id = ?", [input_key, existing[0]])
             return int(existing[0])
         audit_id = int(
             db.execute(
                 "INSERT INTO audits (created_at, index_hash, thresholds, benchmark_rates, tool_version, "
-                "report_hash) VALUES (?, ?, ?, ?, ?, ?)",
+                "report_hash, input_key, report) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     report.get("created_at") or now_iso(),
                     report.get("index_hash"),
@@ -325,6 +335,8 @@ def record_audit(db: Database, report: dict[str, Any], *, tool_version: str | No
                     json.dumps(report.get("benchmark_rates") or {}, default=str),
                     tool_version,
                     report_hash,
+                    input_key,
+                    report_text,
                 ],
             ).lastrowid
         )
@@ -470,4 +482,22 @@ def record_check(db: Database, model: str | Path, verdict: str, detail: str | No
                 "INSERT INTO checks (model_id, verdict, detail, created_at) VALUES (?, ?, ?, ?)",
                 [model_id, verdict, detail, now_iso()],
             ).lastrowid
+        )
+
+
+def reusable_audit(db: Database, input_key: str) -> tuple[int, dict[str, Any]] | None:
+    """The newest stored audit made from exactly these inputs (`record_audit(..., input_key=)`), if any."""
+    row = db.execute(
+        "SELECT id, report FROM audits WHERE input_key = ? AND report IS NOT NULL ORDER BY id DESC LIMIT 1",
+        [input_key],
+    ).fetchone()
+    return (int(row[0]), json.loads(row[1])) if row else None
+
+
+def set_merge_guard(db: Database, merge_id: int, audit_id: int | None, guard: dict[str, Any]) -> None:
+    """Attach to a recorded merge the audit it passed and the guard decisions (overrides, family check)."""
+    with transaction(db):
+        db.execute(
+            "UPDATE merges SET audit_id = ?, guard = ? WHERE id = ?",
+            [audit_id, json.dumps(guard, sort_keys=True, default=str), merge_id],
         )

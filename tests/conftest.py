@@ -87,3 +87,32 @@ def write_card() -> Callable[..., Path]:
     from mergeguard import tiny
 
     return tiny.write_card
+
+
+INSTRUCTION_TEXTS = [
+    "Instruction: list three colours. Response: red, green and blue.",
+    "Instruction: name a large animal. Response: the elephant is a very large animal.",
+    "Instruction: add two and three. Response: two plus three is five.",
+    "Instruction: write a greeting. Response: hello, it is good to see you today.",
+]
+
+
+@pytest.fixture(scope="session")
+def trained(models: ModelFactory, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny llamas trained for real on CPU (about 30 s in all): `base` (pre-trained on plain English),
+    `ft_a`/`ft_b` (two fine-tunes of it) and `independent` (another init trained on the same English)."""
+    from mergeguard import tiny
+    from mergeguard.merge.sanity import sample_text
+
+    root = tmp_path_factory.mktemp("trained")
+    english = sample_text().split("\n\n") + tiny.training_corpus()
+    base = tiny.train_finetune(
+        models.base("llama", seed=0, num_layers=2), root / "base", english, 300, 0, 3e-3
+    )
+    other = models.base("llama", seed=1, num_layers=2)
+    return {
+        "base": base,
+        "ft_a": tiny.train_finetune(base, root / "ft_a", tiny.training_corpus(), 200, 1, 3e-4),
+        "ft_b": tiny.train_finetune(base, root / "ft_b", INSTRUCTION_TEXTS, 200, 2, 3e-4),
+        "independent": tiny.train_finetune(other, root / "independent", english, 60, 3, 3e-3),
+    }

@@ -11,6 +11,7 @@ import sys
 from mergeguard.cli import (  # noqa: F401  (each module registers its commands on `app`)
     audit,
     benchmarks,
+    check,
     demo,
     evaluate,
     importer,

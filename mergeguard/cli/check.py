@@ -1,0 +1,124 @@
+"""`mergeguard check MODEL [--against PARENT ...]`: the post-merge sanity check.
+
+Exit status: 0 ok, 3 degraded, 4 broken (1 and 2 stay for errors and usage mistakes, so a script can tell
+"could not check" from "checked, and it is broken").
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import typer
+
+from mergeguard.cli.app import app
+from mergeguard.errors import UsageError
+
+DEVICES = ("cpu", "cuda")
+STYLE = {"ok": "bold green", "degraded": "bold yellow", "broken": "bold red"}
+
+
+def _number(value: float) -> str:
+    return f"{value:.4g}" if math.isfinite(value) else "inf"
+
+
+def render(report: Any) -> Any:
+    """A rich table of one report: the model and each parent, then the verdict, reasons and samples."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title=f"sanity check of {report.model}", title_justify="left")
+    table.add_column("model")
+    table.add_column("perplexity", justify="right")
+    table.add_column("repetition", justify="right")
+    table.add_row("this model", _number(report.perplexity), f"{report.repetition:.2f}")
+    for parent, value in report.parent_perplexities.items():
+        rep = report.parent_repetitions.get(parent, 0.0)
+        table.add_row(f"parent {parent}", _number(value), f"{rep:.2f}")
+    parts: list[Any] = [table, Text.assemble("verdict: ", (report.verdict, STYLE[report.verdict]))]
+    parts += [Text(f"  - {reason}") for reason in report.reasons]
+    if report.samples:
+        parts.append(Text("greedy samples:"))
+        parts += [Text(f"  {sample!r}") for sample in report.samples]
+    return Group(*parts)
+
+
+def render_family(report: Any) -> Any:
+    """A rich table of a FamilyReport (for `audit` and `merge`): each pair, its similarity, its verdict."""
+    from rich.table import Table
+
+    table = Table(title=f"family check (related at similarity >= {report.threshold:g})", title_justify="left")
+    for column in ("model", "compared with", "similarity", "family"):
+        table.add_column(column, justify="right" if column == "similarity" else "left")
+    for pair in report.pairs:
+        verdict = "[green]related[/]" if pair.related else "[bold red]unrelated[/]"
+        table.add_row(
+            pair.b, pair.a, f"{pair.similarity:.3f}", verdict + (f" ({pair.note})" if pair.note else "")
+        )
+    return table
+
+
+def family_gate(config: Any, allow_unrelated: bool, console: Any) -> Any:
+    """Before `merge`: refuse unrelated inputs unless `--allow-unrelated`; returns the FamilyReport.
+
+    Models it cannot read (missing, pickle-only) are left to the merge engine, which reports them itself
+    (None).
+    """
+    from mergeguard.errors import MergeguardError
+    from mergeguard.merge.family import config_family_check
+
+    try:
+        report = config_family_check(config)
+    except MergeguardError:
+        return None
+    if not report.related and not allow_unrelated:
+        report.raise_if_unrelated()
+    for pair in report.unrelated_pairs():
+        console.print(
+            f"[yellow]warning:[/] {pair.a} and {pair.b} look unrelated (weight similarity "
+            f"{pair.similarity:.3f}); merging anyway (--allow-unrelated)",
+            markup=True,
+            emoji=False,
+            highlight=False,
+        )
+    return report
+
+
+def check_merge(out_dir: Any, parents: list[Any], device: str, quiet: bool) -> Any:
+    """After `merge --check`: sanity-check the output against its inputs and print the verdict."""
+    from rich.console import Console
+
+    from mergeguard.merge.sanity import sanity_check
+
+    report = sanity_check(out_dir, list(dict.fromkeys(parents)), device=device, progress=not quiet)
+    Console(highlight=False, soft_wrap=True).print(render(report))
+    return report
+
+
+@app.command("check")
+def check_command(
+    model: str = typer.Argument(..., help="A model folder or hub id to check."),
+    against: list[str] | None = typer.Option(
+        None, "--against", help="A parent to compare with (repeat for each parent)."
+    ),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    max_tokens: int = typer.Option(512, "--max-tokens", help="Tokens of the text sample to score."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Sanity-check a model: NaN/inf weights, perplexity and repetition against its parents."""
+    from mergeguard.merge.sanity import sanity_check
+    from mergeguard.refs import resolve_model
+
+    if device.split(":")[0] not in DEVICES:
+        raise UsageError(f"unknown device {device!r}", hint="use --device cpu or --device cuda")
+    folder = resolve_model(model)
+    parents = [resolve_model(p) for p in against or []]
+    report = sanity_check(folder, parents, device=device, max_tokens=max_tokens, progress=not as_json)
+    if as_json:
+        typer.echo(report.to_json())
+    else:
+        from rich.console import Console
+
+        Console(highlight=False, soft_wrap=True).print(render(report))
+    raise typer.Exit(report.exit_code)
