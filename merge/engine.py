@@ -1,0 +1,323 @@
+"""Run a merge: resolve models, plan, stream tensors through the method into shards, finish the folder.
+
+Reading the next tensor's inputs, computing the current one and writing the previous one overlap (a reader
+thread and a writer thread around the compute loop); at most a couple of tensors are in flight, so peak
+memory is bounded by the largest tensors, not by a shard or a model. Everything is written into a temporary
+folder beside OUT_DIR that is renamed at the very end, so a failed merge leaves no OUT_DIR behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import queue
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mergeguard.errors import ConfigError, MergeguardError
+from mergeguard.merge.arch import infer_architecture
+from mergeguard.merge.config import MergeConfig, config_models
+from mergeguard.merge.io import ModelReader, ShardWriter, parse_size
+from mergeguard.merge.plan import MergePlan, SourceModel, TensorTask, build_plan
+
+PREFETCH_BUDGET = 96 * 2**20  # bytes of raw inputs of two consecutive tensors held at once
+
+
+@dataclass
+class Progress:
+    """What a progress callback receives after each tensor."""
+
+    tensors_done: int
+    tensors_total: int
+    bytes_done: int
+    bytes_total: int
+    name: str
+
+
+@dataclass
+class MergeOptions:
+    """How to run a merge (mergekit's command-line options, under the same names)."""
+
+    device: str = "cpu"
+    random_seed: int | None = None
+    out_shard_size: int | str = "5B"
+    copy_tokenizer: bool = True
+    allow_crimes: bool = False
+    allow_pickle: bool = False
+    strict: bool = False
+    force: bool = False
+    quiet: bool = False
+    lazy_unpickle: bool = False  # accepted for mergekit compatibility; reading is always lazy
+    low_cpu_memory: bool = False  # accepted for mergekit compatibility; memory is always bounded
+    write_model_card: bool = True
+    local_files_only: bool = False
+    progress: Callable[[Progress], None] | None = None
+    card_datasets: list[str] = field(default_factory=list)  # added to the card's `datasets:` (inherited ones)
+    card_section: str = ""  # markdown appended to the card (the guard's contamination section)
+
+
+@dataclass
+class MergeResult:
+    """What was merged and written: enough for lineage records and a summary line."""
+
+    out_dir: Path
+    method: str
+    models: dict[str, Path]
+    parents: dict[str, dict[str, Any]]
+    base_model: str | None
+    tensors: int
+    bytes: int
+    seconds: float
+    warnings: list[str] = field(default_factory=list)
+
+
+def tensor_seed(seed: int, name: str) -> int:
+    """A generator seed from the run seed and the tensor name, independent of processing order."""
+    digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def _open_models(
+    config: MergeConfig, options: MergeOptions, scratch: Callable[[], Path]
+) -> dict[str, SourceModel]:
+    from mergeguard.refs import parse_model_ref, read_config, resolve_model
+
+    revisions = {m.model: m.revision for m in config.inputs() if m.revision}
+    models: dict[str, SourceModel] = {}
+    for ref in config_models(config):
+        parsed = parse_model_ref(ref, revisions.get(ref))
+        path = resolve_model(
+            parsed.name if not parsed.lora else type(parsed)(parsed.name, parsed.revision),
+            allow_pickle=options.allow_pickle,
+            local_files_only=options.local_files_only,
+        )
+        if parsed.lora:
+            from mergeguard.merge.lora import apply_lora
+
+            path = apply_lora(path, parsed.lora, scratch(), allow_pickle=options.allow_pickle)
+        reader = ModelReader(path, allow_pickle=options.allow_pickle)
+        model_config = read_config(path)
+        models[ref] = SourceModel(
+            ref, path, reader, model_config, infer_architecture(reader.names(), model_config)
+        )
+    return models
+
+
+def _check_out_dir(out_dir: Path, force: bool) -> None:
+    if out_dir.exists() and not force:
+        raise ConfigError(
+            f"output folder {out_dir} already exists", hint="choose a new folder or pass --force"
+        )
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"output path {out_dir} is a file", hint="choose a folder path")
+
+
+def run_merge(config: MergeConfig, out_dir: str | Path, options: MergeOptions | None = None) -> MergeResult:
+    """Merge `config` into `out_dir`; every config/model problem is raised before any weights are read."""
+    from mergeguard.merge.methods import get_method
+
+    options = options or MergeOptions()
+    start = time.perf_counter()
+    out_dir = Path(out_dir).expanduser().absolute()
+    _check_out_dir(out_dir, options.force)
+    if options.strict and config.warnings:
+        raise ConfigError(f"{config.warnings[0]} (--strict)", hint="fix the config or drop --strict")
+    if options.device.split(":")[0] not in ("cpu", "cuda", "mps"):
+        raise MergeguardError(f"unknown device `{options.device}`", hint="use --device cpu or --device cuda")
+    if options.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise MergeguardError(
+                "--device cuda asked for, but no CUDA device is available", hint="use --device cpu"
+            )
+    method = get_method(config.merge_method)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.mergeguard-tmp-{os.getpid()}"
+    scratch_dir = out_dir.parent / f".{out_dir.name}.mergeguard-lora-{os.getpid()}"
+
+    def scratch() -> Path:
+        scratch_dir.mkdir(exist_ok=True)
+        return scratch_dir
+
+    models: dict[str, SourceModel] = {}
+    try:
+        models = _open_models(config, options, scratch)
+        plan = build_plan(config, method, models, allow_crimes=options.allow_crimes)
+        from mergeguard.merge.output import check_tokenizer, finish_folder
+
+        tokenizer_from = check_tokenizer(config, models, plan)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        written = _stream(config, method, models, plan, tmp, options)
+        finish_folder(config, models, plan, tmp, tokenizer_from, options)
+        if out_dir.exists():
+            trash = out_dir.parent / f".{out_dir.name}.mergeguard-old-{os.getpid()}"
+            out_dir.rename(trash)
+            tmp.rename(out_dir)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            tmp.rename(out_dir)
+    finally:
+        for model in models.values():
+            model.reader.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(scratch_dir, ignore_errors=True)
+    return MergeResult(
+        out_dir=out_dir,
+        method=method.name,
+        models={ref: m.path for ref, m in models.items()},
+        parents=plan.slice_weights | {ref: plan.slice_weights.get(ref, {}) for ref in models},
+        base_model=config.base_model,
+        tensors=len(plan.tasks),
+        bytes=written,
+        seconds=time.perf_counter() - start,
+        warnings=list(config.warnings),
+    )
+
+
+def _return_freed_memory() -> None:
+    """Ask glibc to serve big blocks with mmap and keep few arenas, so freed tensors leave the process.
+
+    Without this, freed multi-megabyte tensors stay in malloc's heaps and the peak RSS of a merge grows
+    by a few hundred MB (measured: ties on 350M-parameter models, 985 MB -> 807 MB).
+    """
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD: 1 MiB (also stops the dynamic threshold growing)
+        libc.mallopt(-8, 2)  # M_ARENA_MAX
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        return
+
+
+def _apply(method: Any, inputs: Any, out_dtype: Any) -> Any:
+    """Run the method on one tensor and bring the result to the CPU in the output dtype."""
+    return method.fn(inputs).to(device="cpu", dtype=out_dtype).contiguous()
+
+
+def _out_dtype(config: MergeConfig, models: dict[str, SourceModel], task: TensorTask) -> str:
+    if config.out_dtype:
+        return config.out_dtype
+    if config.dtype:
+        return config.dtype
+    ref, name = task.inputs[0]
+    return models[ref].reader.dtype(name)
+
+
+def _stream(
+    config: MergeConfig,
+    method: Any,
+    models: dict[str, SourceModel],
+    plan: MergePlan,
+    out: Path,
+    options: MergeOptions,
+) -> int:
+    """Read, merge and write every planned tensor, overlapping the three stages."""
+    import torch
+
+    from mergeguard.merge.methods.base import MergeInputs
+
+    _return_freed_memory()
+    device = torch.device(options.device)
+    compute_dtype = getattr(torch, config.dtype) if config.dtype else None
+    seed = options.random_seed if options.random_seed is not None else int.from_bytes(os.urandom(4), "little")
+    layout = []
+    for task in plan.tasks:
+        dtype = _out_dtype(config, models, task)
+        numel = 1
+        for dim in task.shape:
+            numel *= dim
+        layout.append((task.name, dtype, task.shape, numel * getattr(torch, dtype).itemsize))
+    writer = ShardWriter(out, layout, parse_size(options.out_shard_size))
+    total_bytes = sum(e[3] for e in layout)
+
+    def read(task: TensorTask) -> dict[tuple[str, str], Any]:
+        wanted = [*task.inputs, *([task.base] if task.base else [])]
+        return {pair: models[pair[0]].reader.get(pair[1]) for pair in dict.fromkeys(wanted)}
+
+    sizes = [
+        sum(models[r].reader.nbytes(n) for r, n in dict.fromkeys([*t.inputs, *([t.base] if t.base else [])]))
+        for t in plan.tasks
+    ]
+    pending: queue.Queue[tuple[str, Any] | None] = queue.Queue(maxsize=1)
+    failure: list[BaseException] = []
+
+    def write_loop() -> None:
+        while True:
+            item = pending.get()
+            if item is None:
+                return
+            if failure:
+                continue
+            try:
+                name, tensor = item
+                writer.write(name, memoryview(tensor.view(torch.uint8).reshape(-1).numpy()))
+            except BaseException as error:  # surfaced in the main thread
+                failure.append(error)
+
+    thread = threading.Thread(target=write_loop, name="mergeguard-writer", daemon=True)
+    thread.start()
+    done_bytes = 0
+    try:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mergeguard-reader") as pool:
+            ahead: Future[dict[tuple[str, str], Any]] | None = (
+                pool.submit(read, plan.tasks[0]) if plan.tasks else None
+            )
+            for i, task in enumerate(plan.tasks):
+                raw = ahead.result() if ahead is not None else read(task)
+                ahead = None
+                # read the next inputs while this one computes, unless both together are big
+                if i + 1 < len(plan.tasks) and sizes[i] + sizes[i + 1] <= PREFETCH_BUDGET:
+                    ahead = pool.submit(read, plan.tasks[i + 1])
+                loaded = {
+                    pair: t.to(device=device, dtype=compute_dtype or t.dtype, non_blocking=True)
+                    for pair, t in raw.items()
+                }
+                del raw
+                tensors = [loaded[pair] for pair in task.inputs]
+                base = loaded[task.base] if task.base else None
+                generator = None
+                if method.randomized:
+                    generator = torch.Generator(device=device).manual_seed(tensor_seed(seed, task.name))
+                inputs = MergeInputs(
+                    tensors=tensors,
+                    params=task.params,
+                    base=base,
+                    base_index=task.base_index,
+                    options=task.options,
+                    name=task.name,
+                    generator=generator,
+                )
+                out_dtype = getattr(torch, layout[i][1])
+                result = _apply(method, inputs, out_dtype)
+                del inputs, tensors, base, loaded
+                if tuple(result.shape) != task.shape:
+                    raise MergeguardError(
+                        f"merge_method `{method.name}` returned shape {list(result.shape)} for {task.name},"
+                        f" expected {list(task.shape)}"
+                    )
+                if failure:
+                    raise failure[0]
+                pending.put((task.name, result))
+                del result
+                done_bytes += layout[i][3]
+                if options.progress:
+                    options.progress(Progress(i + 1, len(plan.tasks), done_bytes, total_bytes, task.name))
+    finally:
+        pending.put(None)
+        thread.join()
+    if failure:
+        raise failure[0]
+    writer.finish()
+    return writer.bytes_written

@@ -1,0 +1,281 @@
+"""Reading input weights lazily and writing output shards as tensors finish.
+
+The reader memory-maps safetensors files and hands out one tensor at a time; the writer appends each
+finished tensor to the current shard file and starts a new shard when `shard_size` would be exceeded, so
+peak memory is a few tensors, never a shard or a model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from pathlib import Path
+from typing import Any
+
+from mergeguard.errors import MergeguardError
+
+SAFE_INDEX = "model.safetensors.index.json"
+PICKLE_INDEX = "pytorch_model.bin.index.json"
+_DTYPES = {
+    "float32": "F32",
+    "float16": "F16",
+    "bfloat16": "BF16",
+    "float64": "F64",
+    "int64": "I64",
+    "int32": "I32",
+    "int16": "I16",
+    "int8": "I8",
+    "uint8": "U8",
+    "bool": "BOOL",
+}
+
+_NAMES = {v: k for k, v in _DTYPES.items()}
+
+
+class _LazyDtypes(dict):  # torch is imported only when a tensor is read
+    def __missing__(self, key: str) -> Any:
+        import torch
+
+        value = getattr(torch, _NAMES[key])
+        self[key] = value
+        return value
+
+
+_TORCH_DTYPES = _LazyDtypes()
+
+
+def parse_size(value: str | int) -> int:
+    """`5B` -> 5e9 (mergekit's meaning: B is billions), `500M`, `2GB`, `1000` -> bytes."""
+    if isinstance(value, int):
+        return value
+    text = str(value).strip().upper().replace("_", "")
+    units = {"GB": 10**9, "MB": 10**6, "KB": 10**3, "GIB": 2**30, "MIB": 2**20, "KIB": 2**10}
+    units |= {"B": 10**9, "M": 10**6, "K": 10**3, "G": 10**9}
+    for unit in sorted(units, key=len, reverse=True):
+        if text.endswith(unit):
+            number = text[: -len(unit)].strip()
+            try:
+                return int(float(number) * units[unit])
+            except ValueError:
+                break
+    try:
+        return int(float(text))
+    except ValueError:
+        raise MergeguardError(
+            f"shard size `{value}` is not a size", hint="write e.g. 5B, 2GB or 500M"
+        ) from None
+
+
+class ModelReader:
+    """Lazy access to one model's tensors, from one safetensors file, an index of shards, or (opt-in) .bin."""
+
+    def __init__(self, folder: Path, *, allow_pickle: bool = False) -> None:
+        self.folder = folder
+        self._where: dict[str, Path] = {}
+        self._handles: dict[Path, int] = {}
+        self._headers: dict[Path, tuple[int, dict[str, Any]]] = {}
+        self._pickled: dict[Path, dict[str, Any]] = {}
+        self.pickled = False
+        index = folder / SAFE_INDEX
+        files = sorted(folder.glob("*.safetensors"))
+        if index.is_file():
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            self._where = {name: folder / file for name, file in weight_map.items()}
+        elif files:
+            for path in files:
+                for name in self._header(path)[1]:
+                    self._where[name] = path
+        else:
+            bins = sorted(folder.glob("*.bin"))
+            if not bins:
+                raise MergeguardError(
+                    f"no weights (*.safetensors) in {folder}", hint="check the model folder"
+                )
+            if not allow_pickle:
+                raise MergeguardError(
+                    f"{folder} has only pickled .bin weights, which can run code when loaded",
+                    hint="convert them to safetensors, or pass --allow-pickle if you trust the source",
+                )
+            self.pickled = True
+            pickle_index = folder / PICKLE_INDEX
+            if pickle_index.is_file():
+                weight_map = json.loads(pickle_index.read_text(encoding="utf-8"))["weight_map"]
+                self._where = {name: folder / file for name, file in weight_map.items()}
+            else:
+                for path in bins:
+                    for name in self._load_pickle(path):
+                        self._where[name] = path
+
+    def names(self) -> list[str]:
+        """Tensor names in file order (the index's order for shards)."""
+        return list(self._where)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._where
+
+    def _load_pickle(self, path: Path) -> dict[str, Any]:
+        if path not in self._pickled:
+            import torch
+
+            self._pickled[path] = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return self._pickled[path]
+
+    def _header(self, path: Path) -> tuple[int, dict[str, Any]]:
+        if path not in self._headers:
+            self._headers[path] = read_header(path)
+        return self._headers[path]
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        if self.pickled:
+            return tuple(self._load_pickle(self._where[name])[name].shape)
+        return tuple(self._header(self._where[name])[1][name]["shape"])
+
+    def nbytes(self, name: str) -> int:
+        """Stored size of one tensor in bytes."""
+        if self.pickled:
+            tensor = self._load_pickle(self._where[name])[name]
+            return tensor.numel() * tensor.element_size()
+        begin, end = self._header(self._where[name])[1][name]["data_offsets"]
+        return end - begin
+
+    def dtype(self, name: str) -> str:
+        """The stored dtype's torch name (`float16`, ...)."""
+        if self.pickled:
+            return str(self._load_pickle(self._where[name])[name].dtype).replace("torch.", "")
+        return _NAMES[self._header(self._where[name])[1][name]["dtype"]]
+
+    def get(self, name: str) -> Any:
+        """One tensor, read with pread into fresh memory.
+
+        Plain reads rather than a memory map: mapped pages stay resident in the process (and count in its
+        RSS) until unmapped, while pread leaves them in the page cache only.
+        """
+        import torch
+
+        if name not in self._where:
+            raise MergeguardError(
+                f"tensor {name} is missing from {self.folder}", hint="check the model's files"
+            )
+        path = self._where[name]
+        if self.pickled:
+            return self._load_pickle(path)[name]
+        start, header = self._header(path)
+        entry = header[name]
+        begin, end = entry["data_offsets"]
+        buffer = torch.empty(end - begin, dtype=torch.uint8)
+        if path not in self._handles:
+            self._handles[path] = os.open(path, os.O_RDONLY)
+        view = memoryview(buffer.numpy())
+        done = 0
+        while done < len(view):
+            got = os.preadv(self._handles[path], [view[done:]], start + begin + done)
+            if got <= 0:
+                raise MergeguardError(
+                    f"{path} is truncated at tensor {name}", hint="download the model again"
+                )
+            done += got
+        dtype = _TORCH_DTYPES[entry["dtype"]]
+        return buffer.view(dtype).reshape(entry["shape"])
+
+    def close(self) -> None:
+        for fd in self._handles.values():
+            os.close(fd)
+        self._handles.clear()
+        self._pickled.clear()
+
+
+def read_header(path: Path) -> tuple[int, dict[str, Any]]:
+    """(data start, {name: entry}) from a safetensors header, names in data order, without reading data."""
+    with path.open("rb") as handle:
+        (size,) = struct.unpack("<Q", handle.read(8))
+        header = json.loads(handle.read(size))
+    header.pop("__metadata__", None)
+    ordered = dict(sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]))
+    return 8 + size, ordered
+
+
+class ShardWriter:
+    """Writes tensors into numbered safetensors shards as they arrive, then the index.
+
+    Each shard is written with a header reserved up front from the planned sizes, so a tensor's bytes go
+    straight to disk when it is done. `plan` is the ordered list of (name, dtype, shape, nbytes).
+    """
+
+    def __init__(
+        self, out_dir: Path, plan: list[tuple[str, str, tuple[int, ...], int]], shard_size: int
+    ) -> None:
+        self.out_dir = out_dir
+        self.shards: list[list[tuple[str, str, tuple[int, ...], int]]] = []
+        current: list[tuple[str, str, tuple[int, ...], int]] = []
+        size = 0
+        for entry in plan:
+            if current and size + entry[3] > shard_size:
+                self.shards.append(current)
+                current, size = [], 0
+            current.append(entry)
+            size += entry[3]
+        if current:
+            self.shards.append(current)
+        total = len(self.shards)
+        self.files = (
+            ["model.safetensors"]
+            if total == 1
+            else [f"model-{i + 1:05d}-of-{total:05d}.safetensors" for i in range(total)]
+        )
+        self._shard_of = {e[0]: i for i, shard in enumerate(self.shards) for e in shard}
+        self._offset: dict[str, int] = {}
+        self._handles: dict[int, Any] = {}
+        self._left = [len(s) for s in self.shards]
+        self.bytes_written = 0
+
+    def _open(self, shard: int) -> Any:
+        if shard in self._handles:
+            return self._handles[shard]
+        header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+        offset = 0
+        for name, dtype, shape, nbytes in self.shards[shard]:
+            header[name] = {
+                "dtype": _DTYPES[dtype],
+                "shape": list(shape),
+                "data_offsets": [offset, offset + nbytes],
+            }
+            offset += nbytes
+        blob = json.dumps(header, separators=(",", ":")).encode()
+        blob += b" " * (-len(blob) % 8)
+        handle = (self.out_dir / self.files[shard]).open("wb")
+        handle.write(struct.pack("<Q", len(blob)) + blob)
+        start = 8 + len(blob)
+        for name, *_ in self.shards[shard]:
+            self._offset[name] = start + header[name]["data_offsets"][0]
+        handle.truncate(start + offset)
+        self._handles[shard] = handle
+        return handle
+
+    def write(self, name: str, data: memoryview | bytes) -> None:
+        """Write one finished tensor's raw bytes into its place in its shard."""
+        shard = self._shard_of[name]
+        handle = self._open(shard)
+        handle.seek(self._offset[name])
+        handle.write(data)
+        self.bytes_written += len(data)
+        self._left[shard] -= 1
+        if self._left[shard] == 0:
+            handle.close()
+            del self._handles[shard]
+
+    def finish(self) -> None:
+        """Close open shards and write the index when there is more than one shard."""
+        for handle in self._handles.values():
+            handle.close()
+        self._handles.clear()
+        if any(self._left):
+            missing = [e[0] for s, shard in enumerate(self.shards) if self._left[s] for e in shard][:3]
+            raise MergeguardError(f"merge finished without writing {', '.join(missing)}")
+        if len(self.files) > 1:
+            total = sum(e[3] for shard in self.shards for e in shard)
+            index = {
+                "metadata": {"total_size": total},
+                "weight_map": {e[0]: self.files[i] for i, shard in enumerate(self.shards) for e in shard},
+            }
+            (self.out_dir / SAFE_INDEX).write_text(json.dumps(index, indent=2), encoding="utf-8")

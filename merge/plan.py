@@ -1,0 +1,230 @@
+"""The tensor plan: one entry per output tensor, with its input tensors and every parameter resolved.
+
+Building the plan reads only config.json files and safetensors headers, so every config mistake that needs
+the models (layer ranges, architectures, shapes, missing required parameters on some tensor) is reported
+before any weights are read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mergeguard.errors import ConfigError
+from mergeguard.merge.arch import Architecture
+from mergeguard.merge.config import InputModel, MergeConfig, OutputSlice
+from mergeguard.merge.io import ModelReader
+from mergeguard.merge.params import MISSING, resolve
+
+
+@dataclass
+class SourceModel:
+    """One distinct input model: the reference as written, its folder, reader, config and architecture."""
+
+    ref: str
+    path: Path
+    reader: ModelReader
+    config: dict[str, Any]
+    arch: Architecture
+
+
+@dataclass
+class TensorTask:
+    """How to make one output tensor."""
+
+    name: str
+    inputs: list[tuple[str, str]]  # (model ref, input tensor name), one per listed model, config order
+    base: tuple[str, str] | None
+    base_index: int | None
+    params: list[dict[str, Any]]
+    options: dict[str, Any]
+    t: float
+    shape: tuple[int, ...]
+    layer: int | None = None
+
+
+@dataclass
+class MergePlan:
+    """Every output tensor in write order, plus what the output config needs."""
+
+    tasks: list[TensorTask] = field(default_factory=list)
+    num_layers: int = 0
+    out_model: str = ""
+    layer_origin: list[int] = field(default_factory=list)
+    slice_weights: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def _slices(config: MergeConfig, models: dict[str, SourceModel]) -> list[OutputSlice]:
+    """The slices to merge; the `models:` form becomes one slice spanning every layer."""
+    if config.slices is not None:
+        for i, sl in enumerate(config.slices):
+            for src in sl.sources:
+                total = models[src.model].arch.num_layers
+                assert src.layer_range is not None
+                if src.layer_range[1] > total:
+                    raise ConfigError(
+                        f"`layer_range: {list(src.layer_range)}` in slices[{i}] is out of"
+                        f" bounds: {src.model} has {total} layers",
+                        hint=f"use an end of at most {total}",
+                    )
+        return config.slices
+    counts = {m.model: models[m.model].arch.num_layers for m in config.models or []}
+    if config.base_model:
+        counts[config.base_model] = models[config.base_model].arch.num_layers
+    if len(set(counts.values())) > 1:
+        listing = ", ".join(f"{k}: {v}" for k, v in counts.items())
+        raise ConfigError(
+            f"models have different layer counts ({listing})", hint="use `slices:` with matching layer ranges"
+        )
+    layers = next(iter(counts.values()))
+    sources = [InputModel(m.model, m.parameters, (0, layers)) for m in config.models or []]
+    return [OutputSlice(sources=sources)]
+
+
+def _resolve_task(
+    config: MergeConfig,
+    method: Any,
+    sl: OutputSlice,
+    base: str | None,
+    task: TensorTask,
+    from_base_extra: bool,
+) -> None:
+    """Fill `task.params` and `task.options` (precedence: per-model > slice > module > global)."""
+    from mergeguard.merge.methods.base import REQUIRED
+
+    shared = [sl.parameters, config.module_parameters, config.parameters]
+    options: dict[str, Any] = {}
+    for param in method.params:
+        if param.per_model:
+            continue
+        value = resolve(param.name, param.kind, shared, tensor_name=task.name, t=task.t)
+        if value is MISSING:
+            if param.default is REQUIRED:
+                raise ConfigError(
+                    f"merge_method `{method.name}` has no `{param.name}` for tensor {task.name}",
+                    hint="add a fallback entry without `filter` to the parameter's list",
+                )
+            value = param.default
+        options[param.name] = value
+    task.options = options
+    params: list[dict[str, Any]] = []
+    for ref, in_name in task.inputs:
+        own = [s.parameters for s in sl.sources if s.model == ref]
+        values: dict[str, Any] = {}
+        for param in method.params:
+            if not param.per_model or (ref == base and getattr(param, "non_base", False)):
+                continue  # mergekit does not give the base its non-base parameters (density, weight of ties)
+            value = resolve(param.name, param.kind, [*own, *shared], tensor_name=in_name, t=task.t)
+            if value is MISSING:
+                if param.default is REQUIRED:
+                    raise ConfigError(
+                        f"model {ref} has no `{param.name}` for tensor {in_name}",
+                        hint="add a fallback entry without `filter` to the parameter's list",
+                    )
+                value = param.default
+            values[param.name] = value
+        params.append(values)
+    task.params = params
+
+
+def _check_compatible(models: dict[str, SourceModel], out: SourceModel, allow_crimes: bool) -> None:
+    for model in models.values():
+        a, b = model.arch, out.arch
+        same = (
+            a.name == b.name
+            and set(a.layer_suffixes) == set(b.layer_suffixes)
+            and set(a.pre) == set(b.pre)
+            and set(a.post) == set(b.post)
+        )
+        if not same and not allow_crimes:
+            raise ConfigError(
+                f"{model.ref} ({a.name}) and {out.ref} ({b.name}) have different architectures",
+                hint="merge models of one architecture, or pass --allow-crimes",
+            )
+
+
+def build_plan(
+    config: MergeConfig, method: Any, models: dict[str, SourceModel], *, allow_crimes: bool = False
+) -> MergePlan:
+    """Every output tensor, with inputs, shapes checked and parameters resolved."""
+    slices = _slices(config, models)
+    out_ref = config.base_model or slices[0].sources[0].model
+    out = models[out_ref]
+    _check_compatible(models, out, allow_crimes)
+    plan = MergePlan(out_model=out_ref)
+
+    def add(sl: OutputSlice, name: str, inputs: list[tuple[str, str]], t: float, layer: int | None) -> None:
+        base = sl.base_model or config.base_model
+        refs = [r for r, _ in inputs]
+        base_index = refs.index(base) if base in refs else None
+        base_pair: tuple[str, str] | None = None
+        if base is not None:
+            if base_index is not None:
+                base_pair = inputs[base_index]
+            elif config.models is not None:
+                base_pair = (base, inputs[0][1])
+            elif method.requires_base:
+                raise ConfigError(
+                    f"base_model {base} is not among the sources of a slice",
+                    hint="list the base model as one of every slice's sources",
+                )
+        shapes = {}
+        for ref, in_name in [*inputs, *([base_pair] if base_pair else [])]:
+            reader = models[ref].reader
+            if in_name not in reader:
+                raise ConfigError(
+                    f"{ref} has no tensor {in_name}",
+                    hint="the models differ in architecture; pass --allow-crimes only if they match",
+                )
+            shapes[ref] = reader.shape(in_name)
+        if len(set(shapes.values())) > 1:
+            listing = ", ".join(f"{r}: {list(s)}" for r, s in shapes.items())
+            raise ConfigError(
+                f"tensor {name} has different shapes ({listing})",
+                hint="the models must share an architecture and vocabulary size",
+            )
+        task = TensorTask(
+            name=name,
+            inputs=inputs,
+            base=base_pair,
+            base_index=base_index,
+            params=[],
+            options={},
+            t=t,
+            shape=next(iter(shapes.values())),
+            layer=layer,
+        )
+        _resolve_task(config, method, sl, base, task, False)
+        plan.tasks.append(task)
+
+    first, last = slices[0], slices[-1]
+    for name in out.arch.pre:
+        add(first, name, [(s.model, name) for s in first.sources], 0.0, None)
+    index = 0
+    for sl in slices:
+        start = [s.layer_range[0] for s in sl.sources]  # type: ignore[index]
+        length = sl.sources[0].layer_range[1] - start[0]  # type: ignore[index]
+        for offset in range(length):
+            t = offset / (length - 1) if length > 1 else 1.0
+            for suffix in out.arch.layer_suffixes:
+                inputs = [
+                    (s.model, models[s.model].arch.layer_name(start[j] + offset, suffix))
+                    for j, s in enumerate(sl.sources)
+                ]
+                if inputs[0][1] not in models[inputs[0][0]].reader:
+                    continue  # an optional weight (e.g. a bias) this model does not have
+                add(sl, out.arch.layer_name(index, suffix), inputs, t, index)
+            index += 1
+            plan.layer_origin.append(start[0] + offset)
+    for name in out.arch.post:
+        add(last, name, [(s.model, name) for s in last.sources], 0.0, None)
+    plan.num_layers = index
+    for sl in slices:
+        for src in sl.sources:
+            weights = plan.slice_weights.setdefault(src.model, {})
+            for key in ("weight", "t", "scale", "density"):
+                for scope in (src.parameters, sl.parameters, config.module_parameters, config.parameters):
+                    if key in scope and key not in weights:
+                        weights[key] = scope[key]
+    return plan

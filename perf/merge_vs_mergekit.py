@@ -1,0 +1,191 @@
+"""Wall time and peak RSS of `mergeguard merge` against `mergekit-yaml` on the same configs.
+
+Builds three ~350M-parameter fp16 Llama-shaped models (a base and two fine-tunes) once under --work, runs
+linear, task_arithmetic, ties, dare_ties, slerp (t gradient) and passthrough with both tools through
+`/usr/bin/time -v`, and prints a table with the ratios. mergekit's figures are cached in the work folder
+(`--rerun-mergekit` measures them again), because they take minutes.
+
+    .venv/bin/python perf/merge_vs_mergekit.py [--work /tmp/mergeguard-perf] [--only ties,slerp]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+MERGEGUARD = [str(REPO / ".venv" / "bin" / "mergeguard"), "merge"]
+MERGEKIT = os.environ.get("MERGEKIT_YAML", "/work/mkvenv/bin/mergekit-yaml")
+
+SHAPE = dict(
+    vocab_size=32000,
+    hidden_size=1024,
+    num_layers=24,
+    num_heads=16,
+    num_kv_heads=8,
+    intermediate_size=2816,
+    dtype="float16",
+)
+
+CONFIGS = {
+    "linear": """
+        models:
+          - model: {base}
+            parameters: {{weight: 0.4}}
+          - model: {ft1}
+            parameters: {{weight: 0.3}}
+          - model: {ft2}
+            parameters: {{weight: 0.3}}
+        merge_method: linear
+        dtype: float16
+    """,
+    "task_arithmetic": """
+        models:
+          - model: {ft1}
+            parameters: {{weight: 0.6}}
+          - model: {ft2}
+            parameters: {{weight: 0.4}}
+        base_model: {base}
+        merge_method: task_arithmetic
+        dtype: float16
+    """,
+    "ties": """
+        models:
+          - model: {ft1}
+            parameters: {{weight: 0.6, density: 0.5}}
+          - model: {ft2}
+            parameters: {{weight: 0.4, density: 0.5}}
+        base_model: {base}
+        merge_method: ties
+        parameters: {{normalize: true}}
+        dtype: float16
+    """,
+    "dare_ties": """
+        models:
+          - model: {ft1}
+            parameters: {{weight: 0.6, density: 0.5}}
+          - model: {ft2}
+            parameters: {{weight: 0.4, density: 0.5}}
+        base_model: {base}
+        merge_method: dare_ties
+        dtype: float16
+    """,
+    "slerp": """
+        slices:
+          - sources:
+              - model: {base}
+                layer_range: [0, 24]
+              - model: {ft1}
+                layer_range: [0, 24]
+        merge_method: slerp
+        base_model: {base}
+        parameters:
+          t:
+            - filter: self_attn
+              value: [0, 0.5, 0.3, 0.7, 1]
+            - filter: mlp
+              value: [1, 0.5, 0.7, 0.3, 0]
+            - value: 0.5
+        dtype: float16
+    """,
+    "passthrough": """
+        slices:
+          - sources:
+              - model: {ft1}
+                layer_range: [0, 16]
+          - sources:
+              - model: {ft2}
+                layer_range: [8, 24]
+        merge_method: passthrough
+        dtype: float16
+    """,
+}
+
+
+def build_models(work: Path) -> dict[str, Path]:
+    """The base and two fine-tunes, built once and reused."""
+    from mergeguard import tiny
+
+    paths = {"base": work / "base", "ft1": work / "ft1", "ft2": work / "ft2"}
+    if not (paths["base"] / "config.json").is_file():
+        shutil.rmtree(paths["base"], ignore_errors=True)
+        tiny.build_model(paths["base"], "llama", seed=0, **SHAPE)
+    for seed, key in ((1, "ft1"), (2, "ft2")):
+        if not (paths[key] / "config.json").is_file():
+            shutil.rmtree(paths[key], ignore_errors=True)
+            tiny.finetune_variant(paths["base"], paths[key], seed=seed, scale=0.01)
+    return paths
+
+
+def timed(command: list[str]) -> tuple[float, float, float]:
+    """Run `command` under /usr/bin/time -v; return (wall seconds, peak RSS in MB, CPU seconds)."""
+    result = subprocess.run(["/usr/bin/time", "-v", *command], capture_output=True, text=True)
+    if result.returncode != 0:
+        sys.stderr.write(result.stdout[-3000:] + result.stderr[-3000:])
+        raise SystemExit(f"failed: {' '.join(command)}")
+    wall = re.search(r"Elapsed \(wall clock\) time .*: (?:(\d+):)?(\d+):([\d.]+)", result.stderr)
+    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", result.stderr)
+    user = re.search(r"User time \(seconds\): ([\d.]+)", result.stderr)
+    system = re.search(r"System time \(seconds\): ([\d.]+)", result.stderr)
+    assert wall and rss and user and system, result.stderr[-2000:]
+    seconds = int(wall.group(1) or 0) * 3600 + int(wall.group(2)) * 60 + float(wall.group(3))
+    return seconds, int(rss.group(1)) / 1024, float(user.group(1)) + float(system.group(1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, default=Path("/tmp/mergeguard-perf"))
+    parser.add_argument("--only", default=",".join(CONFIGS), help="comma-separated methods")
+    parser.add_argument(
+        "--rerun-mergekit", action="store_true", help="measure mergekit again (right before mergeguard)"
+    )
+    parser.add_argument("--skip-mergekit", action="store_true", help="only mergeguard (uses cached rival)")
+    parser.add_argument("--skip-mergeguard", action="store_true", help="only measure (and cache) mergekit")
+    args = parser.parse_args()
+    work: Path = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    paths = build_models(work)
+    cache_file = work / "mergekit_results.json"
+    cached = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
+    rows = []
+    for method in args.only.split(","):
+        config = work / f"{method}.yml"
+        config.write_text(textwrap.dedent(CONFIGS[method]).format(**{k: str(v) for k, v in paths.items()}))
+        if not args.skip_mergekit and (args.rerun_mergekit or method not in cached):
+            out = work / f"out-mergekit-{method}"
+            shutil.rmtree(out, ignore_errors=True)
+            cached[method] = timed([MERGEKIT, str(config), str(out), "--random-seed", "0"])
+            cache_file.write_text(json.dumps(cached, indent=1))
+            shutil.rmtree(out, ignore_errors=True)
+        mine = None
+        if not args.skip_mergeguard:
+            out = work / f"out-mergeguard-{method}"
+            mine = timed([*MERGEGUARD, str(config), str(out), "--force", "--quiet", "--random-seed", "0"])
+            shutil.rmtree(out, ignore_errors=True)
+        rows.append((method, cached.get(method), mine))
+        print(f"done {method}: mergekit={cached.get(method)} mergeguard={mine}", file=sys.stderr, flush=True)
+    print("On a shared machine CPU seconds (user+sys) are steadier than wall time.")
+    print(
+        "| method | mergekit wall s | mergekit CPU s | mergekit RSS MB | mergeguard wall s | mergeguard CPU s"
+        " | mergeguard RSS MB | wall ratio | CPU ratio |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    nan = float("nan")
+    for method, theirs, mine in rows:
+        t_s, t_m, t_c = (list(theirs) + [nan])[:3] if theirs else (nan, nan, nan)
+        m_s, m_m, m_c = mine if mine else (nan, nan, nan)
+        print(
+            f"| {method} | {t_s:.1f} | {t_c:.1f} | {t_m:.0f} | {m_s:.1f} | {m_c:.1f} | {m_m:.0f}"
+            f" | {t_s / m_s:.1f}x | {t_c / m_c:.1f}x |"
+        )
+
+
+if __name__ == "__main__":
+    main()
