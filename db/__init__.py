@@ -24,6 +24,7 @@ from mergeguard.db.queries import (
     history,
     leaderboard,
     lineage,
+    parents_of,
 )
 from mergeguard.db.records import (
     EvaluationRow,
@@ -67,6 +68,7 @@ __all__ = [
     "leaderboard",
     "lineage",
     "open_db",
+    "parents_of",
     "parse_results_file",
     "record_audit",
     "record_check",

@@ -207,6 +207,47 @@ def aggregate_group(results: dict[str, Any], plan: GroupPlan) -> None:
         results.setdefault("n-shot", {})[plan.name] = (results.get("n-shot") or {}).get(first)
 
 
+def custom_task_config(spec: Any, out_dir: Path) -> dict[str, Any]:
+    """An lm-eval multiple-choice task for a custom benchmark (`--benchmark-spec`): its items, as the
+    benchmark registry normalizes them, written to `out_dir` and scored by accuracy over the choices."""
+    import json
+
+    from mergeguard.benchmarks.loading import load_spec
+    from mergeguard.db.scores import register_custom_task
+
+    loaded = load_spec(spec, None, use_hub=False)
+    rows = [
+        {"question": item.question, "choices": list(item.choices), "gold": item.choices.index(item.answer)}
+        for item in loaded.items
+        if item.choices and item.answer in item.choices
+    ]
+    if not rows:
+        raise BenchmarkError(
+            f"custom benchmark {spec.name} has no multiple-choice items with a gold answer among the choices",
+            hint="give `choices:` and `answer:` in its spec to evaluate it",
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data = out_dir / f"{spec.name}-{loaded.content_hash[:12]}.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    register_custom_task(spec.name, ("acc",))
+    return {
+        "task": spec.name,
+        "dataset_path": "json",
+        "dataset_kwargs": {"data_files": {"test": [str(data)]}},
+        "test_split": "test",
+        "output_type": "multiple_choice",
+        "doc_to_text": "Question: {{question}}\nAnswer:",
+        "doc_to_choice": "choices",
+        "doc_to_target": "gold",
+        "num_fewshot": 0,
+        "metric_list": [
+            {"metric": "acc", "aggregation": "mean", "higher_is_better": True},
+            {"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True},
+        ],
+        "metadata": {"version": 1.0},
+    }
+
+
 @dataclass
 class EvalSummary:
     """What an evaluation stored: the model, the results file, and each benchmark's primary score (0..1)."""
@@ -217,11 +258,12 @@ class EvalSummary:
     evaluations: int = 0
 
 
-def _benchmarks(tasks: Sequence[str] | None, suite: str | None) -> list[str]:
+def _benchmarks(tasks: Sequence[str] | None, suite: str | None, custom: Sequence[str] = ()) -> list[str]:
     if tasks and suite:
         raise UsageError("give --tasks or --suite, not both")
     if tasks:
-        return resolve_benchmarks(tasks)
+        known = [t for t in tasks if t.strip() not in custom]
+        return resolve_benchmarks(known) if known else []
     if suite:
         return suite_names(suite)
     raise UsageError("nothing to evaluate", hint="give --tasks arc_challenge,gsm8k,... or --suite v1|v2")
@@ -240,6 +282,7 @@ def run_eval(
     batch_size: int | str = 8,
     num_fewshot: int | None = None,
     bootstrap_iters: int = 1000,
+    custom_specs: Sequence[str | Path] = (),
 ) -> EvalSummary:
     """Evaluate a local model folder with lm-eval's HF backend and store the scores.
 
@@ -254,14 +297,18 @@ def run_eval(
         raise ModelNotFoundError(
             f"{model_dir} is not a local model folder (no config.json)", hint="give the folder a merge wrote"
         )
-    names = _benchmarks(tasks, suite)
+    from mergeguard.benchmarks import load_custom_spec
+
+    custom = {spec.name: spec for path in custom_specs for spec in load_custom_spec(Path(path))}
+    wanted_custom = [t.strip() for t in tasks or [] if t.strip() in custom] if tasks else list(custom)
+    names = _benchmarks(tasks, suite, tuple(custom)) if (tasks or suite or not custom) else []
     local = default_benchmarks_dir(benchmarks_dir)
     import lm_eval
     from lm_eval.loggers import EvaluationTracker
     from lm_eval.tasks import TaskManager
 
     plans: list[GroupPlan] = []
-    if local is not None:
+    if local is not None or not names:
         specs: list[Any] = []
         for name in names:
             configs, plan = task_configs(name, local, num_fewshot=num_fewshot)
@@ -272,7 +319,13 @@ def run_eval(
         specs = [REGISTRY[name].lm_eval_task for name in names]
         manager = TaskManager()
     out = Path(output_dir) if output_dir else cache_dir() / "evals"
+    if wanted_custom:
+        specs += [custom_task_config(custom[name], out / "custom") for name in wanted_custom]
     tracker = EvaluationTracker(output_path=str(out))
+    if device is None:  # lm-eval's own default is cuda, which a CPU-only machine does not have
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     model_args = {"pretrained": str(folder), "dtype": "auto"}
     try:
         results = lm_eval.simple_evaluate(

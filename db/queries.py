@@ -542,3 +542,15 @@ def history(
         "limit": limit if limit > 0 else -1,
     }
     return [HistoryEvent(*row) for row in db.execute(HISTORY_SQL, params).fetchall()]
+
+
+def parents_of(db: Database, ref: str) -> list[str]:
+    """The refs of a model's direct parents, from its lineage edges (empty when unknown)."""
+    from mergeguard.db.records import canonical_ref
+
+    rows = db.execute(
+        "SELECT DISTINCT p.ref FROM lineage_edges e JOIN models c ON c.id = e.child_id "
+        "JOIN models p ON p.id = e.parent_id WHERE c.ref = ? ORDER BY p.ref",
+        [canonical_ref(ref)],
+    ).fetchall()
+    return [row[0] for row in rows]

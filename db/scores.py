@@ -27,10 +27,21 @@ OLDER_TASKS: dict[str, tuple[str, tuple[str, ...]]] = {
 METRIC_FALLBACKS: dict[str, tuple[str, ...]] = {"gsm8k": ("acc",)}
 
 
+# Custom benchmarks (a team's own eval sets, `--benchmark-spec`) evaluated in this process: name -> metrics.
+CUSTOM_TASKS: dict[str, tuple[str, ...]] = {}
+
+
+def register_custom_task(name: str, metrics: tuple[str, ...] = ("acc",)) -> None:
+    """Let a custom benchmark's lm-eval task score a leaderboard column named after it."""
+    CUSTOM_TASKS[name] = metrics
+    task_map.cache_clear()
+
+
 @lru_cache(maxsize=1)
 def task_map() -> dict[str, tuple[str, tuple[str, ...]]]:
     """lm-eval task name -> (benchmark, metrics to rank by, best first), from the registry plus old names."""
     mapping: dict[str, tuple[str, tuple[str, ...]]] = dict(OLDER_TASKS)
+    mapping.update({name: (name, metrics) for name, metrics in CUSTOM_TASKS.items()})
     for spec in REGISTRY.values():
         metrics = (spec.metric, *METRIC_FALLBACKS.get(spec.name, ()))
         mapping[spec.lm_eval_task] = (spec.name, metrics)

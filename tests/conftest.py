@@ -19,6 +19,18 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
+@pytest.fixture(autouse=True)
+def _private_user_files(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, _session_cache: Path) -> None:
+    """Keep tests out of the user's database; share one benchmark index cache across the session."""
+    monkeypatch.setenv("MERGEGUARD_DB", str(tmp_path / "mergeguard-test.db"))
+    monkeypatch.setenv("MERGEGUARD_CACHE", str(_session_cache))
+
+
+@pytest.fixture(scope="session")
+def _session_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("mergeguard-cache")
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """`../shared/data`: real benchmark test sets and corpora. Skips when absent, unless CI requires it."""

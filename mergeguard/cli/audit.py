@@ -1,16 +1,155 @@
-"""`mergeguard audit` (filled in by the auditor issue)."""
+"""`mergeguard audit`: contamination audit of models' declared datasets (or datasets alone) against the
+benchmark test sets. Exit status: 0 clean, 1 contaminated, 2 on any error."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
 
 import typer
 
 from mergeguard.cli.app import app
-from mergeguard.errors import MergeguardError
+from mergeguard.errors import MergeguardError, UsageError
+
+TOP_EVIDENCE = 3
+
+
+class AuditError(MergeguardError):
+    """Any audit failure exits 2, so that CI can tell an error from contamination (1)."""
+
+    exit_code = 2
+
+
+def split_dataset_options(values: list[str]) -> tuple[list[str], dict[str, list[str]]]:
+    """`--dataset REF` (audited alone) versus `--dataset MODEL=REF` (an override for MODEL)."""
+    plain: list[str] = []
+    overrides: dict[str, list[str]] = {}
+    for value in values:
+        model, sep, ref = value.partition("=")
+        if sep and model and ref and not Path(value).exists():
+            overrides.setdefault(model, []).append(ref)
+        elif sep and not (model and ref):
+            raise UsageError(f"--dataset {value!r} is malformed", hint="use --dataset REF or MODEL=REF")
+        else:
+            plain.append(value)
+    return plain, overrides
+
+
+def print_report(report: Any, console: Any) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    for verdict in report.models:
+        colour = {"clean": "green", "contaminated": "red", "undeclared": "yellow"}[verdict.verdict]
+        title = f"{verdict.kind} {escape(verdict.model)}: [bold {colour}]{verdict.verdict}[/]"
+        table = Table(title=title, title_justify="left")
+        for column in ("benchmark", "items", "contaminated items", "rate", "worst severity", "verdict"):
+            table.add_column(
+                column, justify="right" if column in ("items", "contaminated items", "rate") else "left"
+            )
+        for rate in verdict.rates:
+            style = "red" if rate.verdict == "contaminated" else None
+            table.add_row(
+                rate.benchmark,
+                str(rate.items),
+                str(rate.contaminated),
+                f"{rate.rate:.2%}",
+                rate.worst or "-",
+                rate.verdict,
+                style=style,
+            )
+        console.print(table)
+        if verdict.datasets:
+            for d in verdict.datasets:
+                via = f" (inherited from {d['inherited_from']})" if d.get("inherited_from") else ""
+                console.print(f"  dataset {escape(d['ref'])}{escape(via)}")
+        elif verdict.kind == "model":
+            console.print("  no declared datasets in the model's card or lineage: [yellow]undeclared[/]")
+        for problem in verdict.problems:
+            console.print(f"  [yellow]warning:[/] {escape(problem)}")
+        mine = [f for f in report.findings if (f.model or f.dataset) == verdict.model]
+        rank = {"verbatim": 0, "partial": 1, "question_only": 2}
+        for finding in sorted(mine, key=lambda f: (rank[f.severity], -f.score))[:TOP_EVIDENCE]:
+            where = f" via {finding.inherited_from}" if finding.inherited_from else ""
+            console.print(
+                f"\n  [bold]{finding.benchmark}[/] {finding.split} item {finding.item} "
+                f"({finding.severity}, score {finding.score:.2f}) in {escape(finding.dataset)} "
+                f"example {finding.example}{escape(where)}"
+            )
+            console.print(f"    benchmark: {escape(finding.item_text[:300])}", highlight=False)
+            span = f"[black on yellow]{escape(finding.evidence)}[/]"
+            before, after = escape(finding.context_before), escape(finding.context_after)
+            console.print(f"    training:  …{before}{span}{after}…", highlight=False)
+        console.print()
+    for problem in report.problems:  # the first clause; --json has the whole message with its fix
+        console.print(f"[yellow]warning:[/] {escape(problem.split(';')[0])}")
+    status = "[bold red]contamination found[/]" if report.contaminated else "[bold green]no contamination[/]"
+    console.print(f"{status} ({len(report.findings)} findings; threshold {report.thresholds['rate']:.2%})")
 
 
 @app.command("audit")
 def audit_command(
-    config: str | None = typer.Argument(None, help="A merge config whose models to audit."),
+    config: Path | None = typer.Argument(None, help="A merge config: audit every input model and the base."),
+    model: list[str] = typer.Option([], "--model", "-m", help="A model (folder or hub id) to audit."),
+    dataset: list[str] = typer.Option(
+        [], "--dataset", "-d", help="A dataset to audit alone (REF), or MODEL=REF to set a model's datasets."
+    ),
+    text_field: str | None = typer.Option(None, "--text-field", help="The field holding an example's text."),
+    benchmarks_dir: Path | None = typer.Option(None, "--benchmarks-dir", help="Local benchmark test sets."),
+    benchmark: list[str] = typer.Option([], "--benchmark", "-b", help="Audit against these benchmarks only."),
+    benchmark_spec: list[Path] = typer.Option([], "--benchmark-spec", help="A custom benchmark YAML spec."),
+    threshold_rate: float = typer.Option(
+        0.01, "--threshold-rate", help="Share of a benchmark's items that fails."
+    ),
+    allow_verbatim: bool = typer.Option(
+        False, "--allow-verbatim", help="Do not fail on a single verbatim finding (only on the rate)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+    cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Where the benchmark index is cached."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
 ) -> None:
-    """Audit models' declared fine-tune datasets against benchmark test sets."""
-    raise MergeguardError("audit is not implemented yet", hint="see the project's open issues")
+    """Audit models' declared fine-tune datasets against benchmark test sets (exit 1 when contaminated)."""
+    from mergeguard.auditor import AuditOptions, audit_config, audit_datasets, audit_models
+
+    try:
+        if not 0.0 <= threshold_rate <= 1.0:
+            raise UsageError(f"--threshold-rate {threshold_rate} is not a rate", hint="give a number in 0..1")
+        plain, overrides = split_dataset_options(dataset)
+        options = AuditOptions(
+            benchmarks=benchmark or None,
+            benchmarks_dir=benchmarks_dir,
+            custom_specs=list(benchmark_spec),
+            cache_dir=cache_dir,
+            threshold_rate=threshold_rate,
+            fail_on_verbatim=not allow_verbatim,
+            text_field=text_field,
+            dataset_overrides=overrides,
+            progress=not (no_progress or as_json),
+        )
+        if config is not None and (model or plain):
+            raise UsageError("give a merge config or --model/--dataset, not both", hint="run two audits")
+        if config is not None:
+            report = audit_config(config, options)
+        elif model:
+            if plain:
+                raise UsageError(
+                    "--dataset REF with --model audits nothing for the model",
+                    hint="write --dataset MODEL=REF to give a model's datasets",
+                )
+            report = audit_models(list(model), options)
+        elif plain:
+            report = audit_datasets(plain, options)
+        else:
+            raise UsageError("nothing to audit", hint="give a merge config, --model REF or --dataset REF")
+    except MergeguardError as error:
+        if error.exit_code == 2:
+            raise
+        raise AuditError(error.message, hint=error.hint) from error
+    if as_json:
+        typer.echo(json.dumps(report.to_json(), ensure_ascii=False))
+    else:
+        from rich.console import Console
+
+        print_report(report, Console(highlight=False))
+    raise typer.Exit(1 if report.contaminated else 0)

@@ -7,6 +7,7 @@ Exit status: 0 ok, 3 degraded, 4 broken (1 and 2 stay for errors and usage mista
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -105,16 +106,24 @@ def check_command(
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     max_tokens: int = typer.Option(512, "--max-tokens", help="Tokens of the text sample to score."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    db: Path | None = typer.Option(None, "--db", help="Database file (else $MERGEGUARD_DB)."),
 ) -> None:
-    """Sanity-check a model: NaN/inf weights, perplexity and repetition against its parents."""
+    """Sanity-check a model: NaN/inf weights, perplexity and repetition against its parents.
+
+    Without --against, the parents come from the model's lineage in the database. The verdict is stored.
+    """
+    from mergeguard.db import open_db, parents_of, record_check
     from mergeguard.merge.sanity import sanity_check
     from mergeguard.refs import resolve_model
 
     if device.split(":")[0] not in DEVICES:
         raise UsageError(f"unknown device {device!r}", hint="use --device cpu or --device cuda")
     folder = resolve_model(model)
-    parents = [resolve_model(p) for p in against or []]
+    store = open_db(db)
+    parent_refs = list(against or []) or parents_of(store, str(folder))
+    parents = [resolve_model(p) for p in parent_refs]
     report = sanity_check(folder, parents, device=device, max_tokens=max_tokens, progress=not as_json)
+    record_check(store, folder, report.verdict, report.to_json())
     if as_json:
         typer.echo(report.to_json())
     else:

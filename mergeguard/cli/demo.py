@@ -1,12 +1,90 @@
-"""`mergeguard demo` (filled in by the guardrails issue)."""
+"""`mergeguard demo`: the whole story offline, in a folder it creates, in a few minutes."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+from typing import Any
+
+import typer
+
 from mergeguard.cli.app import app
-from mergeguard.errors import MergeguardError
+
+
+class RichReporter:
+    """Prints the demo's steps for someone who has never seen the tool: a heading a step, then tables."""
+
+    def __init__(self, console: Any) -> None:
+        self.console = console
+
+    def step(self, number: int, title: str) -> None:
+        self.console.rule(f"[bold]Step {number}[/]  {title}", align="left")
+
+    def line(self, text: str) -> None:
+        self.console.print(text, highlight=False, markup=False)
+
+    def audit(self, report: dict[str, Any]) -> None:
+        from mergeguard.auditor.report import AuditReport
+        from mergeguard.cli.audit import print_report
+
+        print_report(AuditReport.from_json(report), self.console)
+
+    def refused(self, message: str) -> None:
+        self.console.print(f"[bold red]refused:[/] {message}", highlight=False)
+
+    def table(self, renderable: Any) -> None:
+        self.console.print(renderable)
+
+
+def quiet_libraries() -> None:
+    """No progress bars or warnings from transformers, datasets and lm-eval over the demo's own output."""
+    import logging
+    import warnings
+
+    for name, value in {
+        "TQDM_DISABLE": "1",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        "TRANSFORMERS_VERBOSITY": "error",
+        "DATASETS_VERBOSITY": "error",
+        "TOKENIZERS_PARALLELISM": "false",
+    }.items():
+        os.environ.setdefault(name, value)
+    warnings.filterwarnings("ignore")
+    logging.disable(logging.WARNING)
 
 
 @app.command("demo")
-def demo_command() -> None:
+def demo_command(
+    workdir: Path | None = typer.Option(
+        None, "--workdir", help="Folder to work in (default: a new temporary folder, named at the end)."
+    ),
+    benchmarks_dir: Path | None = typer.Option(
+        None, "--benchmarks-dir", help="Real benchmark test sets: also plant and catch real GSM8K items."
+    ),
+    fast: bool = typer.Option(False, "--fast", help="Fewer training steps and eval items (for tests)."),
+) -> None:
     """Show the whole story offline: fine-tune, audit, refuse, merge, evaluate, rank."""
-    raise MergeguardError("demo is not implemented yet", hint="see the project's open issues")
+    import time
+
+    from rich.console import Console
+
+    quiet_libraries()
+    import shutil
+
+    from mergeguard.demo.run import DemoOptions, run_demo
+
+    console = Console(highlight=False, width=max(shutil.get_terminal_size().columns, 110))
+    started = time.perf_counter()
+    result = run_demo(DemoOptions(workdir, benchmarks_dir, fast), RichReporter(console))
+    console.rule("[bold]Explore further", align="left")
+    db = result.db_path
+    for command in (
+        f"mergeguard leaderboard --db {db}",
+        f"mergeguard lineage {result.merged} --db {db}",
+        f"mergeguard history --db {db}",
+        f"mergeguard audit {result.workdir / 'merge-all.yml'} --benchmark-spec "
+        f"{result.workdir / 'benchmarks' / 'demo_quiz.yaml'} --benchmark demo_quiz",
+        f"datasette {db}    # pip install datasette",
+    ):
+        console.print(f"  {command}", markup=False)
+    console.print(f"\nworking folder: {result.workdir}  ({time.perf_counter() - started:.0f} s)")

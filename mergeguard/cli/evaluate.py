@@ -42,6 +42,9 @@ def eval_command(
         "Env: MERGEGUARD_BENCHMARKS_DIR.",
     ),
     output_dir: Path | None = typer.Option(None, "--output-dir", help="Where lm-eval's results file goes."),
+    benchmark_spec: list[Path] = typer.Option(
+        [], "--benchmark-spec", help="A custom benchmark YAML (multiple choice) to evaluate too; repeatable."
+    ),
     db: Path | None = DB_OPTION,
 ) -> None:
     """Evaluate a model with lm-eval and store its scores."""
@@ -62,6 +65,7 @@ def eval_command(
         output_dir=output_dir,
         batch_size=int(batch_size) if batch_size.isdigit() else batch_size,
         num_fewshot=num_fewshot,
+        custom_specs=benchmark_spec,
     )
     console = Console(highlight=False)
     for benchmark, value in summary.scores.items():

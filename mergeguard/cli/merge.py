@@ -8,7 +8,8 @@ from typing import Any
 import typer
 
 from mergeguard.cli.app import app, error_console
-from mergeguard.cli.check import check_merge, family_gate
+from mergeguard.cli.check import check_merge
+from mergeguard.errors import UsageError
 
 
 @app.command("merge")
@@ -47,15 +48,59 @@ def merge_command(
         False, "--allow-unrelated", help="Merge inputs that fail the family check."
     ),
     check: bool = typer.Option(False, "--check", help="Sanity-check the merged model (exit 3/4 if bad)."),
+    allow_contaminated: bool = typer.Option(
+        False, "--allow-contaminated", help="Merge contaminated inputs anyway (the merge is marked so)."
+    ),
+    dataset: list[str] = typer.Option(
+        [], "--dataset", help="MODEL=REF: a model's training data (adds to or overrides its card)."
+    ),
+    text_field: str | None = typer.Option(None, "--text-field", help="The field holding an example's text."),
+    benchmarks_dir: Path | None = typer.Option(None, "--benchmarks-dir", help="Local benchmark test sets."),
+    benchmark: list[str] = typer.Option([], "--benchmark", "-b", help="Audit against these benchmarks only."),
+    benchmark_spec: list[Path] = typer.Option([], "--benchmark-spec", help="A custom benchmark YAML spec."),
+    threshold_rate: float = typer.Option(
+        0.01, "--threshold-rate", help="Contaminated at this share of a benchmark's items."
+    ),
+    allow_verbatim: bool = typer.Option(
+        False, "--allow-verbatim", help="Judge verbatim findings by the rate threshold only."
+    ),
+    cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Where the benchmark index is cached."),
+    db: Path | None = typer.Option(None, "--db", help="Database file (else $MERGEGUARD_DB)."),
 ) -> None:
-    """Merge models from a mergekit YAML config into OUT_DIR (written atomically)."""
-    from mergeguard.merge import MergeOptions, load_config, run_merge
+    """Merge models from a mergekit YAML config into OUT_DIR, after auditing every input (and the base).
+
+    Refused (exit 1, nothing written) when an input is contaminated, unless --allow-contaminated.
+    """
+    from mergeguard.auditor import AuditOptions
+    from mergeguard.cli.audit import split_dataset_options
+    from mergeguard.guardrails import ContaminatedInputsError, GuardOptions
+    from mergeguard.merge import MergeOptions, load_config
 
     console = error_console()
     merge_config = load_config(config, strict=strict)
     for warning in merge_config.warnings:
         console.print(f"[yellow]warning:[/] {warning}", markup=True, emoji=False, highlight=False)
-    family_gate(merge_config, allow_unrelated, console)
+    plain, overrides = split_dataset_options(dataset)
+    if plain:
+        raise UsageError(f"--dataset {plain[0]} needs a model", hint="write --dataset MODEL=REF")
+    audit_options = AuditOptions(
+        benchmarks=benchmark or None,
+        benchmarks_dir=benchmarks_dir,
+        custom_specs=list(benchmark_spec),
+        cache_dir=cache_dir,
+        threshold_rate=threshold_rate,
+        fail_on_verbatim=not allow_verbatim,
+        text_field=text_field,
+        dataset_overrides=overrides,
+        progress=not quiet,
+    )
+    guard = GuardOptions(
+        audit=audit_options,
+        no_audit=no_audit,
+        allow_contaminated=allow_contaminated,
+        allow_unrelated=allow_unrelated,
+        db_path=db,
+    )
     options = MergeOptions(
         device="cuda" if cuda else device,
         random_seed=random_seed,
@@ -70,25 +115,59 @@ def merge_command(
         low_cpu_memory=low_cpu_memory,
         write_model_card=write_model_card,
     )
-    if quiet:
-        result = run_merge(merge_config, out_dir, options)
-    else:
-        result = _with_progress(merge_config, out_dir, options, console)
+    try:
+        guarded = _with_progress(config, out_dir, options, guard, console)
+    except ContaminatedInputsError as error:
+        _show_audit(error.audit.report)
+        raise
+    result = guarded.result
+    for warning in guarded.warnings:
+        console.print(f"[yellow]warning:[/] {warning}", markup=True, emoji=False, highlight=False)
+    _show_family(guarded.family, console)
     if not quiet:
+        if guarded.audit is not None:
+            how = "reused a stored audit" if guarded.audit.reused else "audited the inputs"
+            typer.echo(f"{how}: the merge is {guarded.verdict}")
         typer.echo(
             f"merged {len(result.models)} models with {result.method} into {result.out_dir}: "
             f"{result.tensors} tensors, {result.bytes / 1e6:.1f} MB in {result.seconds:.1f} s"
         )
     if check:
-        raise typer.Exit(
-            check_merge(result.out_dir, list(result.models.values()), options.device, quiet).exit_code
+        from mergeguard.db import open_db, record_check
+
+        report = check_merge(result.out_dir, list(result.models.values()), options.device, quiet)
+        record_check(open_db(db), result.out_dir, report.verdict, report.to_json())
+        raise typer.Exit(report.exit_code)
+
+
+def _show_audit(report: dict[str, Any]) -> None:
+    """The audit table and its evidence, on stdout, when a merge is refused."""
+    from rich.console import Console
+
+    from mergeguard.auditor.report import AuditReport
+    from mergeguard.cli.audit import print_report
+
+    print_report(AuditReport.from_json(report), Console(highlight=False))
+
+
+def _show_family(report: Any, console: Any) -> None:
+    for pair in report.unrelated_pairs() if report is not None else []:
+        console.print(
+            f"[yellow]warning:[/] {pair.a} and {pair.b} look unrelated (weight similarity "
+            f"{pair.similarity:.3f}); merged anyway (--allow-unrelated)",
+            markup=True,
+            emoji=False,
+            highlight=False,
         )
 
 
-def _with_progress(merge_config: Any, out_dir: Path, options: Any, console: Any) -> Any:
-    from rich.progress import BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+def _with_progress(config: Path, out_dir: Path, options: Any, guard: Any, console: Any) -> Any:
+    """The guarded merge, with a progress bar of tensors and bytes unless --quiet."""
+    from mergeguard.guardrails import guarded_merge
 
-    from mergeguard.merge import run_merge
+    if options.quiet:
+        return guarded_merge(config, out_dir, options, guard)
+    from rich.progress import BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     with Progress(
         "[progress.description]{task.description}",
@@ -110,4 +189,4 @@ def _with_progress(merge_config: Any, out_dir: Path, options: Any, console: Any)
             )
 
         options.progress = update
-        return run_merge(merge_config, out_dir, options)
+        return guarded_merge(config, out_dir, options, guard)

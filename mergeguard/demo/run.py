@@ -1,0 +1,192 @@
+"""The demo's steps: train, audit, refuse, merge, evaluate, rank; each one a call to the library.
+
+`run_demo` does the work and reports each step through a `say` object (the CLI prints with rich; tests can
+collect). Everything lands in one working folder: models, datasets, the benchmark, the database.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager, redirect_stderr
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from mergeguard.demo.data import (
+    arithmetic_instructions,
+    contaminated_instructions,
+    quiz_items,
+    write_jsonl,
+    write_quiz_benchmark,
+    write_quiz_spec,
+    writing_instructions,
+)
+
+REAL_BENCHMARK = "gsm8k"  # planted too when real test sets are given with --benchmarks-dir
+REAL_PLANTED = 12
+
+
+class Reporter(Protocol):
+    """Where the demo tells what it does: a heading per step, then tables and lines."""
+
+    def step(self, number: int, title: str) -> None: ...
+    def line(self, text: str) -> None: ...
+    def audit(self, report: dict[str, Any]) -> None: ...
+    def refused(self, message: str) -> None: ...
+    def table(self, renderable: Any) -> None: ...
+
+
+@dataclass
+class DemoOptions:
+    workdir: Path | None = None
+    benchmarks_dir: Path | None = None
+    fast: bool = False  # fewer training steps and eval items: the tests' mode, same code path
+
+
+@dataclass
+class DemoResult:
+    workdir: Path
+    db_path: Path
+    models: dict[str, Path]
+    audit: dict[str, Any]
+    refusal: str
+    merged: Path
+    scores: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+def _steps(fast: bool) -> tuple[int, int]:
+    """(pre-training steps, fine-tuning steps)."""
+    return (60, 30) if fast else (300, 150)
+
+
+def _write_config(path: Path, base: Path, models: list[Path]) -> Path:
+    lines = ["merge_method: ties", f"base_model: {base}", "parameters:", "  normalize: true", "models:"]
+    for model in models:
+        lines += [f"  - model: {model}", "    parameters:", "      weight: 0.5", "      density: 0.7"]
+    lines.append("dtype: float32")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _real_items(benchmarks_dir: Path) -> list[dict[str, str]]:
+    """A few real test items, copied the way a careless fine-tune does: question in, answer out."""
+    from mergeguard.benchmarks import load_benchmark
+
+    loaded = load_benchmark(REAL_BENCHMARK, benchmarks_dir)
+    return [
+        {"instruction": item.question, "input": "", "output": item.answer}
+        for item in loaded.items[:REAL_PLANTED]
+    ]
+
+
+def run_demo(options: DemoOptions, say: Reporter) -> DemoResult:
+    """Run the whole story in `options.workdir` (a new temporary folder when None)."""
+    from mergeguard import tiny
+    from mergeguard.auditor import AuditOptions, audit_models
+    from mergeguard.db import leaderboard, lineage, open_db, render_leaderboard, render_lineage, run_eval
+    from mergeguard.guardrails import ContaminatedInputsError, GuardOptions, guarded_merge
+    from mergeguard.merge import MergeOptions
+    from mergeguard.merge.sanity import sample_text
+
+    work = Path(options.workdir or tempfile.mkdtemp(prefix="mergeguard-demo-")).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    db_path = work / "mergeguard.db"
+    pretrain_steps, finetune_steps = _steps(options.fast)
+
+    say.step(1, "Train a tiny base model and three fine-tunes (for real, on CPU)")
+    quiz = quiz_items(20 if options.fast else 40)
+    spec = write_quiz_spec(work / "benchmarks", write_quiz_benchmark(work / "benchmarks", quiz))
+    data = work / "data"
+    leaked = contaminated_instructions(quiz, writing_instructions(60, seed=3))
+    if options.benchmarks_dir is not None:
+        leaked += _real_items(options.benchmarks_dir)
+    datasets = {
+        "ft-math": write_jsonl(data / "math.jsonl", arithmetic_instructions(120, seed=1)),
+        "ft-writing": write_jsonl(data / "writing.jsonl", writing_instructions(120, seed=2)),
+        "ft-leaky": write_jsonl(data / "leaky.jsonl", leaked),
+    }
+    models_dir = work / "models"
+    tokenizer = tiny.train_tokenizer(models_dir / "tokenizer")
+    initial = tiny.build_model(models_dir / "init", "llama", seed=0, num_layers=2, tokenizer_dir=tokenizer)
+    english = sample_text().split("\n\n") + tiny.training_corpus()
+    pretrain = data / "pretrain.txt"
+    pretrain.write_text("\n".join(english) + "\n", encoding="utf-8")
+    base = tiny.train_finetune(initial, models_dir / "base", english, pretrain_steps, 0, 3e-3)
+    tiny.write_card(base, datasets=[str(pretrain)], body="# demo base\n\nPre-trained on a little English.")
+    models: dict[str, Path] = {"base": base}
+    for seed, (name, path) in enumerate(datasets.items(), start=1):
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+        texts = [f"{r['instruction']}\n{r['output']}" for r in rows]
+        card = {"datasets": [str(path)], "base_model": str(base)}
+        models[name] = tiny.train_finetune(base, models_dir / name, texts, finetune_steps, seed, 1e-3, card)
+        say.line(f"{name}: fine-tuned on {len(rows)} examples from {path.name}")
+    shutil_rmtree(initial)
+
+    say.step(2, "Audit the fine-tunes' declared datasets against the benchmark test sets")
+    benchmarks = ["demo_quiz"] + ([REAL_BENCHMARK] if options.benchmarks_dir is not None else [])
+    audit_options = AuditOptions(
+        benchmarks=benchmarks,
+        benchmarks_dir=options.benchmarks_dir,
+        custom_specs=[spec],
+        cache_dir=work / "cache",
+    )
+    fine_tunes = [str(models[n]) for n in datasets]
+    report = audit_models(fine_tunes, audit_options).to_json()
+    say.audit(report)
+
+    say.step(3, "Merge all three with TIES: refused, one input is contaminated")
+    guard = GuardOptions(audit=audit_options, db_path=db_path)
+    config_all = _write_config(work / "merge-all.yml", base, [models[n] for n in datasets])
+    refusal = ""
+    try:
+        guarded_merge(config_all, work / "models" / "merge-all", MergeOptions(quiet=True), guard)
+    except ContaminatedInputsError as error:
+        refusal = str(error)
+        say.refused(refusal)
+    clean = [models["ft-math"], models["ft-writing"]]
+    config_clean = _write_config(work / "merge-clean.yml", base, clean)
+    say.line("Merging the two clean fine-tunes instead:")
+    merged = guarded_merge(config_clean, models_dir / "merge-clean", MergeOptions(quiet=True), guard)
+    models["merge-clean"] = merged.result.out_dir
+    say.line(
+        f"merge-clean: {merged.result.tensors} tensors in {merged.result.seconds:.1f} s, verdict "
+        f"{merged.verdict} (audit {'reused' if merged.audit and merged.audit.reused else 'run'})"
+    )
+
+    say.step(4, "Evaluate the parents and the merge with lm-eval on the local quiz")
+    db = open_db(db_path)
+    scores: dict[str, dict[str, float]] = {}
+    for name in ["base", *datasets, "merge-clean"]:
+        with _silenced():
+            summary = run_eval(
+                db,
+                models[name],
+                custom_specs=[spec],
+                limit=10 if options.fast else None,
+                output_dir=work / "evals",
+                batch_size=16,
+                bootstrap_iters=0,
+            )
+        scores[name] = summary.scores
+        say.line(f"{name}: demo_quiz accuracy {summary.scores.get('demo_quiz', float('nan')) * 100:.1f}%")
+
+    say.step(5, "The leaderboard and the merge's lineage")
+    say.table(render_leaderboard(leaderboard(db), "table"))
+    say.table(render_lineage(lineage(db, str(models["merge-clean"])), "tree"))
+    return DemoResult(work, db_path, models, report, refusal, models["merge-clean"], scores)
+
+
+@contextmanager
+def _silenced() -> Iterator[None]:
+    """Hide library progress bars (lm-eval passes tqdm its own `disable`, so only stderr can stop them)."""
+    with redirect_stderr(io.StringIO()):
+        yield
+
+
+def shutil_rmtree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,357 @@
+"""The guarded merge: audit every input before any weight is read, refuse contamination, record everything.
+
+This is the flow `mergeguard merge` runs (see the README's Architecture section):
+
+    config ─► audit the inputs (or reuse a stored audit of the same inputs) ─► refuse if contaminated
+           ─► family check ─► merge ─► record the merge, its lineage and the verdict it inherits
+
+The auditor, the merge engine and the database stay unaware of each other; this module is the only place
+that knows all three.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mergeguard import __version__
+from mergeguard.errors import MergeguardError
+
+CONTAMINATED, UNDECLARED, CLEAN, UNAUDITED = "contaminated", "undeclared", "clean", "unaudited"
+
+
+@dataclass
+class GuardOptions:
+    """What the guard checks and what the user chose to override."""
+
+    audit: Any = None  # mergeguard.auditor.AuditOptions; None: the defaults
+    no_audit: bool = False
+    allow_contaminated: bool = False
+    allow_unrelated: bool = False
+    db_path: Path | None = None
+
+
+@dataclass
+class InputAudit:
+    """The audit of a merge's inputs: the report as JSON, where it is stored, and whether it was reused."""
+
+    report: dict[str, Any]
+    audit_id: int | None
+    reused: bool
+
+    def verdicts(self) -> dict[str, str]:
+        return {m["model"]: m["verdict"] for m in self.report.get("models", []) if m.get("kind") == "model"}
+
+    @property
+    def contaminated(self) -> list[str]:
+        return [model for model, verdict in self.verdicts().items() if verdict == CONTAMINATED]
+
+    @property
+    def undeclared(self) -> list[str]:
+        return [model for model, verdict in self.verdicts().items() if verdict == UNDECLARED]
+
+
+@dataclass
+class GuardedMerge:
+    """Everything a guarded merge did: the audit it passed, the family check, the merge, the records."""
+
+    audit: InputAudit | None
+    family: Any  # mergeguard.merge.family.FamilyReport, or None when it could not run
+    result: Any  # mergeguard.merge.MergeResult
+    verdict: str  # the merged model's: clean | contaminated | undeclared | unaudited
+    merge_id: int
+    model_id: int
+    warnings: list[str] = field(default_factory=list)
+
+
+class ContaminatedInputsError(MergeguardError):
+    """A merge refused because an input (or its lineage) was fine-tuned on benchmark test items."""
+
+    def __init__(self, audit: InputAudit) -> None:
+        self.audit = audit
+        names = ", ".join(audit.contaminated)
+        super().__init__(
+            f"refusing to merge: contaminated input(s) {names}",
+            hint="remove them from the config, or pass --allow-contaminated to merge anyway "
+            "(the merge is then marked contaminated)",
+        )
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _stat_tree(root: Path, limit: int = 5000) -> list[tuple[str, int, int]]:
+    """(relative path, size, mtime) of the files under `root`: cheap evidence that nothing changed."""
+    out = []
+    for path in sorted(root.rglob("*"))[:limit]:
+        if path.is_file():
+            stat = path.stat()
+            out.append((path.relative_to(root).as_posix(), stat.st_size, stat.st_mtime_ns))
+    return out
+
+
+def _dataset_state(ref: str, declared_by: Path | None) -> Any:
+    """What a dataset reference points at now: a file's hash, a folder's listing, or the bare hub id."""
+    for candidate in (Path(ref).expanduser(), (declared_by / ref) if declared_by else None):
+        if candidate is None or not candidate.exists():
+            continue
+        if candidate.is_file():
+            return ["file", str(candidate.resolve()), _sha256_file(candidate)]
+        return ["dir", str(candidate.resolve()), _stat_tree(candidate)]
+    return ["ref", ref]
+
+
+def _benchmark_state(audit_options: Any) -> Any:
+    """The benchmark data an audit would index: local files by listing, custom specs by content."""
+    from mergeguard.paths import benchmarks_dir
+
+    folder = benchmarks_dir(audit_options.benchmarks_dir)
+    state: dict[str, Any] = {
+        "names": audit_options.benchmarks,
+        "dir": [str(folder.resolve()), _stat_tree(folder)] if folder and folder.is_dir() else None,
+        "custom": [],
+    }
+    for spec in audit_options.custom_specs or []:
+        spec = Path(spec)
+        state["custom"].append(
+            [str(spec.resolve()), _sha256_file(spec), _stat_tree(spec.parent)]
+            if spec.is_file()
+            else str(spec)
+        )
+    return state
+
+
+def audit_key(models: list[str], audit_options: Any) -> str:
+    """A hash of everything an audit of `models` reads: each model's weights fingerprint and card, every
+    dataset in its lineage, the benchmark data and the thresholds. Equal keys, equal audits."""
+    from mergeguard.auditor import resolve_lineage
+    from mergeguard.db.fingerprint import weights_info
+
+    parts: list[Any] = [__version__, audit_options.thresholds, audit_options.text_field]
+    parts.append(_benchmark_state(audit_options))
+    for ref in models:
+        lineage = resolve_lineage(ref, audit_options.dataset_overrides)
+        folder = lineage.folder
+        info = weights_info(folder) if folder is not None else None
+        card = folder / "README.md" if folder is not None else None
+        parts.append(
+            [
+                ref,
+                info.fingerprint if info else None,
+                _sha256_file(card) if card is not None and card.is_file() else None,
+                lineage.ancestors,
+                [[d.ref, d.declared_by, _dataset_state(d.ref, folder)] for d in lineage.datasets],
+            ]
+        )
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def audit_inputs(config_path: Path, models: list[str], options: GuardOptions, db: Any) -> InputAudit:
+    """Audit the merge's inputs, or hand back the stored audit of exactly the same inputs."""
+    from mergeguard.auditor import audit_config
+    from mergeguard.db import record_audit, reusable_audit
+
+    key = audit_key(models, options.audit)
+    stored = reusable_audit(db, key)
+    if stored is not None:
+        return InputAudit(report=stored[1], audit_id=stored[0], reused=True)
+    report = audit_config(config_path, options.audit).to_json()
+    audit_id = record_audit(db, report, tool_version=__version__, input_key=key)
+    return InputAudit(report=report, audit_id=audit_id, reused=False)
+
+
+def merged_verdict(audit: InputAudit | None) -> str:
+    """A merge is as contaminated as its worst input, and undeclared if any input is."""
+    if audit is None:
+        return UNAUDITED
+    if audit.contaminated:
+        return CONTAMINATED
+    if audit.undeclared:
+        return UNDECLARED
+    return CLEAN
+
+
+def inherited_report(output: str, audit: InputAudit) -> dict[str, Any]:
+    """The audit report of the merged model: its inputs' findings, each marked with the input it came
+    through, and the verdict it inherits. Recorded so the merge is marked in the database too."""
+    findings = []
+    for finding in audit.report.get("findings", []):
+        if finding.get("model") is None:
+            continue
+        copy = dict(finding)
+        copy["inherited_from"] = finding.get("inherited_from") or finding["model"]
+        copy["model"] = output
+        findings.append(copy)
+    datasets = []
+    for entry in audit.report.get("models", []):
+        for dataset in entry.get("datasets", []):
+            datasets.append({**dataset, "inherited_from": dataset.get("inherited_from") or entry["model"]})
+    verdict = merged_verdict(audit)
+    sources = audit.contaminated if verdict == CONTAMINATED else audit.undeclared
+    return {
+        **{k: v for k, v in audit.report.items() if k not in ("findings", "models")},
+        "contaminated": verdict == CONTAMINATED,
+        "findings": findings,
+        "models": [
+            {
+                "model": output,
+                "verdict": verdict,
+                "datasets": datasets,
+                "rates": [],
+                "inherited_from": sources,
+                "kind": "model",
+                "problems": [],
+            }
+        ],
+    }
+
+
+def card_section(verdict: str, audit: InputAudit | None) -> str:
+    """The contamination section of the merged model's card: a verdict per benchmark, inherited from whom."""
+    if audit is None:
+        return "## Contamination\n\nNot audited (merged with `--no-audit`).\n"
+    lines = ["## Contamination", "", f"Verdict: **{verdict}** (audited by mergeguard {__version__}).", ""]
+    per_benchmark: dict[str, dict[str, Any]] = {}
+    for finding in audit.report.get("findings", []):
+        if finding.get("model") is None:
+            continue
+        row = per_benchmark.setdefault(finding["benchmark"], {"items": set(), "via": set(), "worst": set()})
+        row["items"].add(finding["item"])
+        row["via"].add(finding.get("inherited_from") or finding["model"])
+        row["worst"].add(finding["severity"])
+    if per_benchmark:
+        lines += ["| benchmark | items found | severities | inherited from |", "|---|---|---|---|"]
+        for name, row in sorted(per_benchmark.items()):
+            lines.append(
+                f"| {name} | {len(row['items'])} | {', '.join(sorted(row['worst']))} | "
+                f"{', '.join(sorted(row['via']))} |"
+            )
+    else:
+        lines.append("No benchmark test items were found in the inputs' declared datasets.")
+    if audit.undeclared:
+        lines += ["", f"Undeclared training data (not auditable): {', '.join(audit.undeclared)}."]
+    return "\n".join(lines) + "\n"
+
+
+def _scalar(value: Any) -> float | None:
+    """A parent's weight for the lineage edge: a scalar as is, a gradient by its mean."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, list):
+        numbers = [_scalar(v) for v in value]
+        numbers = [n for n in numbers if n is not None]
+        return sum(numbers) / len(numbers) if numbers else None
+    if isinstance(value, dict) and "value" in value:
+        return _scalar(value["value"])
+    return None
+
+
+def _parents(config: Any, result: Any) -> list[tuple[str, str, float | None]]:
+    parents = []
+    for ref, params in result.parents.items():
+        relation = "base" if ref == config.base_model else "merge"
+        weight = None
+        for key in ("weight", "t", "scale"):
+            if key in params:
+                weight = _scalar(params[key])
+                break
+        if weight is None and relation == "base" and "t" in result.parents.get(ref, {}):
+            weight = _scalar(result.parents[ref]["t"])
+        parents.append((ref.split("+", 1)[0], relation, weight))
+    return parents
+
+
+def guarded_merge(
+    config_path: str | Path, out_dir: str | Path, merge_options: Any = None, guard: GuardOptions | None = None
+) -> GuardedMerge:
+    """Audit, check, merge and record `config_path` into `out_dir` (nothing written when refused)."""
+    from mergeguard.auditor import AuditOptions
+    from mergeguard.db import open_db, record_audit, record_merge, set_merge_guard
+    from mergeguard.merge import MergeOptions, config_models, load_config, run_merge
+    from mergeguard.merge.family import UnrelatedModelsError, config_family_check
+
+    guard = guard or GuardOptions()
+    guard.audit = guard.audit or AuditOptions()
+    merge_options = merge_options or MergeOptions()
+    config_path = Path(config_path)
+    started = time.perf_counter()
+    config = load_config(config_path, strict=merge_options.strict)
+    models = config_models(config)
+    db = open_db(guard.db_path)
+    timings: dict[str, float] = {}
+
+    audit = None
+    if not guard.no_audit:
+        audit = audit_inputs(config_path, models, guard, db)
+        timings["audit"] = time.perf_counter() - started
+        if audit.contaminated and not guard.allow_contaminated:
+            raise ContaminatedInputsError(audit)
+    verdict = merged_verdict(audit)
+
+    family_started = time.perf_counter()
+    try:
+        family = config_family_check(config, local_files_only=merge_options.local_files_only)
+    except UnrelatedModelsError:
+        raise
+    except MergeguardError:
+        family = None  # an unreadable input: the engine reports it with its own message
+    if family is not None and not family.related and not guard.allow_unrelated:
+        family.raise_if_unrelated()
+    timings["family_check"] = time.perf_counter() - family_started
+
+    merge_options.card_section = card_section(verdict, audit)
+    merge_options.card_datasets = _lineage_datasets(audit)
+    result = run_merge(config, out_dir, merge_options)
+    timings["merge"] = result.seconds
+    output = str(result.out_dir)
+    record = record_merge(
+        db,
+        output=output,
+        config_text=config.text,
+        method=result.method,
+        parents=_parents(config, result),
+        seed=merge_options.random_seed,
+        seconds=time.perf_counter() - started,
+        timings=timings,
+        tool_version=__version__,
+    )
+    if audit is not None:
+        record_audit(db, inherited_report(output, audit), tool_version=__version__)
+    set_merge_guard(
+        db,
+        record.merge_id,
+        audit.audit_id if audit else None,
+        {
+            "audited": audit is not None,
+            "reused_audit": bool(audit and audit.reused),
+            "verdict": verdict,
+            "allow_contaminated": guard.allow_contaminated,
+            "allow_unrelated": guard.allow_unrelated,
+            "family": family.to_dict() if family is not None else None,
+        },
+    )
+    warnings = list(result.warnings)
+    if audit is not None and audit.undeclared:
+        warnings.append(
+            f"undeclared training data in {', '.join(audit.undeclared)}: the merge is `undeclared` too"
+        )
+    return GuardedMerge(audit, family, result, verdict, record.merge_id, record.model_id, warnings)
+
+
+def _lineage_datasets(audit: InputAudit | None) -> list[str]:
+    """Every dataset the inputs declared or inherited, for the merged model card's `datasets:`."""
+    out: list[str] = []
+    for entry in audit.report.get("models", []) if audit else []:
+        for dataset in entry.get("datasets", []):
+            if dataset.get("ref") and dataset["ref"] not in out:
+                out.append(dataset["ref"])
+    return out

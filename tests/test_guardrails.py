@@ -1,0 +1,207 @@
+"""The guarded merge: refusal, --allow-contaminated, undeclared inputs, audit reuse, merges of merges."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mergeguard.cli import main
+from mergeguard.demo.data import (
+    arithmetic_instructions,
+    contaminated_instructions,
+    quiz_items,
+    write_jsonl,
+    write_quiz_benchmark,
+    write_quiz_spec,
+    writing_instructions,
+)
+from mergeguard.refs import read_model_card
+
+
+@pytest.fixture(scope="module")
+def family(models, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A base, two clean fine-tunes, one fine-tuned on benchmark items, one with no declared data."""
+    root = tmp_path_factory.mktemp("guard")
+    items = quiz_items(30)
+    spec = write_quiz_spec(root / "bench", write_quiz_benchmark(root / "bench", items))
+    clean_a = write_jsonl(root / "data" / "math.jsonl", arithmetic_instructions(50, seed=1))
+    clean_b = write_jsonl(root / "data" / "writing.jsonl", writing_instructions(50, seed=2))
+    leaky = write_jsonl(
+        root / "data" / "leaky.jsonl", contaminated_instructions(items[:10], writing_instructions(20, seed=3))
+    )
+    pretrain = root / "data" / "pretrain.txt"
+    pretrain.write_text("Plain English text about the weather and the sea.\n", encoding="utf-8")
+    base = models.base("llama", seed=11, num_layers=2)
+    from mergeguard import tiny
+
+    tiny.write_card(base, datasets=[str(pretrain)])
+
+    def ft(seed: int, datasets: list[str] | None) -> Path:
+        # a card that names neither data nor parent: nothing anywhere in its lineage is declared
+        card = {"base_model": str(base), "datasets": datasets} if datasets is not None else {"license": "mit"}
+        return models.finetune(base, seed=seed, card=card)
+
+    return {
+        "root": root,
+        "spec": spec,
+        "base": base,
+        "a": ft(1, [str(clean_a)]),
+        "b": ft(2, [str(clean_b)]),
+        "leaky": ft(3, [str(leaky)]),
+        "secret": ft(4, None),
+    }
+
+
+def _config(path: Path, base: Path, inputs: list[Path], method: str = "ties") -> Path:
+    lines = [f"merge_method: {method}", f"base_model: {base}", "dtype: float32", "models:"]
+    for model in inputs:
+        lines += [f"  - model: {model}", "    parameters:", "      weight: 0.5"]
+        if method == "ties":
+            lines.append("      density: 0.8")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _merge(family: dict[str, Path], tmp_path: Path, inputs: list[Path], *extra: str, out: str = "out") -> int:
+    config = _config(tmp_path / f"{out}.yml", family["base"], inputs)
+    return main(
+        [
+            "merge",
+            str(config),
+            str(tmp_path / out),
+            "--quiet",
+            "--db",
+            str(tmp_path / "mg.db"),
+            "--benchmark-spec",
+            str(family["spec"]),
+            "--benchmark",
+            "demo_quiz",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            *extra,
+        ]
+    )
+
+
+def _verdicts(db_path: Path) -> dict[str, str]:
+    from mergeguard.db import contamination, open_db
+
+    db = open_db(db_path)
+    rows = db.execute("SELECT id, ref FROM models").fetchall()
+    found = contamination(db, [r[0] for r in rows])
+    return {ref: found[i].verdict for i, ref in rows}
+
+
+def test_contaminated_input_is_refused_and_nothing_is_written(family, tmp_path, capsys) -> None:
+    code = _merge(family, tmp_path, [family["a"], family["leaky"]])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert not (tmp_path / "out").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+    assert "refusing to merge" in captured.err and str(family["leaky"]) in captured.err
+    assert "--allow-contaminated" in captured.err
+    assert "demo_quiz" in captured.out  # the audit table and its evidence are shown
+    from mergeguard.db import open_db
+
+    db = open_db(tmp_path / "mg.db")
+    assert db.execute("SELECT count(*) FROM merges").fetchone()[0] == 0
+    assert _verdicts(tmp_path / "mg.db")[str(family["leaky"])] == "contaminated"
+
+
+def test_allow_contaminated_merges_and_the_merge_inherits(family, tmp_path) -> None:
+    code = _merge(family, tmp_path, [family["a"], family["leaky"]], "--allow-contaminated")
+    assert code == 0
+    out = tmp_path / "out"
+    verdicts = _verdicts(tmp_path / "mg.db")
+    assert verdicts[str(out)] == "contaminated"
+    card = read_model_card(out)
+    assert card.base_model_relation == "merge"
+    assert any("leaky.jsonl" in d for d in card.datasets)
+    body = (out / "README.md").read_text()
+    assert "## Contamination" in body and "contaminated" in body and str(family["leaky"]) in body
+    from mergeguard.db import open_db
+
+    db = open_db(tmp_path / "mg.db")
+    guard = json.loads(db.execute("SELECT guard FROM merges").fetchone()[0])
+    assert guard["allow_contaminated"] is True and guard["verdict"] == "contaminated"
+    findings = db.execute(
+        "SELECT count(*) FROM findings f JOIN models m ON m.id = f.model_id WHERE m.ref = ?", [str(out)]
+    ).fetchone()[0]
+    assert findings >= 10  # every leaked item, inherited
+
+
+def test_undeclared_input_makes_an_undeclared_merge(family, tmp_path, capsys) -> None:
+    code = _merge(family, tmp_path, [family["a"], family["secret"]])
+    assert code == 0
+    assert "undeclared" in capsys.readouterr().err
+    assert _verdicts(tmp_path / "mg.db")[str(tmp_path / "out")] == "undeclared"
+
+
+def test_clean_merge_reuses_the_stored_audit(family, tmp_path) -> None:
+    from mergeguard.auditor import AuditOptions
+    from mergeguard.guardrails import GuardOptions, guarded_merge
+    from mergeguard.merge import MergeOptions
+
+    options = AuditOptions(
+        benchmarks=["demo_quiz"], custom_specs=[family["spec"]], cache_dir=tmp_path / "cache"
+    )
+    guard = GuardOptions(audit=options, db_path=tmp_path / "mg.db")
+    config = _config(tmp_path / "c.yml", family["base"], [family["a"], family["b"]])
+    first = guarded_merge(config, tmp_path / "m1", MergeOptions(quiet=True), guard)
+    second = guarded_merge(config, tmp_path / "m2", MergeOptions(quiet=True), guard)
+    assert first.verdict == second.verdict == "clean"
+    assert first.audit is not None and not first.audit.reused
+    assert second.audit is not None and second.audit.reused
+    assert second.audit.audit_id == first.audit.audit_id
+    # a changed dataset file is a different audit
+    data = Path(read_model_card(family["a"]).datasets[0])
+    original = data.read_text()
+    try:
+        data.write_text(original + json.dumps({"instruction": "x", "input": "", "output": "y"}) + "\n")
+        third = guarded_merge(config, tmp_path / "m3", MergeOptions(quiet=True), guard)
+        assert third.audit is not None and not third.audit.reused
+    finally:
+        data.write_text(original)
+
+
+def test_no_audit_is_recorded_as_unaudited(family, tmp_path) -> None:
+    assert _merge(family, tmp_path, [family["a"], family["leaky"]], "--no-audit") == 0
+    from mergeguard.db import open_db
+
+    db = open_db(tmp_path / "mg.db")
+    guard = json.loads(db.execute("SELECT guard FROM merges").fetchone()[0])
+    assert guard["audited"] is False
+    assert "Not audited" in (tmp_path / "out" / "README.md").read_text()
+
+
+def test_merge_of_a_merge_inherits_a_grandparents_contamination(family, tmp_path) -> None:
+    assert _merge(family, tmp_path, [family["a"], family["leaky"]], "--allow-contaminated", out="gen1") == 0
+    gen1 = tmp_path / "gen1"
+    # the second generation refuses: the contamination flows from the grandparent through gen1's card
+    assert _merge(family, tmp_path, [gen1, family["b"]], out="gen2") == 1
+    assert not (tmp_path / "gen2").exists()
+    assert _merge(family, tmp_path, [gen1, family["b"]], "--allow-contaminated", out="gen2") == 0
+    verdicts = _verdicts(tmp_path / "mg.db")
+    assert verdicts[str(tmp_path / "gen2")] == "contaminated"
+    from mergeguard.auditor import AuditOptions, audit_models
+
+    report = audit_models(
+        [str(tmp_path / "gen2")],
+        AuditOptions(benchmarks=["demo_quiz"], custom_specs=[family["spec"]], cache_dir=tmp_path / "cache"),
+    )
+    assert report.models[0].verdict == "contaminated"
+    assert any(f.inherited_from == str(family["leaky"]) for f in report.findings)
+
+
+def test_demo_runs_end_to_end(tmp_path, capsys) -> None:
+    code = main(["demo", "--fast", "--workdir", str(tmp_path / "demo")])
+    out = capsys.readouterr().out
+    assert code == 0
+    for heading in ("Step 1", "Step 2", "Step 3", "Step 4", "Step 5", "Explore further"):
+        assert heading in out
+    assert "refused" in out and "contaminated" in out
+    assert (tmp_path / "demo" / "models" / "merge-clean" / "config.json").is_file()
+    assert not (tmp_path / "demo" / "models" / "merge-all").exists()
+    assert "Traceback" not in out
