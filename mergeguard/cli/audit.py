@@ -146,10 +146,30 @@ def audit_command(
         if error.exit_code == 2:
             raise
         raise AuditError(error.message, hint=error.hint) from error
+    family = _family(config) if config is not None else None
     if as_json:
-        typer.echo(json.dumps(report.to_json(), ensure_ascii=False))
+        payload = report.to_json()
+        if family is not None:
+            payload["family"] = family.to_dict()
+        typer.echo(json.dumps(payload, ensure_ascii=False))
     else:
         from rich.console import Console
 
-        print_report(report, Console(highlight=False))
+        console = Console(highlight=False)
+        print_report(report, console)
+        if family is not None:
+            from mergeguard.cli.check import render_family
+
+            console.print(render_family(family))
     raise typer.Exit(1 if report.contaminated else 0)
+
+
+def _family(config: Path) -> Any:
+    """The family check of a merge config's inputs (shown beside the audit); None when it cannot run."""
+    from mergeguard.merge import load_config
+    from mergeguard.merge.family import config_family_check
+
+    try:
+        return config_family_check(load_config(config))
+    except MergeguardError:
+        return None  # an unreadable input or config: the audit already said what it could

@@ -1,0 +1,316 @@
+"""Finding benchmark items inside training text.
+
+Per batch of examples: normalize, hash words and n-grams, keep the examples that share at least two
+informative n-grams with the benchmarks (an exact prefilter: fewer can never pass verification), slide
+windows sized to each item class over them, query that class's `MinHashLSH`, then verify every candidate
+exactly (containment of the item's informative n-grams in the example). Items too short for n-grams are
+matched as exact word sequences.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from itertools import chain, islice
+
+import numpy as np
+
+from mergeguard.auditor import signatures as sig
+from mergeguard.auditor.index import CLASSES, EXACT_KEY_WORDS, EXACT_MODE, BenchmarkIndex, _count
+from mergeguard.auditor.normalize import token_spans, word_bytes
+
+DEFAULT_CONTAINMENT = 0.5
+VERBATIM_SCORE = 0.8  # containment at or above which the question counts as copied whole
+ANSWER_REACH = 48  # words after the matched question in which the answer is looked for
+EXAMPLE_BOILERPLATE_MIN = 50  # an n-gram in this many examples (and >= 1% of them) is the dataset's template
+EXAMPLE_BOILERPLATE_SHARE = 0.01
+BATCH = 4096
+MIN_MATCHED = 3  # informative n-grams an example must share with an item (fewer are chance phrases)
+VERIFY_MIN = 4  # ... and to be verified, min(this, the item's count): a short item must match (nearly) whole
+MIN_QUESTION_ONLY = 8  # words: a shorter exact question needs its answer or its choices beside it
+MIN_RARE_WORDS = 2  # ... and so does one with fewer words that few items use
+CHOICES_PRESENT = 0.6  # share of a short multiple-choice item's choice words that must follow its stem
+
+SEVERITIES = ("verbatim", "partial", "question_only")
+
+
+@dataclass
+class Match:
+    """One verified benchmark item inside one training example."""
+
+    example: int
+    item: int  # row in the index
+    score: float
+    severity: str
+    start: int  # word positions of the matched span in the example
+    end: int
+    answer_present: bool
+    matched: np.ndarray = field(repr=False, default_factory=lambda: np.empty(0, np.uint32))
+    text: str = field(repr=False, default="")
+
+    def evidence(self, context: int = 60) -> tuple[str, str, str]:
+        """(before, matched span, after) from the example's text, for display."""
+        shown, spans = token_spans(self.text)
+        if not spans:
+            return "", "", ""
+        lo = spans[min(self.start, len(spans) - 1)][0]
+        hi = spans[min(self.end, len(spans)) - 1][1]
+        return shown[max(0, lo - context) : lo], shown[lo:hi], shown[hi : hi + context]
+
+
+@dataclass
+class ScanResult:
+    """Verified matches plus counts for the report."""
+
+    matches: list[Match]
+    examples: int
+    prefiltered: int  # examples that reached the MinHash stage
+    windows: int  # LSH queries made
+    candidates: int  # (example, item) pairs verified
+
+
+class _Scanner:
+    def __init__(self, index: BenchmarkIndex, containment: float) -> None:
+        self.index = index
+        self.containment = containment
+        self.n = index.ngram
+        self.hasher = sig.WordHashes()
+        self.perms = index.perms
+        self.example_counts = np.zeros(len(index.bench_hashes), dtype=np.int64)
+        self.matches: list[Match] = []
+        self.examples = self.prefiltered = self.windows = self.candidates = 0
+
+    # ---------------------------------------------------------------- one batch
+    def batch(self, texts: list[str], offset: int) -> None:
+        n = self.n
+        words = [word_bytes(t) for t in texts]
+        lens = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
+        ends = np.cumsum(lens)
+        starts = ends - lens
+        wh = self.hasher.array(list(chain.from_iterable(words)))
+        self.examples += len(texts)
+        if len(wh) == 0:
+            return
+        example_of = np.repeat(np.arange(len(texts)), lens)
+        sh = sig.shingle_hashes(wh, n)
+        pos = np.arange(len(sh))
+        valid = pos + n <= ends[example_of[: len(sh)]]
+        hit = np.zeros(len(sh), dtype=bool)
+        hit[valid] = self.index.in_bench(sh[valid])
+        hit_pos = np.flatnonzero(hit)
+        candidates: dict[int, set[int]] = {}
+        chosen = self._prefilter(example_of[hit_pos], sh[hit_pos], len(texts))
+        if len(chosen):
+            self.prefiltered += len(chosen)
+            self._windows(chosen, starts, lens, sh, hit, candidates)
+        candidates_exact: dict[int, dict[int, list[int]]] = {}
+        self._exact(wh, starts, lens, example_of, candidates_exact)
+        for e, items in candidates.items():
+            self._verify_ngram(e, offset, texts[e], wh[starts[e] : starts[e] + lens[e]], items)
+        for e, items in candidates_exact.items():
+            self._verify_exact(e, offset, texts[e], wh[starts[e] : starts[e] + lens[e]], items)
+
+    def _prefilter(self, hit_ex: np.ndarray, hit_hash: np.ndarray, n_texts: int) -> np.ndarray:
+        """Examples sharing at least MIN_MATCHED informative n-grams with one item; only those can yield a
+        verified n-gram finding, so only those go through the MinHash windows. Also counts, per n-gram,
+        how many examples hold it (the dataset's own template n-grams are dropped at the end)."""
+        idx = self.index
+        pairs = np.unique((hit_ex.astype(np.uint64) << np.uint64(32)) | hit_hash.astype(np.uint64))
+        if not len(pairs):
+            return np.empty(0, np.int64)
+        where = np.searchsorted(idx.bench_hashes, (pairs & np.uint64(0xFFFFFFFF)).astype(np.uint32))
+        np.add.at(self.example_counts, where, 1)
+        examples = (pairs >> np.uint64(32)).astype(np.int64)
+        ptr, owners = idx.postings
+        counts = ptr[where + 1] - ptr[where]
+        ex = np.repeat(examples, counts)
+        first = np.repeat(ptr[where] - np.cumsum(counts) + counts, counts)
+        items = owners[first + np.arange(counts.sum())]
+        ex_items, shared = np.unique((ex << 32) | items, return_counts=True)
+        return np.unique(ex_items[shared >= MIN_MATCHED] >> 32)
+
+    def _windows(self, chosen, starts, lens, sh, hit, out: dict[int, set[int]]) -> None:
+        """Window signatures per item class for the chosen examples, queried against that class's LSH."""
+        n = self.n
+        counts = np.maximum(lens[chosen] - n + 1, 0)
+        keep = counts > 0
+        chosen, counts = chosen[keep], counts[keep]
+        if not len(chosen):
+            return
+        idx = np.concatenate(
+            [np.arange(starts[e], starts[e] + c) for e, c in zip(chosen, counts, strict=True)]
+        )
+        hashes, hits = sh[idx], hit[idx].astype(np.int64)
+        offs = np.zeros(len(chosen) + 1, dtype=np.int64)
+        offs[1:] = np.cumsum(counts)
+        mixed = sig.fmix32(hashes)
+        a, b = self.perms
+        permuted = a[:, None] * mixed[None, :]  # (num_perm, shingles): reduceat is fastest on the last axis
+        permuted += b[:, None]
+        for c in self.index.tables:
+            size = CLASSES[c]
+            need = self.containment * self.index.class_min[c] * 0.5
+            ok = counts >= need
+            if not ok.any():
+                continue
+            step = max(1, size // 4)
+            per = -(-size // step)  # blocks per window
+            sel = np.flatnonzero(ok)
+            nblocks = -(-counts[sel] // step)
+            bstarts = np.concatenate(
+                [offs[s] + np.arange(k) * step for s, k in zip(sel, nblocks, strict=True)]
+            )
+            bmins = np.minimum.reduceat(permuted, bstarts, axis=1).T
+            bhits = np.add.reduceat(hits, bstarts)
+            bfirst = np.zeros(len(sel) + 1, dtype=np.int64)
+            bfirst[1:] = np.cumsum(nblocks)
+            nwin = np.maximum(nblocks - per + 1, 1)
+            wstart = np.concatenate([bfirst[k] + np.arange(w) for k, w in enumerate(nwin)])
+            wlast = np.repeat(bfirst[1:] - 1, nwin)
+            wex = np.repeat(chosen[sel], nwin)
+            sigs = bmins[wstart].copy()
+            whits = bhits[wstart].copy()
+            for t in range(1, per):
+                j = wstart + t
+                inside = j <= wlast
+                jj = np.minimum(j, wlast)
+                np.minimum(sigs, bmins[jj], out=sigs)
+                whits += np.where(inside, bhits[jj], 0)
+            keep_w = np.flatnonzero(whits >= MIN_MATCHED)
+            self.windows += len(keep_w)
+            rows, items = self.index.query(c, sigs[keep_w])
+            for e, item in zip(wex[keep_w][rows].tolist(), items.tolist(), strict=True):
+                out.setdefault(e, set()).add(item)
+
+    def _exact(self, wh, starts, lens, example_of, out: dict[int, dict[int, list[int]]]) -> None:
+        keys = self.index.exact_keys
+        if not len(keys):
+            return
+        k = EXACT_KEY_WORDS
+        q = sig.shingle_hashes(wh, k)
+        pos = np.arange(len(q))
+        valid = pos + k <= (starts + lens)[example_of[: len(q)]]
+        found = np.flatnonzero(valid & np.isin(q, keys))
+        for p in found:  # (example -> {item: word positions where its first words are})
+            lo, hi = np.searchsorted(keys, q[p]), np.searchsorted(keys, q[p], side="right")
+            e = int(example_of[p])
+            for i in self.index.exact_items[lo:hi]:
+                out.setdefault(e, {}).setdefault(int(i), []).append(int(p - starts[e]))
+
+    # ---------------------------------------------------------------- verification
+    def _answer(self, item: int, words: np.ndarray, start: int, end: int) -> bool:
+        """Whether the gold answer appears near the matched question more often than the choices hold it."""
+        idx = self.index
+        answer = idx.row(idx.answer_words, item)
+        if len(answer) == 0 or idx.answer_in_key[item]:
+            return True
+        choices = idx.row(idx.choice_words, item)
+        region = words[start : min(len(words), end + ANSWER_REACH + len(answer) + 3 * len(choices))]
+        listed = len(choices) and np.isin(choices, region).mean() >= CHOICES_PRESENT
+        # With the choices listed, the answer must appear once more than they hold it (an "Answer:" line).
+        if _count(region, answer) >= (idx.prompt_answer_count[item] + 1 if listed else 1):
+            return True
+        if len(answer) >= 2 * self.n and idx.prompt_answer_count[item] == 0:  # a worked solution, reworded
+            ans = np.unique(sig.shingle_hashes(answer, self.n))
+            ex = sig.shingle_hashes(words, self.n)
+            return bool(np.isin(ans, ex).mean() >= self.containment)
+        return False
+
+    def _severity(self, score: float, answer: bool) -> str:
+        if not answer:
+            return "question_only"
+        return "verbatim" if score >= VERBATIM_SCORE else "partial"
+
+    def _verify_ngram(self, e: int, offset: int, text: str, words: np.ndarray, items: set[int]) -> None:
+        idx = self.index
+        ex = sig.shingle_hashes(words, self.n)
+        uniq = np.unique(ex)
+        for item in items:
+            self.candidates += 1
+            info = idx.row(idx.informative, item)
+            present = np.isin(info, uniq, assume_unique=True)
+            score = float(present.mean()) if len(info) else 0.0
+            if score < self.containment or present.sum() < min(VERIFY_MIN, len(info)):
+                continue
+            matched = info[present]
+            where = np.flatnonzero(np.isin(ex, matched))
+            start, end = int(where.min()), int(where.max()) + self.n
+            answer = self._answer(item, words, start, end)
+            self.matches.append(
+                Match(
+                    e + offset, item, score, self._severity(score, answer), start, end, answer, matched, text
+                )
+            )
+
+    def _verify_exact(
+        self, e: int, offset: int, text: str, words: np.ndarray, items: dict[int, list[int]]
+    ) -> None:
+        idx = self.index
+        for item, positions in items.items():
+            if idx.mode[item] != EXACT_MODE:
+                continue
+            self.candidates += 1
+            key = idx.row(idx.key_words, item)
+            starts = [s for s in positions if np.array_equal(words[s : s + len(key)], key)]
+            if not starts:
+                continue
+            start, end = int(starts[0]), int(starts[0]) + len(key)
+            choices = idx.row(idx.choice_words, item)
+            answer = self._answer(item, words, start, end)
+            if not answer and idx.answer_required[item]:
+                continue
+            # A question alone must be long and specific; a generic stem ("Which of the following is a
+            # correct statement?") needs its choices beside it.
+            specific = len(key) >= MIN_QUESTION_ONLY and idx.rare_words[item] >= MIN_RARE_WORDS
+            if not answer and not specific:
+                region = words[start : end + ANSWER_REACH + 3 * len(choices)]
+                if not len(choices) or np.isin(choices, region).mean() < CHOICES_PRESENT:
+                    continue
+            self.matches.append(
+                Match(e + offset, item, 1.0, self._severity(1.0, answer), start, end, answer, text=text)
+            )
+
+    # ---------------------------------------------------------------- the dataset's own boilerplate
+    def finish(self) -> list[Match]:
+        """Drop n-grams that many examples share (the dataset's template) and re-score."""
+        limit = max(EXAMPLE_BOILERPLATE_MIN, EXAMPLE_BOILERPLATE_SHARE * self.examples)
+        common = self.index.bench_hashes[self.example_counts >= limit]
+        if not len(common):
+            return self.matches
+        kept = []
+        for match in self.matches:
+            if len(match.matched) == 0:
+                kept.append(match)
+                continue
+            info = self.index.row(self.index.informative, match.item)
+            info = info[~np.isin(info, common)]
+            matched = match.matched[~np.isin(match.matched, common)]
+            if len(info) < 2 or len(matched) / len(info) < self.containment:
+                continue
+            match.score = len(matched) / len(info)
+            match.matched = matched
+            match.severity = self._severity(match.score, match.answer_present)
+            kept.append(match)
+        return kept
+
+
+def scan_examples(
+    texts: Iterable[str],
+    index: BenchmarkIndex,
+    *,
+    containment: float = DEFAULT_CONTAINMENT,
+    batch_size: int = BATCH,
+    progress: Callable[[int], None] | None = None,
+) -> ScanResult:
+    """Every benchmark item of `index` found in `texts` (example numbers are 0-based positions in `texts`)."""
+    scanner = _Scanner(index, containment)
+    iterator = iter(texts)
+    offset = 0
+    while batch := list(islice(iterator, batch_size)):
+        scanner.batch([t if isinstance(t, str) else "" for t in batch], offset)
+        offset += len(batch)
+        if progress:
+            progress(len(batch))
+    matches = scanner.finish()
+    matches.sort(key=lambda m: (m.example, m.item))
+    return ScanResult(matches, scanner.examples, scanner.prefiltered, scanner.windows, scanner.candidates)

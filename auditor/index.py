@@ -1,0 +1,460 @@
+"""The benchmark index: per-item MinHash signatures in datasketch `MinHashLSH` tables (one per item-size
+class, so that training text is queried with windows sized to the items) plus the hashed n-grams that
+verification needs. Persisted in the cache folder, keyed by the benchmark data's content hash and the
+hashing scheme; the cache holds hashes and item coordinates, never benchmark text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mergeguard.auditor import signatures as sig
+from mergeguard.auditor.normalize import NORMALIZE_VERSION, word_bytes
+from mergeguard.errors import MergeguardError
+
+INDEX_VERSION = "7"  # bump whenever what the index holds changes
+DEFAULT_NGRAM = 5
+MIN_SHINGLES = 3  # fewer informative n-grams than this: the question is matched as exact text instead
+MIN_EXACT_WORDS = 4  # exact-text keys shorter than this are too common to mean anything
+EXACT_KEY_WORDS = 4  # exact-text items are looked up by the hash of their first 4 words
+BOILERPLATE_ITEMS = 10  # an n-gram in this many items is template text ("which of the following is")
+SHARED_IN_BENCHMARK = 2  # an n-gram in two items of one benchmark is shared context (a passage)
+COMMON_CHOICE_WORD = 100  # a word in the choices of this many items is not evidence of any one item
+ROWS_PER_BAND = 3
+# Window sizes (in shingles), a factor of about sqrt(2) apart: an item of k shingles goes to the smallest
+# class >= k, so a window holding the whole item has Jaccard >= 0.7 with it.
+CLASSES = (4, 6, 8, 11, 16, 23, 32, 45, 64, 91, 128, 181, 256, 362, 512, 724, 1024)
+
+NGRAM_MODE, EXACT_MODE, SKIPPED = 1, 2, 0
+
+
+@dataclass(frozen=True)
+class ItemRef:
+    """Where an item sits: enough to name it in a report (no text)."""
+
+    benchmark: str
+    split: str
+    index: int
+    item_id: str | None
+    subset: str | None = None
+
+
+def _csr(rows: Sequence[np.ndarray], dtype: Any) -> tuple[np.ndarray, np.ndarray]:
+    ptr = np.zeros(len(rows) + 1, dtype=np.int64)
+    ptr[1:] = np.cumsum([len(r) for r in rows])
+    data = np.concatenate([np.asarray(r, dtype=dtype) for r in rows]) if len(rows) else np.empty(0, dtype)
+    return ptr, data.astype(dtype, copy=False)
+
+
+@dataclass
+class BenchmarkIndex:
+    """Everything detection needs about the benchmark items, as arrays (item i is row i everywhere)."""
+
+    refs: list[ItemRef]
+    num_perm: int
+    seed: int
+    ngram: int
+    mode: np.ndarray  # int8: NGRAM_MODE, EXACT_MODE or SKIPPED
+    klass: np.ndarray  # int16: index into CLASSES (ngram items)
+    informative: tuple[np.ndarray, np.ndarray]  # CSR of sorted unique non-boilerplate shingle hashes
+    key_words: tuple[np.ndarray, np.ndarray]  # CSR of the key's word hashes (question, blank filled)
+    answer_words: tuple[np.ndarray, np.ndarray]  # CSR of the gold answer's word hashes
+    choice_words: tuple[np.ndarray, np.ndarray]  # CSR of the distinct word hashes of the choices
+    prompt_answer_count: np.ndarray  # int32: times the answer occurs in question + choices
+    answer_in_key: np.ndarray  # bool: the key already holds the answer (a short question with its answer)
+    answer_required: np.ndarray  # bool: exact text shared with other items, so only question + answer counts
+    rare_words: np.ndarray  # int32: key words used by fewer than COMMON_CHOICE_WORD items
+    bench_hashes: np.ndarray  # sorted unique informative hashes of all items (the prefilter)
+    postings: tuple[np.ndarray, np.ndarray]  # CSR: the items holding each bench_hashes entry
+    exact_keys: np.ndarray  # sorted hashes of the first words of exact-mode items
+    exact_items: np.ndarray  # the item of each exact key
+    signatures: np.ndarray  # (ngram items, num_perm) uint32, row k is item sig_items[k]
+    sig_items: np.ndarray  # int64: the item of each signature row
+    tables: dict[int, tuple[np.ndarray, np.ndarray]]  # class -> (sorted band keys, item of each key)
+    class_min: dict[int, int]  # class index -> fewest shingles of an item in it
+    index_hash: str
+    benchmarks: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> {items, split, hash}
+    items: list[Any] | None = None  # the Item objects, when built or loaded beside the data (for display)
+    _perms: np.ndarray | None = None
+    _bitmap: np.ndarray | None = None
+    _lsh: dict[int, Any] = field(default_factory=dict)
+
+    @property
+    def bands(self) -> int:
+        return self.num_perm // ROWS_PER_BAND
+
+    def lsh(self, klass: int) -> Any:
+        """The datasketch `MinHashLSH` of one item class, built from the stored signatures.
+
+        Detection queries the equivalent numpy `tables` (the same bands, vectorized); this object is the
+        reference they are tested against, and what a library user can query directly.
+        """
+        if klass not in self._lsh:
+            from datasketch import MinHashLSH
+
+            lsh = MinHashLSH(num_perm=self.num_perm, params=(self.bands, ROWS_PER_BAND))
+            for row in np.flatnonzero(self.klass[self.sig_items] == klass):
+                minhash = sig.to_minhash(self.signatures[row], self.perms, self.seed)
+                lsh.insert(int(self.sig_items[row]), minhash, check_duplication=False)
+            self._lsh[klass] = lsh
+        return self._lsh[klass]
+
+    def query(self, klass: int, signatures: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """LSH candidates of many query signatures at once: (query row, item) pairs, deduplicated."""
+        table = self.tables.get(klass)
+        if table is None or len(signatures) == 0:
+            return np.empty(0, np.int64), np.empty(0, np.int64)
+        keys, items = table
+        q = sig.band_keys(signatures, ROWS_PER_BAND).ravel()
+        lo = np.searchsorted(keys, q, side="left")
+        hi = np.searchsorted(keys, q, side="right")
+        width = hi - lo
+        found = np.flatnonzero(width)
+        if not len(found):
+            return np.empty(0, np.int64), np.empty(0, np.int64)
+        counts = width[found]
+        rows = np.repeat(found // self.bands, counts)
+        first = np.repeat(lo[found] - np.cumsum(counts) + counts, counts)
+        hits = items[first + np.arange(counts.sum())]
+        pairs = np.unique((rows.astype(np.int64) << 32) | hits)
+        return pairs >> 32, pairs & 0xFFFFFFFF
+
+    @property
+    def perms(self) -> np.ndarray:
+        if self._perms is None:
+            self._perms = sig.permutations(self.num_perm, self.seed)
+        return self._perms
+
+    def row(self, csr: tuple[np.ndarray, np.ndarray], i: int) -> np.ndarray:
+        ptr, data = csr
+        return data[ptr[i] : ptr[i + 1]]
+
+    def in_bench(self, hashes: np.ndarray) -> np.ndarray:
+        """Which hashes are informative n-grams of some item (a bitmap, then an exact sorted lookup)."""
+        if self._bitmap is None:
+            bitmap = np.zeros(1 << 24, dtype=bool)
+            bitmap[self.bench_hashes >> np.uint32(8)] = True
+            self._bitmap = bitmap
+        maybe = self._bitmap[hashes >> np.uint32(8)]
+        out = np.zeros(len(hashes), dtype=bool)
+        cand = hashes[maybe]
+        if len(cand) and len(self.bench_hashes):
+            pos = np.minimum(np.searchsorted(self.bench_hashes, cand), len(self.bench_hashes) - 1)
+            out[np.flatnonzero(maybe)] = self.bench_hashes[pos] == cand
+        return out
+
+
+def cache_key(benchmarks: Sequence[tuple[str, str]], num_perm: int, seed: int, ngram: int) -> str:
+    """The index's identity: benchmark content hashes plus every parameter of the hashing scheme."""
+    import datasketch
+
+    parts = {
+        "benchmarks": sorted(benchmarks),
+        "datasketch": datasketch.__version__,
+        "scheme": sig.SCHEME,
+        "hash": sig.HASH_NAME,
+        "normalize": NORMALIZE_VERSION,
+        "index": INDEX_VERSION,
+        "num_perm": num_perm,
+        "seed": seed,
+        "ngram": ngram,
+        "rows_per_band": ROWS_PER_BAND,
+        "boilerplate_items": BOILERPLATE_ITEMS,
+        "shared_in_benchmark": SHARED_IN_BENCHMARK,
+        "min_shingles": MIN_SHINGLES,
+        "classes": CLASSES,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def _count(seq: np.ndarray, pattern: np.ndarray) -> int:
+    """Occurrences of `pattern` as a contiguous run in `seq`."""
+    m = len(pattern)
+    if m == 0 or len(seq) < m:
+        return 0
+    starts = np.flatnonzero(seq[: len(seq) - m + 1] == pattern[0])
+    return sum(1 for s in starts if np.array_equal(seq[s : s + m], pattern))
+
+
+def _unique(values: np.ndarray) -> np.ndarray:
+    """Sorted distinct values of a small array (a Python set beats np.unique below a few hundred)."""
+    return np.array(sorted(set(values.tolist())), dtype=values.dtype)
+
+
+def _prepare(items: Sequence[Any], ngram: int, hasher: sig.WordHashes) -> dict[str, Any]:
+    """Hash every item's key and answer; find template n-grams (in BOILERPLATE_ITEMS items or more)."""
+    keys, answers, prompt_counts, in_key, all_shingles, choice_words = [], [], [], [], [], []
+    for item in items:
+        answer = getattr(item, "answer", "") or ""
+        # The question as written: a WinoGrande blank `_` is dropped like punctuation, which is how the
+        # sentence appears in data built from the benchmark's own files.
+        key = hasher.array(word_bytes(item.question or ""))
+        ans = hasher.array(word_bytes(answer))
+        prompt = hasher.array(word_bytes("\n".join([item.question or "", *item.choices])))
+        choice_words.append(_unique(hasher.array(word_bytes(" ".join(item.choices)))).astype(np.uint32))
+        keys.append(key)
+        answers.append(ans)
+        prompt_counts.append(_count(prompt, ans))
+        in_key.append(False)
+        all_shingles.append(_unique(sig.shingle_hashes(key, ngram)))
+    # Choice words that many items use ("the", "of", "not") tell no item's choices apart.
+    words_flat = np.concatenate(choice_words) if choice_words else np.empty(0, np.uint32)
+    word_ids, word_counts = np.unique(words_flat, return_counts=True)
+    stop = word_ids[word_counts >= COMMON_CHOICE_WORD]
+    kept = ~np.isin(words_flat, stop)
+    bounds = np.cumsum([len(w) for w in choice_words])[:-1]
+    choice_words = [w[k] for w, k in zip(choice_words, np.split(kept, bounds), strict=True)]
+    flat = np.concatenate(all_shingles) if all_shingles else np.empty(0, np.uint32)
+    uniq, inverse, counts = np.unique(flat, return_inverse=True, return_counts=True)
+    common = (counts >= BOILERPLATE_ITEMS)[inverse]
+    # Context shared by items of one benchmark (a reading passage several questions ask about, a task's
+    # instructions) identifies none of them: only what sets an item apart from its siblings counts.
+    bench_ids = {name: k for k, name in enumerate(dict.fromkeys(item.benchmark for item in items))}
+    owner = np.repeat([bench_ids[item.benchmark] for item in items], [len(x) for x in all_shingles])
+    pairs = (owner.astype(np.uint64) << np.uint64(32)) | flat.astype(np.uint64)
+    _, pair_inverse, pair_counts = np.unique(pairs, return_inverse=True, return_counts=True)
+    common |= (pair_counts >= SHARED_IN_BENCHMARK)[pair_inverse]
+    bounds = np.cumsum([len(x) for x in all_shingles])[:-1]
+    informative = [x[~m] for x, m in zip(all_shingles, np.split(common, bounds), strict=True)]
+    return {
+        "keys": keys,
+        "answers": answers,
+        "prompt_counts": prompt_counts,
+        "in_key": in_key,
+        "choice_words": choice_words,
+        "shingles": all_shingles,
+        "informative": informative,
+        "boiler": uniq[counts >= BOILERPLATE_ITEMS],
+    }
+
+
+def build_from_items(
+    items: Sequence[Any],
+    *,
+    num_perm: int = 128,
+    seed: int = 1,
+    ngram: int = DEFAULT_NGRAM,
+    index_hash: str = "",
+    progress: Callable[[int], None] | None = None,
+) -> BenchmarkIndex:
+    """Build the index for a list of benchmark `Item`s (no cache)."""
+    if num_perm < 2 * ROWS_PER_BAND:
+        raise MergeguardError(f"num_perm {num_perm} is too small", hint="use 128 (the default) or more")
+    hasher = sig.WordHashes()
+    prep = _prepare(items, ngram, hasher)
+    n_items = len(items)
+    mode = np.zeros(n_items, dtype=np.int8)
+    klass = np.zeros(n_items, dtype=np.int16)
+    keys: list[np.ndarray] = []
+    informative: list[np.ndarray] = []
+    in_key = np.array(prep["in_key"], dtype=bool)
+    sets: list[np.ndarray] = []
+    set_items: list[int] = []
+    for i in range(n_items):
+        key, ans = prep["keys"][i], prep["answers"][i]
+        shingles, info = prep["shingles"][i], prep["informative"][i]
+        if len(info) < MIN_SHINGLES and len(key) < MIN_EXACT_WORDS:
+            # "Who are you?" is nothing without its answer
+            key, in_key[i] = np.concatenate([key, ans]), True
+        keys.append(key)
+        if len(info) >= MIN_SHINGLES:
+            mode[i] = NGRAM_MODE
+            informative.append(np.sort(info))
+            klass[i] = min(int(np.searchsorted(CLASSES, len(shingles))), len(CLASSES) - 1)
+            sets.append(shingles)
+            set_items.append(i)
+        else:
+            informative.append(np.empty(0, np.uint32))
+            mode[i] = EXACT_MODE if len(key) >= MIN_EXACT_WORDS else SKIPPED
+    # Exact-text items whose words are those of other items too (BBH's Dyck prompts, once the brackets are
+    # dropped, are 250 copies of one sentence) say nothing alone: their answer must be there as well, and
+    # with no answer left after normalization they cannot be told apart at all.
+    answer_required = np.zeros(n_items, dtype=bool)
+    exact_keys_seen: dict[bytes, list[int]] = {}
+    for i in np.flatnonzero(mode == EXACT_MODE):
+        exact_keys_seen.setdefault(keys[i].astype(np.uint32).tobytes(), []).append(int(i))
+    for group in exact_keys_seen.values():
+        if len(group) >= 2:
+            for i in group:
+                answer_required[i] = True
+                if len(prep["answers"][i]) == 0:
+                    mode[i] = SKIPPED
+    # Rare words per key: "Which of the following is a correct statement?" has none, so it is no one's.
+    uniq_keys = [_unique(k) for k in keys]
+    all_words, word_df = np.unique(
+        np.concatenate(uniq_keys) if uniq_keys else np.empty(0), return_counts=True
+    )
+    common_words = all_words[word_df >= COMMON_CHOICE_WORD]
+    owners = np.repeat(np.arange(n_items), [len(k) for k in uniq_keys])
+    flat_words = np.concatenate(uniq_keys) if uniq_keys else np.empty(0)
+    rare = ~np.isin(flat_words, common_words)
+    rare_words = np.bincount(owners[rare], minlength=n_items).astype(np.int32)
+    perms = sig.permutations(num_perm, seed)
+    sig_items = np.array(set_items, dtype=np.int64)
+    signatures = np.empty((0, num_perm), dtype=np.uint32)
+    tables: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    class_min: dict[int, int] = {}
+    if sets:
+        starts = np.zeros(len(sets), dtype=np.int64)
+        starts[1:] = np.cumsum([len(s) for s in sets])[:-1]
+        signatures = sig.set_minima(np.concatenate(sets), starts, perms)
+        band = sig.band_keys(signatures, ROWS_PER_BAND)
+        sizes = np.array([len(s) for s in sets])
+        for c in np.unique(klass[sig_items]):
+            rows = np.flatnonzero(klass[sig_items] == c)
+            class_min[int(c)] = int(sizes[rows].min())
+            flat_keys = band[rows].ravel()
+            flat_items = np.repeat(sig_items[rows], band.shape[1])
+            order = np.argsort(flat_keys, kind="stable")
+            tables[int(c)] = (flat_keys[order], flat_items[order])
+    if progress:
+        progress(n_items)
+    exact = [i for i in range(n_items) if mode[i] == EXACT_MODE]
+    exact_keys = np.array(
+        [int(sig.shingle_hashes(keys[i][:EXACT_KEY_WORDS], EXACT_KEY_WORDS)[0]) for i in exact],
+        dtype=np.uint32,
+    )
+    exact_order = np.argsort(exact_keys, kind="stable")
+    info_ptr, info_data = _csr(informative, np.uint32)
+    owners = np.repeat(np.arange(n_items, dtype=np.int64), np.diff(info_ptr))
+    order = np.argsort(info_data, kind="stable")
+    bench, first = np.unique(info_data[order], return_index=True)
+    postings = (np.append(first, len(order)).astype(np.int64), owners[order])
+    return BenchmarkIndex(
+        refs=[
+            ItemRef(
+                it.benchmark, it.split, it.index, None if it.item_id is None else str(it.item_id), it.subset
+            )
+            for it in items
+        ],
+        num_perm=num_perm,
+        seed=seed,
+        ngram=ngram,
+        mode=mode,
+        klass=klass,
+        informative=(info_ptr, info_data),
+        key_words=_csr(keys, np.uint32),
+        answer_words=_csr(prep["answers"], np.uint32),
+        choice_words=_csr(prep["choice_words"], np.uint32),
+        prompt_answer_count=np.array(prep["prompt_counts"], dtype=np.int32),
+        answer_in_key=in_key,
+        answer_required=answer_required,
+        rare_words=rare_words,
+        bench_hashes=bench.astype(np.uint32),
+        postings=postings,
+        exact_keys=exact_keys[exact_order],
+        exact_items=np.array(exact, dtype=np.int64)[exact_order],
+        signatures=signatures,
+        sig_items=sig_items,
+        tables=tables,
+        class_min=class_min,
+        index_hash=index_hash,
+        items=list(items),
+    )
+
+
+_ARRAYS = (
+    "mode",
+    "klass",
+    "prompt_answer_count",
+    "answer_in_key",
+    "answer_required",
+    "rare_words",
+    "bench_hashes",
+    "exact_keys",
+    "exact_items",
+    "signatures",
+    "sig_items",
+)
+_CSRS = ("informative", "key_words", "answer_words", "choice_words", "postings")
+
+
+def save_index(index: BenchmarkIndex, folder: Path) -> None:
+    """Write the index atomically (a temporary folder renamed into place)."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder.parent))
+    try:
+        arrays = {name: getattr(index, name) for name in _ARRAYS}
+        for name in _CSRS:
+            arrays[f"{name}_ptr"], arrays[f"{name}_data"] = getattr(index, name)
+        for c, (keys, items) in index.tables.items():
+            arrays[f"table{c}_keys"], arrays[f"table{c}_items"] = keys, items
+        np.savez(tmp / "arrays.npz", **arrays)
+        meta = {
+            "refs": [list(vars(r).values()) for r in index.refs],
+            "num_perm": index.num_perm,
+            "seed": index.seed,
+            "ngram": index.ngram,
+            "class_min": {str(k): v for k, v in index.class_min.items()},
+            "index_hash": index.index_hash,
+            "benchmarks": index.benchmarks,
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta))
+        if folder.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_index(folder: Path) -> BenchmarkIndex:
+    """Read an index written by `save_index`."""
+    meta = json.loads((folder / "meta.json").read_text())
+    with np.load(folder / "arrays.npz") as data:
+        arrays = {name: data[name] for name in data.files}
+    return BenchmarkIndex(
+        refs=[ItemRef(*row) for row in meta["refs"]],
+        num_perm=meta["num_perm"],
+        seed=meta["seed"],
+        ngram=meta["ngram"],
+        tables={int(c): (arrays[f"table{c}_keys"], arrays[f"table{c}_items"]) for c in meta["class_min"]},
+        class_min={int(k): v for k, v in meta["class_min"].items()},
+        index_hash=meta["index_hash"],
+        benchmarks=meta["benchmarks"],
+        **{name: arrays[name] for name in _ARRAYS},
+        **{name: (arrays[f"{name}_ptr"], arrays[f"{name}_data"]) for name in _CSRS},
+    )
+
+
+def build_index(
+    benchmarks: Sequence[Any],
+    cache_dir: Path | None = None,
+    num_perm: int = 128,
+    *,
+    seed: int = 1,
+    ngram: int = DEFAULT_NGRAM,
+    progress: Callable[[int], None] | None = None,
+) -> BenchmarkIndex:
+    """The index of the loaded benchmarks, from `cache_dir` when an identical one was built before."""
+    key = cache_key([(b.spec.name, b.content_hash) for b in benchmarks], num_perm, seed, ngram)
+    items = [item for b in benchmarks for item in b.items]
+    folder = Path(cache_dir) / "audit-index" / key if cache_dir else None
+    if folder is not None and (folder / "meta.json").is_file():
+        try:
+            index = load_index(folder)
+        except Exception:  # a damaged cache entry is rebuilt, not fatal
+            index = None
+        if index is not None and len(index.refs) == len(items):
+            index.items = items
+            return index
+    index = build_from_items(
+        items, num_perm=num_perm, seed=seed, ngram=ngram, index_hash=key, progress=progress
+    )
+    index.benchmarks = {
+        b.spec.name: {"items": len(b.items), "split": b.spec.split, "content_hash": b.content_hash}
+        for b in benchmarks
+    }
+    if folder is not None:
+        save_index(index, folder)
+    return index

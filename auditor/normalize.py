@@ -1,0 +1,58 @@
+"""Text normalization and word n-gram shingles, the one definition both sides of a comparison share.
+
+Normalizing is NFKC, case-folding, dropping punctuation (it becomes a word separator) and collapsing
+whitespace; digits are kept, since numbers are often what tells two math questions apart.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+# Bump when the normalization changes: the benchmark index cache is keyed on it.
+NORMALIZE_VERSION = "1"
+
+WORD = re.compile(r"[^\W_]+")
+
+
+def fold(text: str) -> str:
+    """NFKC plus case-folding (the ASCII fast path skips NFKC, which is the identity there)."""
+    if text.isascii():
+        return text.lower()
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
+
+
+def tokens(text: str) -> list[str]:
+    """The normalized words of `text`: letters and digits only, punctuation and whitespace dropped."""
+    return WORD.findall(fold(text))
+
+
+_ASCII_WORDS = bytes(c if chr(c).isalnum() else 32 for c in range(128)) + b" " * 128
+
+
+def word_bytes(text: str) -> list[bytes]:
+    """`tokens(text)` as UTF-8 bytes; ASCII text takes a fast path (lowercase, bytes.translate, split)."""
+    if text.isascii():
+        return text.encode("ascii").lower().translate(_ASCII_WORDS).split()
+    return [word.encode("utf-8") for word in tokens(text)]
+
+
+def normalize(text: str) -> str:
+    """`text` normalized to single-space-separated words."""
+    return " ".join(tokens(text))
+
+
+def token_spans(text: str) -> tuple[str, list[tuple[int, int]]]:
+    """Character spans of the words, for highlighting evidence.
+
+    Returns the text the spans index into: the original for ASCII text (folding keeps its length), else the
+    folded text (NFKC can change lengths, so the original's offsets are not recoverable).
+    """
+    shown = text if text.isascii() else fold(text)
+    folded = shown.lower()
+    return shown, [match.span() for match in WORD.finditer(folded)]
+
+
+def shingles(words: list[str], n: int) -> list[str]:
+    """Word n-grams joined by single spaces; a text shorter than n words has none."""
+    return [" ".join(words[i : i + n]) for i in range(len(words) - n + 1)]
