@@ -100,6 +100,7 @@ class LeaderboardRow:
     contaminated_via: str | None
     is_merge: bool
     parents: list[str] = field(default_factory=list)
+    check: str | None = None  # the latest sanity check verdict: ok | degraded | broken
 
 
 @dataclass
@@ -285,6 +286,7 @@ def leaderboard(
         columns = _order(b for i in ids for b in scores[i])
     use_normalized = suite == "v2"
     rows = []
+    checks = latest_checks(db, [row[0] for row in picked])
     for rank, (model_id, average, n_scores) in enumerate(picked, start=1):
         verdict = verdicts[model_id]
         rows.append(
@@ -304,6 +306,7 @@ def leaderboard(
                 },
                 verdict=verdict.verdict,
                 contaminated_via=verdict.via,
+                check=checks.get(model_id),
                 is_merge=model_id in merged,
                 parents=[p[0] for p in parents[model_id]],
             )
@@ -330,6 +333,7 @@ class LineageNode:
     verdict: str
     contaminated_via: str | None
     scores: dict[str, float] = field(default_factory=dict)
+    check: str | None = None  # the latest sanity check verdict: ok | degraded | broken
 
 
 @dataclass
@@ -435,6 +439,7 @@ def lineage(
         ids = [i for i in ids if i in keep]
         edges_raw = [e for e in edges_raw if e[0] in keep and e[1] in keep]
     verdicts = contamination(db, ids)
+    checks = latest_checks(db, ids)
     only = set(suite_names(suite)) if suite else None
     nodes = []
     for model_id in sorted(ids, key=lambda i: (depth[i], names[i][0])):
@@ -464,6 +469,7 @@ def lineage(
                 verdict=verdict.verdict,
                 contaminated_via=verdict.via,
                 scores={b: v[0] * 100 for b, v in own.items() if only is None or b in only},
+                check=checks.get(model_id),
             )
         )
     edges = [
@@ -554,3 +560,17 @@ def parents_of(db: Database, ref: str) -> list[str]:
         [canonical_ref(ref)],
     ).fetchall()
     return [row[0] for row in rows]
+
+
+def latest_checks(db: Database, model_ids: Sequence[int]) -> dict[int, str]:
+    """Each model's latest sanity check verdict (models never checked are absent)."""
+    out: dict[int, str] = {}
+    ids = list(dict.fromkeys(model_ids))
+    for chunk in _chunks(ids):
+        rows = db.execute(
+            f"SELECT model_id, verdict FROM checks WHERE id IN (SELECT max(id) FROM checks "
+            f"WHERE model_id IN ({_marks(chunk)}) GROUP BY model_id)",
+            list(chunk),
+        ).fetchall()
+        out.update({int(model_id): verdict for model_id, verdict in rows})
+    return out

@@ -57,7 +57,7 @@ def _table(title: str | None, headers: list[str], rows: list[list[Any]], right: 
 
 def leaderboard_grid(board: Leaderboard) -> tuple[list[str], list[list[Any]]]:
     """Headers and text cells: rank, model, a column per benchmark, average, verdict, merge, parents."""
-    headers = ["#", "model", *board.columns, "average", "n", "verdict", "merge", "parents"]
+    headers = ["#", "model", *board.columns, "average", "n", "verdict", "check", "merge", "parents"]
     rows = [
         [
             row.rank,
@@ -66,6 +66,7 @@ def leaderboard_grid(board: Leaderboard) -> tuple[list[str], list[list[Any]]]:
             _num(row.average),
             row.n_scores,
             f"{row.verdict} (via {row.contaminated_via})" if row.contaminated_via else row.verdict,
+            row.check or MISSING,
             "yes" if row.is_merge else "no",
             ", ".join(row.parents) or MISSING,
         ]
@@ -102,6 +103,8 @@ def _node_text(node: LineageNode) -> str:
         parts.append(f"Δ {_num(node.delta, signed=True)} vs {node.best_parent}")
     verdict = f"{node.verdict} via {node.contaminated_via}" if node.contaminated_via else node.verdict
     parts.append(verdict)
+    if node.check:
+        parts.append(f"check {node.check}")
     return " ".join(parts)
 
 

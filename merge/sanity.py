@@ -73,6 +73,12 @@ class SanityReport:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
 
+    def summary(self) -> str:
+        """One line for the database and `history`: perplexity against the parents, and why."""
+        parents = ", ".join(f"{v:.2f}" for v in self.parent_perplexities.values())
+        text = f"perplexity {self.perplexity:.2f}" + (f" (parents {parents})" if parents else "")
+        return text + (f"; {'; '.join(self.reasons)}" if self.reasons else "")
+
 
 @dataclass
 class Measurement:

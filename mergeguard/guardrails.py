@@ -277,6 +277,7 @@ def guarded_merge(
     from mergeguard.auditor import AuditOptions
     from mergeguard.db import open_db, record_audit, record_merge, set_merge_guard
     from mergeguard.merge import MergeOptions, config_models, load_config, run_merge
+    from mergeguard.merge.engine import preflight
     from mergeguard.merge.family import UnrelatedModelsError, config_family_check
 
     guard = guard or GuardOptions()
@@ -285,6 +286,7 @@ def guarded_merge(
     config_path = Path(config_path)
     started = time.perf_counter()
     config = load_config(config_path, strict=merge_options.strict)
+    preflight(config, out_dir, merge_options)
     models = config_models(config)
     db = open_db(guard.db_path)
     timings: dict[str, float] = {}

@@ -7,6 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+
 from mergeguard.benchmarks import (
     REGISTRY,
     LoadedBenchmark,
@@ -17,7 +18,6 @@ from mergeguard.benchmarks import (
     local_files,
     suite_names,
 )
-
 from mergeguard.errors import BenchmarkError
 
 # The row counts the data README documents (and the hub splits have).

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from mergeguard.benchmarks import (
     benchmark_status,
     load_benchmark,
@@ -17,7 +18,6 @@ from mergeguard.benchmarks import (
     loading,
     local_files,
 )
-
 from mergeguard.errors import BenchmarkError
 
 # TAUR-Lab/MuSR rows: narrative, question, choices (a Python list literal in a string), answer_index,

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from mergeguard.db.migrations import MIGRATIONS
+
 WRITER = """
 import sys
 from mergeguard.db import EvaluationRow, ResultsFile, open_db, record_evaluations, record_merge
@@ -47,6 +49,6 @@ def test_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
     assert count("SELECT count(*) FROM lineage_edges") == 2 * workers * rounds
     assert count("SELECT count(*) FROM models WHERE ref = 'org/shared-base'") == 1
     assert count("SELECT count(*) FROM models") == 1 + workers * 3 + workers * rounds
-    assert count("SELECT count(*) FROM mergeguard_migrations") == 2
+    assert count("SELECT count(*) FROM mergeguard_migrations") == len(MIGRATIONS)
     assert len(leaderboard(db, limit=0).rows) == workers * 3
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

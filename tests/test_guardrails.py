@@ -205,3 +205,32 @@ def test_demo_runs_end_to_end(tmp_path, capsys) -> None:
     assert (tmp_path / "demo" / "models" / "merge-clean" / "config.json").is_file()
     assert not (tmp_path / "demo" / "models" / "merge-all").exists()
     assert "Traceback" not in out
+
+
+def test_merge_check_is_stored_and_shown(family, tmp_path) -> None:
+    from mergeguard.db import latest_checks, lineage, open_db, render_lineage
+
+    code = _merge(family, tmp_path, [family["a"], family["b"]], "--check")
+    codes = {"ok": 0, "degraded": 3, "broken": 4}
+    db = open_db(tmp_path / "mg.db")
+    row = db.execute(
+        "SELECT m.id, c.verdict, c.detail FROM checks c JOIN models m ON m.id = c.model_id"
+    ).fetchone()
+    assert row is not None and code == codes[row[1]] and "perplexity" in row[2]
+    assert latest_checks(db, [row[0]]) == {row[0]: row[1]}
+    graph = lineage(db, str(tmp_path / "out"))
+    merged = next(n for n in graph.nodes if n.ref == str(tmp_path / "out"))
+    assert merged.check == row[1]
+    assert all(n.check is None for n in graph.nodes if n is not merged)
+    assert f"check {row[1]}" in render_lineage(graph, "mermaid")
+
+
+def test_audit_of_a_config_shows_the_family_check(family, tmp_path, capsys) -> None:
+    config = _config(tmp_path / "c.yml", family["base"], [family["a"], family["b"]])
+    args = ["audit", str(config), "--benchmark-spec", str(family["spec"]), "--benchmark", "demo_quiz"]
+    assert main([*args, "--no-progress"]) == 0
+    assert "family check" in capsys.readouterr().out
+    assert main([*args, "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["family"]["related"] is True
+    assert {p["b"] for p in payload["family"]["pairs"]} == {str(family["a"]), str(family["b"])}

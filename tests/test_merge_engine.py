@@ -249,7 +249,10 @@ def test_cli_merge(models, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert "already exists" in capsys.readouterr().err
     assert main([*args, "--quiet", "--force", "--strict"]) == 1
     assert "(--strict)" in capsys.readouterr().err
-    assert main(["merge", str(config), str(tmp_path / "o2"), "--quiet", "--no-copy-tokenizer"]) == 0
+    assert (
+        main(["merge", str(config), str(tmp_path / "o2"), "--quiet", "--no-copy-tokenizer", "--no-audit"])
+        == 0
+    )
     assert not (tmp_path / "o2" / "tokenizer.json").exists()
     import torch
 

@@ -123,7 +123,7 @@ def check_command(
     parent_refs = list(against or []) or parents_of(store, str(folder))
     parents = [resolve_model(p) for p in parent_refs]
     report = sanity_check(folder, parents, device=device, max_tokens=max_tokens, progress=not as_json)
-    record_check(store, folder, report.verdict, report.to_json())
+    record_check(store, folder, report.verdict, report.summary())
     if as_json:
         typer.echo(report.to_json())
     else:

@@ -136,7 +136,7 @@ def merge_command(
         from mergeguard.db import open_db, record_check
 
         report = check_merge(result.out_dir, list(result.models.values()), options.device, quiet)
-        record_check(open_db(db), result.out_dir, report.verdict, report.to_json())
+        record_check(open_db(db), result.out_dir, report.verdict, report.summary())
         raise typer.Exit(report.exit_code)
 
 
@@ -154,7 +154,7 @@ def _show_family(report: Any, console: Any) -> None:
     for pair in report.unrelated_pairs() if report is not None else []:
         console.print(
             f"[yellow]warning:[/] {pair.a} and {pair.b} look unrelated (weight similarity "
-            f"{pair.similarity:.3f}); merged anyway (--allow-unrelated)",
+            f"{pair.similarity:.3f}); merging anyway (--allow-unrelated)",
             markup=True,
             emoji=False,
             highlight=False,

@@ -26,9 +26,12 @@ def _emit(rendered: Any) -> None:
     if isinstance(rendered, str):
         typer.echo(rendered, nl=not rendered.endswith("\n"))
         return
+    import shutil
+
     from rich.console import Console
 
-    Console(highlight=False).print(rendered)
+    # tables are wide (a column per benchmark); never squeeze model names into ellipses on a narrow pipe
+    Console(highlight=False, width=max(shutil.get_terminal_size().columns, 160)).print(rendered)
 
 
 @app.command("leaderboard")
