@@ -24,7 +24,6 @@ from typing import Any
 
 from mergeguard.benchmarks.items import Item, RowContext
 from mergeguard.benchmarks.registry import REGISTRY, BenchmarkSpec
-
 from mergeguard.errors import BenchmarkError
 
 KEYS = {"name", "files", "split", "question", "choices", "answer", "id", "subset", "description"}

@@ -20,10 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mergeguard import paths
 from mergeguard.benchmarks.items import ITEMS_VERSION, Item, RowContext, converter
 from mergeguard.benchmarks.registry import REGISTRY, BenchmarkSpec, get_spec, suite_names
-
-from mergeguard import paths
 from mergeguard.errors import BenchmarkError, MergeguardError
 
 EXTENSIONS = (".jsonl", ".jsonl.gz", ".json", ".parquet", ".csv")

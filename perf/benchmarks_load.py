@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 from mergeguard.benchmarks import REGISTRY, load_benchmarks, load_spec
-
 from mergeguard.errors import BenchmarkError
 
 
