@@ -14,8 +14,10 @@ import csv
 import gzip
 import io
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from functools import lru_cache
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -88,10 +90,27 @@ def example_text(row: Any, text_field: str | None = None) -> str:
         return "\n".join(_strings(row))
     if text_field:
         return "\n".join(_strings(_field(row, text_field)))
-    known = [row[key] for key in TEXT_FIELDS if key in row]
-    if all(isinstance(value, str) for value in known) and known:  # the common flat case, without recursion
-        return "\n".join(value for value in known if value)
-    return "\n".join(_strings(known if known else row))
+    getter = _text_fields(tuple(row))
+    if getter is None:
+        return "\n".join(_strings(row))
+    known = getter(row)
+    try:  # the common flat case (all strings), without recursion
+        return "\n".join(filter(None, known))
+    except TypeError:
+        return "\n".join(_strings(known))
+
+
+@lru_cache(maxsize=256)
+def _text_fields(keys: tuple[str, ...]) -> Callable[[dict], tuple[Any, ...]] | None:
+    """A getter of the TEXT_FIELDS among a row's keys, in TEXT_FIELDS order, as a tuple (rows of a dataset
+    share their keys, so this is built once per dataset); None when the row has none of them."""
+    present = set(keys)
+    fields = [key for key in TEXT_FIELDS if key in present]
+    if not fields:
+        return None
+    if len(fields) == 1:
+        return lambda row: (row[fields[0]],)
+    return itemgetter(*fields)
 
 
 def check_text_field(rows: list[Any], text_field: str, ref: str) -> None:
@@ -130,6 +149,14 @@ def _json_rows(path: Path) -> Iterator[Any]:
             lists = [v for v in data.values() if isinstance(v, list)]
             yield from (lists[0] if lists else [data])
             return
+    lines = [line for line in text.splitlines() if line.strip()]
+    try:  # JSON Lines as one JSON array: one decoder call instead of one per line
+        data = json.loads("[" + ",".join(lines) + "]")
+    except json.JSONDecodeError:
+        data = None  # find the bad line below, to name it
+    if isinstance(data, list) and len(data) == len(lines):
+        yield from data
+        return
     for number, line in enumerate(text.splitlines(), 1):
         if line.strip():
             try:
@@ -209,8 +236,11 @@ def dataset_texts(ref: str, text_field: str | None = None) -> Iterator[str]:
         head = [row for _, row in zip(range(20), rows, strict=False)]
         check_text_field(head, text_field, ref)
         rows = _chain(head, rows)
-    for row in rows:
-        yield example_text(row, text_field)
+    if text_field:
+        for row in rows:
+            yield example_text(row, text_field)
+    else:
+        yield from map(example_text, rows)  # no Python frame per row here
 
 
 def _chain(head: list[Any], rest: Iterator[Any]) -> Iterator[Any]:

@@ -11,16 +11,21 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from itertools import chain, islice
+from itertools import islice
 
 import numpy as np
 
 from mergeguard.auditor import signatures as sig
 from mergeguard.auditor.index import CLASSES, EXACT_KEY_WORDS, EXACT_MODE, BenchmarkIndex, _count
-from mergeguard.auditor.normalize import token_spans, word_bytes
+from mergeguard.auditor.normalize import batch_bytes, token_spans
 
 DEFAULT_CONTAINMENT = 0.5
 VERBATIM_SCORE = 0.8  # containment at or above which the question counts as copied whole
+# A question found without its answer (or with a one-word one) must be nearly whole: items built from one
+# template ("As of 2019, about what percentage of <people> <agree that ...>?", 17 MMLU items) share most
+# of their words with each other's siblings outside the test set, differing only in the slot.
+QUESTION_ONLY_SCORE = 0.7
+SHORT_ANSWER_SCORE = 0.6  # ... and with a one-word answer, somewhat more than half
 ANSWER_REACH = 48  # words after the matched question in which the answer is looked for
 EXAMPLE_BOILERPLATE_MIN = 50  # an n-gram in this many examples (and >= 1% of them) is the dataset's template
 EXAMPLE_BOILERPLATE_SHARE = 0.01
@@ -77,21 +82,22 @@ class _Scanner:
         self.hasher = sig.WordHashes()
         self.perms = index.perms
         self.example_counts = np.zeros(len(index.bench_hashes), dtype=np.int64)
+        self.key_hashes: np.ndarray | None = None  # per item, a hash of its whole key (`sig.run_hashes`)
         self.matches: list[Match] = []
         self.examples = self.prefiltered = self.windows = self.candidates = 0
 
     # ---------------------------------------------------------------- one batch
     def batch(self, texts: list[str], offset: int) -> None:
         n = self.n
-        words = [word_bytes(t) for t in texts]
-        lens = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
-        ends = np.cumsum(lens)
-        starts = ends - lens
-        wh = self.hasher.array(list(chain.from_iterable(words)))
+        buf = np.frombuffer(batch_bytes(texts), dtype=np.uint8)
+        wh, word_starts = sig.buffer_word_hashes(buf)
         self.examples += len(texts)
         if len(wh) == 0:
             return
-        example_of = np.repeat(np.arange(len(texts)), lens)
+        example_of = np.searchsorted(np.flatnonzero(buf == 0), word_starts)  # NULs separate the texts
+        lens = np.bincount(example_of, minlength=len(texts)).astype(np.int64)
+        ends = np.cumsum(lens)
+        starts = ends - lens
         sh = sig.shingle_hashes(wh, n)
         pos = np.arange(len(sh))
         valid = pos + n <= ends[example_of[: len(sh)]]
@@ -99,10 +105,11 @@ class _Scanner:
         hit[valid] = self.index.in_bench(sh[valid])
         hit_pos = np.flatnonzero(hit)
         candidates: dict[int, set[int]] = {}
-        chosen = self._prefilter(example_of[hit_pos], sh[hit_pos], len(texts))
+        pairs = self._prefilter(example_of[hit_pos], sh[hit_pos], len(texts))
+        chosen = np.unique(pairs >> 32)
         if len(chosen):
             self.prefiltered += len(chosen)
-            self._windows(chosen, starts, lens, sh, hit, candidates)
+            self._windows(chosen, pairs, starts, lens, sh, hit, candidates)
         candidates_exact: dict[int, dict[int, list[int]]] = {}
         self._exact(wh, starts, lens, example_of, candidates_exact)
         for e, items in candidates.items():
@@ -111,9 +118,10 @@ class _Scanner:
             self._verify_exact(e, offset, texts[e], wh[starts[e] : starts[e] + lens[e]], items)
 
     def _prefilter(self, hit_ex: np.ndarray, hit_hash: np.ndarray, n_texts: int) -> np.ndarray:
-        """Examples sharing at least MIN_MATCHED informative n-grams with one item; only those can yield a
-        verified n-gram finding, so only those go through the MinHash windows. Also counts, per n-gram,
-        how many examples hold it (the dataset's own template n-grams are dropped at the end)."""
+        """(example << 32 | item) pairs sharing at least MIN_MATCHED informative n-grams: only those can
+        pass verification (which needs min(VERIFY_MIN, |informative|) >= MIN_SHINGLES of them), so only
+        their examples go through the MinHash windows, and only for their items' size classes. Also
+        counts, per n-gram, how many examples hold it (the dataset's template n-grams, dropped at the end)."""
         idx = self.index
         pairs = np.unique((hit_ex.astype(np.uint64) << np.uint64(32)) | hit_hash.astype(np.uint64))
         if not len(pairs):
@@ -127,10 +135,13 @@ class _Scanner:
         first = np.repeat(ptr[where] - np.cumsum(counts) + counts, counts)
         items = owners[first + np.arange(counts.sum())]
         ex_items, shared = np.unique((ex << 32) | items, return_counts=True)
-        return np.unique(ex_items[shared >= MIN_MATCHED] >> 32)
+        return ex_items[shared >= MIN_MATCHED]
 
-    def _windows(self, chosen, starts, lens, sh, hit, out: dict[int, set[int]]) -> None:
-        """Window signatures per item class for the chosen examples, queried against that class's LSH."""
+    def _windows(self, chosen, pairs, starts, lens, sh, hit, out: dict[int, set[int]]) -> None:
+        """Window signatures per item class for the chosen examples, queried against that class's LSH.
+
+        An example is windowed only at the size classes of its prefilter items, and LSH candidates outside
+        the prefilter pairs are dropped: they could not pass verification anyway."""
         n = self.n
         counts = np.maximum(lens[chosen] - n + 1, 0)
         keep = counts > 0
@@ -147,21 +158,30 @@ class _Scanner:
         a, b = self.perms
         permuted = a[:, None] * mixed[None, :]  # (num_perm, shingles): reduceat is fastest on the last axis
         permuted += b[:, None]
+        pair_ex = (pairs >> 32).astype(np.int64)
+        pair_class = self.index.klass[(pairs & 0xFFFFFFFF).astype(np.int64)]
         for c in self.index.tables:
             size = CLASSES[c]
             need = self.containment * self.index.class_min[c] * 0.5
-            ok = counts >= need
+            ok = (counts >= need) & np.isin(chosen, pair_ex[pair_class == c])
             if not ok.any():
                 continue
             step = max(1, size // 4)
             per = -(-size // step)  # blocks per window
             sel = np.flatnonzero(ok)
             nblocks = -(-counts[sel] // step)
-            bstarts = np.concatenate(
-                [offs[s] + np.arange(k) * step for s, k in zip(sel, nblocks, strict=True)]
-            )
-            bmins = np.minimum.reduceat(permuted, bstarts, axis=1).T
-            bhits = np.add.reduceat(hits, bstarts)
+            # Blocks of `step` shingles; an example's last block must stop at its end, so a boundary is
+            # put there too (its own "block", dropped): the next selected example may start further on.
+            bounds, real = [], []
+            for s, k in zip(sel.tolist(), nblocks.tolist(), strict=True):
+                bounds.append(offs[s] + np.arange(k) * step)
+                real.append(np.ones(k, dtype=bool))
+                if offs[s + 1] < offs[-1]:
+                    bounds.append(offs[s + 1 : s + 2])
+                    real.append(np.zeros(1, dtype=bool))
+            bstarts, is_block = np.concatenate(bounds), np.concatenate(real)
+            bmins = np.minimum.reduceat(permuted, bstarts, axis=1).T[is_block]
+            bhits = np.add.reduceat(hits, bstarts)[is_block]
             bfirst = np.zeros(len(sel) + 1, dtype=np.int64)
             bfirst[1:] = np.cumsum(nblocks)
             nwin = np.maximum(nblocks - per + 1, 1)
@@ -179,23 +199,49 @@ class _Scanner:
             keep_w = np.flatnonzero(whits >= MIN_MATCHED)
             self.windows += len(keep_w)
             rows, items = self.index.query(c, sigs[keep_w])
-            for e, item in zip(wex[keep_w][rows].tolist(), items.tolist(), strict=True):
+            found = (wex[keep_w][rows].astype(np.int64) << 32) | items
+            found = np.unique(found[np.isin(found, pairs)])
+            for e, item in zip((found >> 32).tolist(), (found & 0xFFFFFFFF).tolist(), strict=True):
                 out.setdefault(e, set()).add(item)
 
     def _exact(self, wh, starts, lens, example_of, out: dict[int, dict[int, list[int]]]) -> None:
+        """Exact-text items whose whole key (question) occurs in an example, all in array passes: their
+        first words' hash finds the places, a rolling hash of the key's length compares the rest, and an
+        element-wise comparison confirms each survivor."""
         keys = self.index.exact_keys
         if not len(keys):
             return
         k = EXACT_KEY_WORDS
         q = sig.shingle_hashes(wh, k)
-        pos = np.arange(len(q))
-        valid = pos + k <= (starts + lens)[example_of[: len(q)]]
-        found = np.flatnonzero(valid & np.isin(q, keys))
-        for p in found:  # (example -> {item: word positions where its first words are})
-            lo, hi = np.searchsorted(keys, q[p]), np.searchsorted(keys, q[p], side="right")
+        if not len(q):
+            return
+        found = self.index.exact_hits(q)
+        found = found[found + k <= (starts + lens)[example_of[found]]]
+        if not len(found):
+            return
+        lo = np.searchsorted(keys, q[found], side="left")
+        hi = np.searchsorted(keys, q[found], side="right")
+        counts = hi - lo
+        pos = np.repeat(found, counts)
+        items = self.index.exact_items[
+            np.repeat(lo - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
+        ]
+        ptr, data = self.index.key_words
+        klen = ptr[items + 1] - ptr[items]
+        ends = (starts + lens)[example_of[pos]]
+        fits = pos + klen <= ends
+        pos, items, klen = pos[fits], items[fits], klen[fits]
+        if not len(pos):
+            return
+        # Compare whole keys by a polynomial hash of their word hashes (then exactly, below).
+        if self.key_hashes is None:
+            self.key_hashes = sig.run_hashes(data.astype(np.uint64), ptr[:-1], ptr[1:] - ptr[:-1])
+        got = sig.run_hashes(wh, pos, klen)
+        same = np.flatnonzero(got == self.key_hashes[items])
+        for p, item, m in zip(pos[same].tolist(), items[same].tolist(), klen[same].tolist(), strict=True):
             e = int(example_of[p])
-            for i in self.index.exact_items[lo:hi]:
-                out.setdefault(e, {}).setdefault(int(i), []).append(int(p - starts[e]))
+            if np.array_equal(wh[p : p + m], data[ptr[item] : ptr[item] + m]):
+                out.setdefault(e, {}).setdefault(item, []).append(p - int(starts[e]))
 
     # ---------------------------------------------------------------- verification
     def _answer(self, item: int, words: np.ndarray, start: int, end: int) -> bool:
@@ -216,6 +262,27 @@ class _Scanner:
             return bool(np.isin(ans, ex).mean() >= self.containment)
         return False
 
+    def _own_question(self, item: int, uniq: np.ndarray, words: np.ndarray, start: int, end: int) -> bool:
+        """Whether the item's own question is there, not just the reading passage it shares with others
+        (MMLU's history items: dev rows ask other questions about the same passages). Items without a
+        passage have no stem n-grams and pass; the choices listed after the match also count."""
+        idx = self.index
+        stem = idx.row(idx.stem, item)
+        if not len(stem) or np.isin(stem, uniq).mean() >= self.containment:
+            return True
+        choices = idx.row(idx.choice_words, item)
+        region = words[start : end + ANSWER_REACH + 3 * len(choices)]
+        return bool(len(choices)) and np.isin(choices, region).mean() >= CHOICES_PRESENT
+
+    def _floor(self, item: int, answer: bool) -> float:
+        """The containment a match needs: more without the answer, or with a one-word answer ("7", "Paris")
+        that a template sibling shares by chance."""
+        if not answer:
+            return max(self.containment, QUESTION_ONLY_SCORE)
+        if len(self.index.row(self.index.answer_words, item)) < 2:
+            return max(self.containment, SHORT_ANSWER_SCORE)
+        return self.containment
+
     def _severity(self, score: float, answer: bool) -> str:
         if not answer:
             return "question_only"
@@ -235,7 +302,11 @@ class _Scanner:
             matched = info[present]
             where = np.flatnonzero(np.isin(ex, matched))
             start, end = int(where.min()), int(where.max()) + self.n
+            if not self._own_question(item, uniq, words, start, end):
+                continue
             answer = self._answer(item, words, start, end)
+            if score < self._floor(item, answer):
+                continue
             self.matches.append(
                 Match(
                     e + offset, item, score, self._severity(score, answer), start, end, answer, matched, text
@@ -250,11 +321,8 @@ class _Scanner:
             if idx.mode[item] != EXACT_MODE:
                 continue
             self.candidates += 1
-            key = idx.row(idx.key_words, item)
-            starts = [s for s in positions if np.array_equal(words[s : s + len(key)], key)]
-            if not starts:
-                continue
-            start, end = int(starts[0]), int(starts[0]) + len(key)
+            key = idx.row(idx.key_words, item)  # `_exact` compared it: `positions` are where it is
+            start, end = int(positions[0]), int(positions[0]) + len(key)
             choices = idx.row(idx.choice_words, item)
             answer = self._answer(item, words, start, end)
             if not answer and idx.answer_required[item]:
@@ -285,7 +353,8 @@ class _Scanner:
             info = self.index.row(self.index.informative, match.item)
             info = info[~np.isin(info, common)]
             matched = match.matched[~np.isin(match.matched, common)]
-            if len(info) < 2 or len(matched) / len(info) < self.containment:
+            score = len(matched) / len(info) if len(info) else 0.0
+            if len(info) < 2 or score < self._floor(match.item, match.answer_present):
                 continue
             match.score = len(matched) / len(info)
             match.matched = matched

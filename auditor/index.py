@@ -22,7 +22,7 @@ from mergeguard.auditor import signatures as sig
 from mergeguard.auditor.normalize import NORMALIZE_VERSION, word_bytes
 from mergeguard.errors import MergeguardError
 
-INDEX_VERSION = "7"  # bump whenever what the index holds changes
+INDEX_VERSION = "8"  # bump whenever what the index holds changes
 DEFAULT_NGRAM = 5
 MIN_SHINGLES = 3  # fewer informative n-grams than this: the question is matched as exact text instead
 MIN_EXACT_WORDS = 4  # exact-text keys shorter than this are too common to mean anything
@@ -30,7 +30,8 @@ EXACT_KEY_WORDS = 4  # exact-text items are looked up by the hash of their first
 BOILERPLATE_ITEMS = 10  # an n-gram in this many items is template text ("which of the following is")
 SHARED_IN_BENCHMARK = 2  # an n-gram in two items of one benchmark is shared context (a passage)
 COMMON_CHOICE_WORD = 100  # a word in the choices of this many items is not evidence of any one item
-ROWS_PER_BAND = 3
+STEM_PASSAGE_WORDS = 30  # a question whose lines before its last hold this many words has a passage
+ROWS_PER_BAND = 2
 # Window sizes (in shingles), a factor of about sqrt(2) apart: an item of k shingles goes to the smallest
 # class >= k, so a window holding the whole item has Jaccard >= 0.7 with it.
 CLASSES = (4, 6, 8, 11, 16, 23, 32, 45, 64, 91, 128, 181, 256, 362, 512, 724, 1024)
@@ -67,6 +68,7 @@ class BenchmarkIndex:
     mode: np.ndarray  # int8: NGRAM_MODE, EXACT_MODE or SKIPPED
     klass: np.ndarray  # int16: index into CLASSES (ngram items)
     informative: tuple[np.ndarray, np.ndarray]  # CSR of sorted unique non-boilerplate shingle hashes
+    stem: tuple[np.ndarray, np.ndarray]  # CSR: informative hashes touching the question's own last line
     key_words: tuple[np.ndarray, np.ndarray]  # CSR of the key's word hashes (question, blank filled)
     answer_words: tuple[np.ndarray, np.ndarray]  # CSR of the gold answer's word hashes
     choice_words: tuple[np.ndarray, np.ndarray]  # CSR of the distinct word hashes of the choices
@@ -87,6 +89,7 @@ class BenchmarkIndex:
     items: list[Any] | None = None  # the Item objects, when built or loaded beside the data (for display)
     _perms: np.ndarray | None = None
     _bitmap: np.ndarray | None = None
+    _exact_bitmap: np.ndarray | None = None
     _lsh: dict[int, Any] = field(default_factory=dict)
 
     @property
@@ -141,17 +144,35 @@ class BenchmarkIndex:
 
     def in_bench(self, hashes: np.ndarray) -> np.ndarray:
         """Which hashes are informative n-grams of some item (a bitmap, then an exact sorted lookup)."""
-        if self._bitmap is None:
-            bitmap = np.zeros(1 << 24, dtype=bool)
-            bitmap[self.bench_hashes >> np.uint32(8)] = True
+        if self._bitmap is None:  # one bit per 16 hash values (32 MiB): few false "maybe"s to look up
+            bitmap = np.zeros(1 << 25, dtype=np.uint8)
+            slot = self.bench_hashes >> np.uint32(4)
+            np.bitwise_or.at(
+                bitmap, slot >> np.uint32(3), np.left_shift(1, slot & np.uint32(7)).astype(np.uint8)
+            )
             self._bitmap = bitmap
-        maybe = self._bitmap[hashes >> np.uint32(8)]
+        slot = hashes >> np.uint32(4)
+        maybe = ((self._bitmap[slot >> np.uint32(3)] >> (slot & np.uint32(7)).astype(np.uint8)) & 1).view(
+            bool
+        )
         out = np.zeros(len(hashes), dtype=bool)
         cand = hashes[maybe]
         if len(cand) and len(self.bench_hashes):
             pos = np.minimum(np.searchsorted(self.bench_hashes, cand), len(self.bench_hashes) - 1)
             out[np.flatnonzero(maybe)] = self.bench_hashes[pos] == cand
         return out
+
+    def exact_hits(self, hashes: np.ndarray) -> np.ndarray:
+        """Positions of `hashes` that are some exact-mode item's first-words key (a bitmap first: few are)."""
+        if self._exact_bitmap is None:
+            bitmap = np.zeros(1 << 20, dtype=bool)
+            bitmap[self.exact_keys >> np.uint32(12)] = True
+            self._exact_bitmap = bitmap
+        maybe = np.flatnonzero(self._exact_bitmap[hashes >> np.uint32(12)])
+        if not len(maybe) or not len(self.exact_keys):
+            return maybe
+        at = np.minimum(np.searchsorted(self.exact_keys, hashes[maybe]), len(self.exact_keys) - 1)
+        return maybe[self.exact_keys[at] == hashes[maybe]]
 
 
 def cache_key(benchmarks: Sequence[tuple[str, str]], num_perm: int, seed: int, ngram: int) -> str:
@@ -191,9 +212,26 @@ def _unique(values: np.ndarray) -> np.ndarray:
     return np.array(sorted(set(values.tolist())), dtype=values.dtype)
 
 
+def _stem_shingles(question: str, key: np.ndarray, ngram: int) -> np.ndarray:
+    """The n-grams of a question that touch its last line, when the lines before it are a passage.
+
+    Several questions can ask about one reading passage; the passage alone (in a training example with
+    another question about it) is not this item. Empty when there is no passage: no constraint then.
+    """
+    lines = [line for line in question.splitlines() if line.strip()]
+    if len(lines) < 2:
+        return np.empty(0, np.uint32)
+    own = len(word_bytes(lines[-1]))
+    if own == 0 or len(key) - own < STEM_PASSAGE_WORDS:
+        return np.empty(0, np.uint32)
+    shingles = sig.shingle_hashes(key, ngram)
+    return _unique(shingles[max(0, len(key) - own - ngram + 1) :])
+
+
 def _prepare(items: Sequence[Any], ngram: int, hasher: sig.WordHashes) -> dict[str, Any]:
     """Hash every item's key and answer; find template n-grams (in BOILERPLATE_ITEMS items or more)."""
     keys, answers, prompt_counts, in_key, all_shingles, choice_words = [], [], [], [], [], []
+    stems: list[np.ndarray] = []
     for item in items:
         answer = getattr(item, "answer", "") or ""
         # The question as written: a WinoGrande blank `_` is dropped like punctuation, which is how the
@@ -207,6 +245,11 @@ def _prepare(items: Sequence[Any], ngram: int, hasher: sig.WordHashes) -> dict[s
         prompt_counts.append(_count(prompt, ans))
         in_key.append(False)
         all_shingles.append(_unique(sig.shingle_hashes(key, ngram)))
+        # Only multiple-choice items ask several questions about one passage (a math problem's last line
+        # is part of its one question).
+        stems.append(
+            _stem_shingles(item.question or "", key, ngram) if item.choices else np.empty(0, np.uint32)
+        )
     # Choice words that many items use ("the", "of", "not") tell no item's choices apart.
     words_flat = np.concatenate(choice_words) if choice_words else np.empty(0, np.uint32)
     word_ids, word_counts = np.unique(words_flat, return_counts=True)
@@ -226,7 +269,9 @@ def _prepare(items: Sequence[Any], ngram: int, hasher: sig.WordHashes) -> dict[s
     common |= (pair_counts >= SHARED_IN_BENCHMARK)[pair_inverse]
     bounds = np.cumsum([len(x) for x in all_shingles])[:-1]
     informative = [x[~m] for x, m in zip(all_shingles, np.split(common, bounds), strict=True)]
+    stems = [st[np.isin(st, info)] for st, info in zip(stems, informative, strict=True)]
     return {
+        "stems": stems,
         "keys": keys,
         "answers": answers,
         "prompt_counts": prompt_counts,
@@ -257,6 +302,7 @@ def build_from_items(
     klass = np.zeros(n_items, dtype=np.int16)
     keys: list[np.ndarray] = []
     informative: list[np.ndarray] = []
+    stems: list[np.ndarray] = []
     in_key = np.array(prep["in_key"], dtype=bool)
     sets: list[np.ndarray] = []
     set_items: list[int] = []
@@ -270,11 +316,13 @@ def build_from_items(
         if len(info) >= MIN_SHINGLES:
             mode[i] = NGRAM_MODE
             informative.append(np.sort(info))
+            stems.append(np.sort(prep["stems"][i]))
             klass[i] = min(int(np.searchsorted(CLASSES, len(shingles))), len(CLASSES) - 1)
             sets.append(shingles)
             set_items.append(i)
         else:
             informative.append(np.empty(0, np.uint32))
+            stems.append(np.empty(0, np.uint32))
             mode[i] = EXACT_MODE if len(key) >= MIN_EXACT_WORDS else SKIPPED
     # Exact-text items whose words are those of other items too (BBH's Dyck prompts, once the brackets are
     # dropped, are 250 copies of one sentence) say nothing alone: their answer must be there as well, and
@@ -343,6 +391,7 @@ def build_from_items(
         mode=mode,
         klass=klass,
         informative=(info_ptr, info_data),
+        stem=_csr(stems, np.uint32),
         key_words=_csr(keys, np.uint32),
         answer_words=_csr(prep["answers"], np.uint32),
         choice_words=_csr(prep["choice_words"], np.uint32),
@@ -376,7 +425,7 @@ _ARRAYS = (
     "signatures",
     "sig_items",
 )
-_CSRS = ("informative", "key_words", "answer_words", "choice_words", "postings")
+_CSRS = ("informative", "stem", "key_words", "answer_words", "choice_words", "postings")
 
 
 def save_index(index: BenchmarkIndex, folder: Path) -> None:

@@ -37,6 +37,41 @@ def word_bytes(text: str) -> list[bytes]:
     return [word.encode("utf-8") for word in tokens(text)]
 
 
+# Batch table: ASCII letters lowercased, digits kept, other ASCII (NUL aside: it separates texts) a space;
+# bytes >= 128 are kept (they are UTF-8 of already normalized words).
+def _batch_byte(c: int) -> int:
+    if c >= 128 or c == 0:
+        return c
+    return ord(chr(c).lower()) if chr(c).isalnum() else 32
+
+
+_BATCH = bytes(_batch_byte(c) for c in range(256))
+
+
+def batch_bytes(texts: list[str]) -> bytes:
+    """The normalized words of many texts in one buffer: words separated by spaces, texts by NUL bytes.
+
+    ASCII texts (the common case) are only encoded; the non-ASCII ones are folded together, and one
+    `bytes.translate` lowercases and blanks the ASCII punctuation of the whole batch. Splitting the
+    buffer on whitespace and NUL gives exactly the `word_bytes` of each text.
+    """
+    parts = list(texts)
+    odd = [k for k, part in enumerate(parts) if not part.isascii()]
+    if odd:
+        # Fold the non-ASCII texts together (NUL composes with nothing) and blank their non-ASCII
+        # separators ("—", "“"); the table blanks the ASCII ones, as it does for ASCII texts.
+        folded = fold("\x00".join(parts[k].replace("\x00", " ") for k in odd))
+        blank = sorted(c for c in set(folded) if not c.isascii() and not WORD.match(c))
+        if blank:
+            folded = re.sub("[" + "".join(map(re.escape, blank)) + "]", " ", folded)
+        for k, part in zip(odd, folded.split("\x00"), strict=True):
+            parts[k] = part
+    buf = b"\x00".join([part.encode("utf-8") for part in parts])
+    if buf.count(b"\x00") != max(len(parts) - 1, 0):  # a NUL inside a text separates words there
+        buf = b"\x00".join([part.replace("\x00", " ").encode("utf-8") for part in parts])
+    return buf.translate(_BATCH)
+
+
 def normalize(text: str) -> str:
     """`text` normalized to single-space-separated words."""
     return " ".join(tokens(text))

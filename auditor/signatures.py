@@ -5,25 +5,29 @@ then applies `num_perm` affine permutations `a*h + b mod 2^32` (odd `a`, drawn w
 `np.random.RandomState(seed)`), keeping the minimum per permutation. We do the same on whole arrays: one
 matrix product-and-add per batch of shingles, then `np.minimum.reduceat` per set (an item, a window).
 
-The per-shingle `hashfunc` is injectable in datasketch; ours, `shingle_hash`, composes cached per-word SHA1
-hashes so that whole texts hash in a few vector operations. `datasketch.MinHash(hashfunc=shingle_hash)` fed
-the same shingles gives the same hash values (tests/test_auditor_signatures.py checks this, and checks the
-default `sha1_hash32` path too).
+The per-shingle `hashfunc` is injectable in datasketch; ours, `shingle_hash`, composes per-word polynomial
+hashes so that whole batches of texts hash in a few vector operations over their bytes.
+`datasketch.MinHash(hashfunc=shingle_hash)` fed the same shingles gives the same hash values
+(tests/test_auditor_core.py checks this, and checks the default `sha1_hash32` path too).
 """
 
 from __future__ import annotations
 
-import hashlib
-import struct
 from collections.abc import Sequence
 
 import numpy as np
 
 SCHEME = "affine32"
-HASH_NAME = "word-sha1-poly64"  # part of the index cache key
+HASH_NAME = "word-poly64-fmix-poly64"  # part of the index cache key
 MAX_HASH = np.uint32(0xFFFFFFFF)
 _U64 = (1 << 64) - 1
 _FINAL = 0x9E3779B97F4A7C15
+_P = (
+    0x100000001B3 * 0x9E3779B1 | 1
+) & _U64  # odd: the powers of a word-hash polynomial are invertible mod 2^64
+_P_INV = pow(_P, -1, 1 << 64)
+_LEN = 0xD6E8FEB86659FD93
+_M1, _M2 = 0xFF51AFD7ED558CCD, 0xC4CEB9FE1A85EC53  # MurmurHash3 fmix64
 CHUNK = 1 << 13  # shingles permuted at once (CHUNK x num_perm uint32 = 4 MiB at 128: stays in cache)
 
 
@@ -35,22 +39,91 @@ def _mix_constant(i: int) -> int:
     return (z ^ (z >> 31)) | 1
 
 
-def word_hash(word: str) -> int:
-    """datasketch's `sha1_hash32` of the word's UTF-8 bytes."""
-    return struct.unpack("<I", hashlib.sha1(word.encode("utf-8")).digest()[:4])[0]
+def word_hash(word: bytes | str) -> int:
+    """The 32-bit hash of one word's UTF-8 bytes: a polynomial mod 2^64, its length, fmix64, top half.
+
+    A polynomial (not SHA1) so that every word of a whole batch hashes in a few array passes over its
+    bytes (`buffer_word_hashes`); this is the scalar reference those passes equal.
+    """
+    data = word.encode("utf-8") if isinstance(word, str) else word
+    acc = 0
+    for byte in reversed(data):
+        acc = (acc * _P + byte) & _U64
+    acc ^= len(data) * _LEN & _U64
+    acc = (acc ^ (acc >> 33)) * _M1 & _U64
+    acc = (acc ^ (acc >> 33)) * _M2 & _U64
+    return (acc ^ (acc >> 33)) >> 32
+
+
+_powers = np.ones(1, dtype=np.uint64), np.ones(1, dtype=np.uint64)
+
+
+def _power_tables(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """P^j and P^-j mod 2^64 for j < size (grown by doubling and kept)."""
+    global _powers
+    if len(_powers[0]) < size:
+        size = max(size, 2 * len(_powers[0]), 1 << 16)
+        with np.errstate(over="ignore"):
+            up = np.full(size, _P, dtype=np.uint64)
+            up[0] = 1
+            down = np.full(size, _P_INV, dtype=np.uint64)
+            down[0] = 1
+            _powers = np.cumprod(up, dtype=np.uint64), np.cumprod(down, dtype=np.uint64)
+    return _powers
+
+
+def buffer_word_hashes(buf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`word_hash` of every word of a byte buffer where words are runs of bytes > 0x20 (normalized text:
+    spaces between words, NUL between texts). Returns (hashes as uint64, start offset of each word)."""
+    is_word = np.zeros(len(buf) + 2, dtype=bool)
+    np.greater(buf, 0x20, out=is_word[1:-1])
+    edges = np.flatnonzero(is_word[1:] != is_word[:-1])  # word starts and ends, alternating
+    starts, ends = edges[0::2], edges[1::2]
+    if not len(starts):
+        return np.empty(0, np.uint64), starts
+    up, down = _power_tables(len(buf) + 1)
+    with np.errstate(over="ignore"):
+        prefix = np.empty(len(buf) + 1, dtype=np.uint64)
+        prefix[0] = 0
+        np.cumsum(buf * up[: len(buf)], out=prefix[1:])
+        acc = (prefix[ends] - prefix[starts]) * down[starts]
+        acc ^= (ends - starts).astype(np.uint64) * np.uint64(_LEN)
+        acc ^= acc >> np.uint64(33)
+        acc *= np.uint64(_M1)
+        acc ^= acc >> np.uint64(33)
+        acc *= np.uint64(_M2)
+        acc ^= acc >> np.uint64(33)
+    return acc >> np.uint64(32), starts
+
+
+def run_hashes(values: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """A 64-bit polynomial hash of each run `values[s : s + n]` (uint64 values), all in a few passes:
+    equal runs hash equal, so runs can be compared by their hashes before element-wise."""
+    if not len(starts):
+        return np.empty(0, np.uint64)
+    up, down = _power_tables(len(values) + 1)
+    with np.errstate(over="ignore"):
+        prefix = np.zeros(len(values) + 1, dtype=np.uint64)
+        np.cumsum(values * up[: len(values)], out=prefix[1:])
+        return (prefix[starts + lengths] - prefix[starts]) * down[starts]
 
 
 class WordHashes(dict):
-    """A memo of `word_hash` keyed by the word's UTF-8 bytes: vocabularies repeat, so most words are a dict
-    lookup. `array` also takes str words."""
+    """A memo of `word_hash` keyed by the word (bytes or str): small lists are dict lookups, long ones one
+    vectorized pass (`buffer_word_hashes`)."""
 
     def __missing__(self, word: bytes | str) -> int:
-        data = word.encode("utf-8") if isinstance(word, str) else word
-        value = self[word] = struct.unpack("<I", hashlib.sha1(data).digest()[:4])[0]
+        value = self[word] = word_hash(word)
         return value
 
     def array(self, words: Sequence[bytes] | Sequence[str]) -> np.ndarray:
-        return np.fromiter(map(self.__getitem__, words), dtype=np.uint64, count=len(words))
+        if len(words) < 256:
+            return np.fromiter(map(self.__getitem__, words), dtype=np.uint64, count=len(words))
+        try:
+            joined = b" ".join(words)  # type: ignore[arg-type]
+        except TypeError:  # str words
+            joined = " ".join(w if isinstance(w, str) else w.decode("utf-8") for w in words).encode("utf-8")
+        return buffer_word_hashes(np.frombuffer(joined, dtype=np.uint8))[0]
 
 
 def shingle_hash(shingle: bytes | str) -> int:
@@ -113,14 +186,22 @@ def set_minima(hashes: np.ndarray, starts: np.ndarray, perms: np.ndarray) -> np.
         raise ValueError("every set must hold at least one hash")
     a, b = perms[0][:, None], perms[1][:, None]
     mixed = fmix32(hashes)
+    # (num_perm, chunk) blocks, reused: reduceat runs fastest along the last axis, and fresh multi-MiB
+    # arrays per chunk would cost page faults. Minima collect per permutation, transposed once at the end.
+    buffer = np.empty((num_perm, min(CHUNK, len(mixed))), dtype=np.uint32)
+    minima = np.full((num_perm, len(starts)), MAX_HASH, dtype=np.uint32)
     for lo in range(0, len(mixed), CHUNK):
         hi = min(lo + CHUNK, len(mixed))
-        block = a * mixed[None, lo:hi]  # (num_perm, chunk): reduceat runs fastest along the last axis
+        block = buffer[:, : hi - lo]
+        np.multiply(a, mixed[None, lo:hi], out=block)
         block += b
         first = int(np.searchsorted(starts, lo, side="right")) - 1  # the set holding position lo
         last = int(np.searchsorted(starts, hi, side="left"))  # sets starting before hi
         local = np.maximum(starts[first:last] - lo, 0)
-        np.minimum(out[first:last], np.minimum.reduceat(block, local, axis=1).T, out=out[first:last])
+        np.minimum(
+            minima[:, first:last], np.minimum.reduceat(block, local, axis=1), out=minima[:, first:last]
+        )
+    out[:] = minima.T
     return out
 
 

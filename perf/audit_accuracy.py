@@ -118,6 +118,7 @@ def main() -> int:
     rows: list[dict] = [dict(r) for r in alpaca]
     kinds: list[str] = ["alpaca"] * len(rows)
     truth: list[int | None] = [None] * len(rows)
+    origin: list[str | None] = [None] * len(rows)  # a near miss's own question, from the benchmark's files
     for kind in DISGUISES:
         names = sorted(by_bench)
         for k in range(args.per_disguise):
@@ -126,6 +127,7 @@ def main() -> int:
             rows.append(disguise(kind, items[i], rng, rng.choice(alpaca)))
             kinds.append(kind)
             truth.append(i)
+            origin.append(None)
     mmlu_dev = [json.loads(line) for line in (hf / "mmlu/dev.jsonl").read_text().splitlines() if line]
     for row in mmlu_dev:
         choices = row["choices"]
@@ -138,14 +140,17 @@ def main() -> int:
         )
         kinds.append("near_miss_mmlu_dev")
         truth.append(None)
+        origin.append(row["question"])
     gsm_train = json.loads((args.data / "corpora/gsm8k_train_dpo/gsm8k_dpo.json").read_text())
     for row in gsm_train[:300]:
         rows.append(row)
         kinds.append("near_miss_gsm8k_train")
         truth.append(None)
+        origin.append(row.get("question") or row.get("prompt"))
     order = list(range(len(rows)))
     rng.shuffle(order)
     rows, kinds, truth = [rows[o] for o in order], [kinds[o] for o in order], [truth[o] for o in order]
+    origin = [origin[o] for o in order]
     planted = tmp / "planted.jsonl"
     planted.write_text("".join(json.dumps(r) + "\n" for r in rows))
     print(f"planted set: {len(rows)} examples ({Counter(kinds)})")
@@ -182,15 +187,27 @@ def main() -> int:
         else:
             flagged = [e for e in ex if found.get(e)]
             bflagged = [e for e in ex if base[e]]
-            print(f"{kind:24} {len(ex):5} {len(flagged):9d} {len(bflagged):9d}   (examples flagged)")
+
+            def duplicate(e: int, i: int) -> bool:  # the near miss's own question IS the test question
+                return origin[e] is not None and tokens(items[i].question) == tokens(origin[e])
+
+            real = [e for e in flagged if all(duplicate(e, i) for i in found[e])]
+            note = ""
+            if kind.startswith("near_miss"):
+                breal = [e for e in bflagged if base[e] and all(duplicate(e, i) for i in base[e])]
+                note = (
+                    f"; real duplicates of a test question (checked against the benchmark files): "
+                    f"{len(real)} auditor, {len(breal)} 13-gram; false positives: {len(flagged) - len(real)} "
+                    f"auditor (target 0), {len(bflagged) - len(breal)} 13-gram"
+                )
+            print(f"{kind:24} {len(ex):5} {len(flagged):9d} {len(bflagged):9d}   (examples flagged{note})")
             if kind.startswith("near_miss"):
                 for e in flagged:
                     for i in found[e]:
-                        same = tokens(items[i].question) == tokens(texts[e])[: len(tokens(items[i].question))]
                         why = (
-                            "same question text as the test item"
-                            if same
-                            else "shares text with the test item"
+                            "REAL duplicate: its question is the test item's"
+                            if duplicate(e, i)
+                            else "FALSE POSITIVE: shares text with the test item"
                         )
                         print(
                             f"    {kind} row flagged ({why}): {items[i].benchmark}#{items[i].index} "

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from mergeguard.auditor import build_index, scan_examples
 from mergeguard.auditor import signatures as sig
 from mergeguard.auditor.index import EXACT_MODE, NGRAM_MODE, ROWS_PER_BAND
-from mergeguard.auditor.normalize import normalize, shingles, tokens, word_bytes
+from mergeguard.auditor.normalize import batch_bytes, normalize, shingles, tokens, word_bytes
 
 BENCHMARKS = ["truthfulqa_mc", "gsm8k", "arc_challenge", "mmlu"]
 
@@ -67,6 +67,15 @@ def test_normalize_folds_case_width_punctuation_and_keeps_digits() -> None:
 @settings(max_examples=200, deadline=None)
 def test_fast_ascii_path_equals_the_regex_path(text: str) -> None:
     assert word_bytes(text) == [w.encode() for w in tokens(text)]
+
+
+@given(st.lists(st.text(max_size=40), max_size=6))
+@settings(max_examples=150, deadline=None)
+def test_batch_buffer_and_vectorized_word_hashes_equal_the_per_text_ones(texts: list[str]) -> None:
+    buf = batch_bytes(texts)
+    assert [part.split() for part in buf.split(b"\x00")] == [word_bytes(t) for t in texts] or not texts
+    hashes, _ = sig.buffer_word_hashes(np.frombuffer(buf, dtype=np.uint8))
+    assert hashes.tolist() == [sig.word_hash(w) for t in texts for w in word_bytes(t)]
 
 
 # ---------------------------------------------------------------- signatures
@@ -187,16 +196,53 @@ def test_untouched_alpaca_rows_and_near_misses_are_clean(
     texts = alpaca[:1500] + [r["question"] + "\n" + "\n".join(r["choices"]) for r in dev]
     matches = scan_examples(texts, index).matches
     assert not [m for m in matches if m.example < 1500]
-    # MMLU dev rows are few-shot examples, not test items; the few flagged repeat a test question word for
-    # word (MMLU ships such duplicates) or share its reading passage.
-    assert len({m.example for m in matches}) <= 15
+    # MMLU dev rows are few-shot examples, not test items; the few flagged are real overlaps: their own
+    # question (from the dev file) is a test question word for word (MMLU ships such duplicates).
+    assert len({m.example for m in matches}) <= 10
     for m in matches:
         test_question = tokens(
             item_of(loaded, index.refs[m.item].benchmark, index.refs[m.item].index).question
         )
-        dev_words = tokens(texts[m.example])
-        shared = sum(1 for w in set(test_question) if w in set(dev_words)) / len(set(test_question))
-        assert shared >= 0.6, (texts[m.example][:80], test_question[:12])
+        assert tokens(dev[m.example - 1500]["question"]) == test_question, texts[m.example][:80]
+
+
+def test_a_shared_reading_passage_without_the_items_question_is_not_a_finding(loaded, index) -> None:
+    mmlu = next(b for b in loaded if b.spec.name == "mmlu").items
+    k = next(k for k in range(len(mmlu)) if len(index.row(index.stem, position(index, "mmlu", k))) >= 3)
+    item = mmlu[k]
+    lines = [line for line in item.question.splitlines() if line.strip()]
+    passage = "\n".join(lines[:-1])
+    texts = [
+        passage + "\nWhich of the following would the author most likely have opposed?\nTaxes\nWar\nTrade",
+        passage + "\n" + lines[-1],  # the same passage with this item's own question: a finding
+        item.text(),
+    ]
+    hits = {m.example for m in scan_examples(texts, index).matches if index.refs[m.item].index == k}
+    assert hits == {1, 2}
+
+
+def test_a_sibling_of_a_many_item_template_is_not_a_finding(loaded, index) -> None:
+    mmlu = next(b for b in loaded if b.spec.name == "mmlu").items
+    k, item = next(
+        (k, it)
+        for k, it in enumerate(mmlu)
+        if it.question.startswith("As of 2019, about what percentage of people from Turkey agree")
+    )
+    assert sum(it.question.startswith("As of 2019, about what percentage of") for it in mmlu) >= 10
+    sibling = item.question.replace("people from Turkey", "Americans")  # the MMLU dev row
+    texts = [sibling + "\n" + "\n".join(item.choices), item.question]
+    hits = {m.example for m in scan_examples(texts, index).matches if index.refs[m.item].index == k}
+    assert hits == {1}
+
+
+def test_batches_do_not_change_findings(loaded, index, alpaca: list[str]) -> None:
+    picks = [item_of(loaded, "mmlu", k) for k in (5, 700, 3000)] + [item_of(loaded, "gsm8k", 40)]
+    texts = list(alpaca[:30])
+    for j, item in enumerate(picks):  # long and short hosts, so that windows of some examples are skipped
+        texts.insert(3 + 7 * j, " ".join(alpaca[40 + j : 46 + j]) + "\n" + item.text() + "\n" + alpaca[j])
+    whole = {(m.example, m.item, m.severity) for m in scan_examples(texts, index).matches}
+    one_by_one = {(m.example, m.item, m.severity) for m in scan_examples(texts, index, batch_size=1).matches}
+    assert whole == one_by_one and len({e for e, _, _ in whole}) >= len(picks)
 
 
 def test_dataset_template_ngrams_are_ignored(loaded, index) -> None:
