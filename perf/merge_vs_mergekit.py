@@ -167,7 +167,9 @@ def main() -> None:
         mine = None
         if not args.skip_mergeguard:
             out = work / f"out-mergeguard-{method}"
-            mine = timed([*MERGEGUARD, str(config), str(out), "--force", "--quiet", "--random-seed", "0"])
+            mine = timed(
+                [*MERGEGUARD, str(config), str(out), "--force", "--quiet", "--no-audit", "--random-seed", "0"]
+            )
             shutil.rmtree(out, ignore_errors=True)
         rows.append((method, cached.get(method), mine))
         print(f"done {method}: mergekit={cached.get(method)} mergeguard={mine}", file=sys.stderr, flush=True)

@@ -8,15 +8,20 @@ from mergeguard.errors import ConfigError
 
 from .base import MergeInputs, MergeMethod, Param, work_dtype
 
+CHUNK = 1 << 16
+"""Elements accumulated at a time: the float32 accumulator stays in the CPU cache and is reused."""
+
 
 def linear(inputs: MergeInputs) -> torch.Tensor:
-    """sum_i w_i x_i, divided by sum_i w_i when `normalize` (accumulated in float32, like mergekit)."""
+    """sum_i w_i x_i, divided by sum_i w_i when `normalize` (accumulated in float32, like mergekit).
+
+    Block by block into one output of the inputs' dtype; the float32 accumulator is one reused block, so a
+    half-precision merge never holds a float32 copy of a whole tensor. Same bits as accumulating all at once.
+    """
     first = inputs.tensors[0]
     dtype = work_dtype(first)
     weights = [float(p["weight"]) for p in inputs.params]
-    out = torch.zeros(first.shape, dtype=dtype, device=first.device)
-    for tensor, w in zip(inputs.tensors, weights, strict=True):
-        out.add_(tensor, alpha=w) if tensor.dtype == dtype else out.add_(tensor.to(dtype), alpha=w)
+    total = None
     if inputs.options["normalize"]:
         total = torch.tensor(weights, dtype=dtype).sum()
         if total == 0:
@@ -24,8 +29,26 @@ def linear(inputs: MergeInputs) -> torch.Tensor:
                 f"linear weights sum to zero for `{inputs.name}` with normalize: true",
                 hint="change the weights or set `normalize: false`",
             )
-        out.div_(total)
-    return out.to(first.dtype)
+        total = total.to(first.device)
+    flats = [t.reshape(-1) for t in inputs.tensors]
+    n = flats[0].numel()
+    out = torch.empty(n, dtype=first.dtype, device=first.device)
+    direct = first.dtype == dtype  # accumulate straight into the output
+    scratch = torch.empty((2, min(n, CHUNK)), dtype=dtype, device=first.device)
+    for start in range(0, n, CHUNK):
+        end = min(n, start + CHUNK)
+        acc = out[start:end] if direct else scratch[0, : end - start]
+        acc.copy_(flats[0][start:end]).mul_(weights[0])  # = 0 + w * x, the same rounding
+        for flat, w in zip(flats[1:], weights[1:], strict=True):
+            block = flat[start:end]
+            if block.dtype != dtype:  # upcast first: torch's mixed-dtype add is a slow scalar loop
+                block = scratch[1, : end - start].copy_(block)
+            acc.add_(block, alpha=w)
+        if total is not None:
+            acc.div_(total)
+        if not direct:
+            out[start:end].copy_(acc)
+    return out.reshape(first.shape)
 
 
 LINEAR = MergeMethod(

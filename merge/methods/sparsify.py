@@ -7,6 +7,8 @@ threshold does it fall back to the same sort mergekit uses, so that ties are bro
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from mergeguard.errors import ConfigError
@@ -16,29 +18,110 @@ EXACT_TIES_MAX_NUMEL = 1 << 18
 """Up to this size, equal values straddling a cut are broken exactly as mergekit's torch sort breaks them
 (parity on small models); above it, the lowest indices win (no full sort: the speed of big merges)."""
 _SAMPLE = 1 << 16
+_DRAW_CHUNK = 1 << 16  # random draws made at a time (a reused float32 buffer that stays in cache)
 
 
 def _kth_smallest(w: torch.Tensor, m: int) -> torch.Tensor:
-    """The m-th smallest value of the 1-D tensor `w` (1 <= m <= numel), without sorting all of it.
+    """The m-th smallest value of the 1-D tensor `w` (1 <= m <= numel), without sorting all of it."""
+    return _kth_stats(w, m)[0]
 
-    A strided sample brackets the answer; only the entries inside the bracket go to `kthvalue`.
+
+def _kth_stats(w: torch.Tensor, m: int) -> tuple[torch.Tensor, int, int]:
+    """(the m-th smallest value v of the 1-D tensor `w`, count of entries < v, count of entries == v).
+
+    A strided sample brackets the answer; only the entries inside the bracket go to `kthvalue`, and the
+    counts come from them too, so the whole tensor is scanned about four times, never sorted.
     """
     n = w.numel()
-    if n <= 4 * _SAMPLE:
-        return torch.kthvalue(w, m).values
-    step = n // _SAMPLE
-    step += 1 - step % 2  # odd, so the sample does not follow one column of a matrix
-    sample = w[::step].contiguous()
-    size = sample.numel()
-    pos = (m - 0.5) / n * size
-    margin = 8 * size**0.5
-    lo = torch.kthvalue(sample, max(1, int(pos - margin))).values
-    hi = torch.kthvalue(sample, min(size, int(pos + margin) + 1)).values
-    below = int(torch.count_nonzero(w < lo))
-    inside = w[(w >= lo) & (w <= hi)]
-    if below < m <= below + inside.numel():
-        return torch.kthvalue(inside, m - below).values
-    return torch.kthvalue(w, m).values
+    if n > 4 * _SAMPLE:
+        step = n // _SAMPLE
+        step += 1 - step % 2  # odd, so the sample does not follow one column of a matrix
+        sample = w[::step].contiguous()
+        size = sample.numel()
+        pos = (m - 0.5) / n * size
+        margin = 5 * size**0.5  # 10 standard deviations of the sample's rank: a miss is (almost) never seen
+        lo = torch.kthvalue(sample, max(1, int(pos - margin))).values
+        hi = torch.kthvalue(sample, min(size, int(pos + margin) + 1)).values
+        del sample
+        mask = w >= lo
+        below = n - int(torch.count_nonzero(mask))
+        if below < m:
+            inside = w[mask.logical_and_(w <= hi)]
+            if m <= below + inside.numel():
+                value = torch.kthvalue(inside, m - below).values
+                less = below + int(torch.count_nonzero(inside < value))
+                return value, less, int(torch.count_nonzero(inside == value))
+    value = torch.kthvalue(w, m).values
+    return value, int(torch.count_nonzero(w < value)), int(torch.count_nonzero(w == value))
+
+
+def _kth_stats_bits(w: torch.Tensor, m: int) -> tuple[torch.Tensor, int, int]:
+    """`_kth_stats` for a non-negative float16/bfloat16 `w`: one exact histogram of the 2-byte patterns.
+
+    Non-negative half-precision values sort like their bits read as int16, so `bincount` over the 32768
+    patterns gives every rank at once (measured: 9 ms for 2.9M entries, a single pass, no bool masks).
+    """
+    hist = torch.bincount(w.view(torch.int16), minlength=1 << 15)
+    cum = hist.cumsum(0)
+    bits = int(torch.searchsorted(cum, m))  # the first pattern whose cumulative count reaches m
+    less = int(cum[bits - 1]) if bits else 0
+    value = torch.tensor([bits], dtype=torch.int16, device=w.device).view(w.dtype)[0]
+    return value, less, int(hist[bits])
+
+
+@dataclass
+class Cut:
+    """A TIES trim decided on the whole tensor and applied block by block, in index order (`apply_cut_`).
+
+    Keeps |x| > thr, and the first `ties` entries (lowest indices) with |x| == thr.
+    """
+
+    thr: torch.Tensor
+    ties: int
+
+
+def magnitude_cut(delta: torch.Tensor, density: float) -> Cut | None:
+    """`magnitude_` (without rescale) for a big tensor, as a rule; None keeps everything.
+
+    Same survivors as `magnitude_` above EXACT_TIES_MAX_NUMEL; |delta| is ranked in delta's own dtype
+    (exact: float16/bfloat16 -> float32 preserves order and ties), so no float32 copy is made.
+    """
+    n = delta.numel()
+    if density >= 1 or n == 0:
+        return None
+    k = max(1, int(density * n)) if density > 0 else 0
+    if k >= n:
+        return None
+    if k == 0:
+        return Cut(torch.tensor(float("inf"), dtype=delta.dtype, device=delta.device), 0)
+    w = delta.abs().reshape(-1)
+    half = w.dtype in (torch.float16, torch.bfloat16) and w.device.type == "cpu"
+    thr, less, equal = (_kth_stats_bits if half else _kth_stats)(w, n - k + 1)
+    del w
+    need = k - (n - less - equal)
+    return Cut(thr, 0 if thr == 0 else need)
+
+
+def apply_cut_(row: torch.Tensor, cut: Cut) -> None:
+    """Zero the entries of `row` that `cut` drops; call it on consecutive blocks of the tensor, in order.
+
+    The keep mask is built with arithmetic (sign of |x| - thr, exact in any float dtype) rather than
+    comparisons: torch's bool kernels are several times slower on CPU.
+    """
+    keep = row.abs().sub_(cut.thr).sign_()  # 1 above the cut, 0 at it, -1 below
+    if cut.ties > 0:
+        at = keep.numel() - int(torch.count_nonzero(keep))
+        if at <= cut.ties:
+            keep.add_(1).clamp_(0, 1)
+            cut.ties -= at
+        else:
+            split = int(torch.nonzero(keep == 0).flatten()[cut.ties - 1]) + 1
+            keep[:split].add_(1).clamp_(0, 1)
+            keep[split:].clamp_(min=0)
+            cut.ties = 0
+    else:
+        keep.clamp_(min=0)
+    row.mul_(keep)
 
 
 def _first_by_index(mask: torch.Tensor, candidates: torch.Tensor, need: int) -> torch.Tensor:
@@ -175,20 +258,43 @@ def random_(
     """DARE: keep each entry with probability `density`.
 
     mergekit rescales the survivors to the original L1 norm (`rescale`); `paper` rescales by 1/density
-    instead, as the DARE paper does. Returns the result (a new tensor when the work dtype differs).
+    instead, as the DARE paper does. In place, one model at a time: the draws go through a reused float32
+    buffer and the L1 norms accumulate in float32, so half-precision deltas are never copied whole. Returns
+    the result (a new tensor only when `delta` is not contiguous).
     """
     if density >= 1:
         return delta
-    work = _work(delta)
-    mask = torch.full_like(work, density)
-    torch.bernoulli(mask, generator=generator, out=mask)
+    if density <= 0:
+        delta.zero_()
+        return delta
+    if not delta.is_contiguous():
+        delta = delta.contiguous()
+    l1 = rescale and not paper
+    before = after = 0.0
+    flat = delta.view(-1)
+    draws = torch.empty(min(flat.numel(), _DRAW_CHUNK), dtype=torch.float32, device=delta.device)
+    for start in range(0, flat.numel(), _DRAW_CHUNK):
+        part = flat[start : start + _DRAW_CHUNK]
+        r = draws[: part.numel()]
+        torch.rand(r.shape, generator=generator, out=r)
+        if l1:
+            before += float(_l1(part))
+        part.mul_(r.sub_(density).sign_().clamp_(max=0).neg_())  # 1 where the draw < density, else 0
+        if l1:
+            after += float(_l1(part))
     if paper and rescale:
-        work.mul_(mask)
-        if density > 0:
-            work.div_(density)
-    else:
-        _rescale_(work, mask, rescale)
-    return work
+        delta.div_(density)
+    elif l1 and before >= RESCALE_EPS and after >= RESCALE_EPS:
+        delta.mul_(before / after)
+    return delta
+
+
+def _l1(t: torch.Tensor) -> torch.Tensor:
+    """L1 norm of one block, accumulated in float32 at least (the block's float32 copy stays in cache;
+    measured 5x faster than `vector_norm(dtype=float32)` on float16)."""
+    if t.dtype in (torch.float16, torch.bfloat16):
+        return t.float().abs_().sum()
+    return t.abs().sum()
 
 
 def della_(

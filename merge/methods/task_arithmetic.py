@@ -18,7 +18,16 @@ from functools import partial
 import torch
 
 from .base import MergeInputs, MergeMethod, Param, require_base
-from .sparsify import breadcrumbs_, della_, magnitude_, random_
+from .sparsify import (
+    EXACT_TIES_MAX_NUMEL,
+    Cut,
+    apply_cut_,
+    breadcrumbs_,
+    della_,
+    magnitude_,
+    magnitude_cut,
+    random_,
+)
 
 
 @dataclass(frozen=True)
@@ -33,6 +42,10 @@ class Variant:
     description: str
 
 
+CHUNK = 1 << 16
+"""Elements combined at a time: the dozen passes of the sign election stay in the CPU cache."""
+
+
 def task_vector_merge(inputs: MergeInputs, variant: Variant) -> torch.Tensor:
     base = require_base(inputs, variant.name)
     others = inputs.others()
@@ -41,13 +54,19 @@ def task_vector_merge(inputs: MergeInputs, variant: Variant) -> torch.Tensor:
     opts = inputs.options
     rescale = bool(opts["rescale"])
     paper_rescale = bool(opts.get("paper_rescale", False))
+    if variant.sparsification is None:
+        return _merge_dense(inputs, [t for t, _ in others], [float(p["weight"]) for _, p in others], variant)
     deltas = base.new_empty((len(others), *base.shape))
+    cuts: list[Cut | None] = [None] * len(others)
     for i, (tensor, p) in enumerate(others):
         delta = deltas[i]
         torch.sub(tensor, base, out=delta)
         kind = variant.sparsification
         if kind == "magnitude":
-            magnitude_(delta, float(p["density"]), rescale)
+            if rescale or delta.numel() <= EXACT_TIES_MAX_NUMEL:
+                magnitude_(delta, float(p["density"]), rescale)
+            else:  # decided on the whole tensor, applied chunk by chunk below
+                cuts[i] = magnitude_cut(delta, float(p["density"]))
         elif kind == "breadcrumbs":
             breadcrumbs_(delta, float(p["density"]), float(p["gamma"]), rescale)
         elif kind == "random":
@@ -62,32 +81,77 @@ def task_vector_merge(inputs: MergeInputs, variant: Variant) -> torch.Tensor:
                 delta.copy_(out)
 
     weights = [float(p["weight"]) for _, p in others]
-    w = torch.tensor(weights, dtype=deltas.dtype, device=deltas.device).view(-1, *([1] * base.dim()))
+    flat = deltas.view(len(others), -1)
+    base_flat = base.reshape(-1)
+    n = base_flat.numel()
+    if n <= CHUNK:
+        return _combine(flat, base_flat, weights, variant, opts).reshape(base.shape)
+    out = torch.empty_like(base_flat)
+    for start in range(0, n, CHUNK):
+        s = slice(start, min(n, start + CHUNK))
+        rows = flat[:, s]
+        for i, cut in enumerate(cuts):
+            if cut is not None:
+                apply_cut_(rows[i], cut)
+        out[s] = _combine(rows, base_flat[s], weights, variant, opts)
+    return out.reshape(base.shape)
+
+
+def _merge_dense(
+    inputs: MergeInputs, tensors: list[torch.Tensor], weights: list[float], variant: Variant
+) -> torch.Tensor:
+    """No sparsification: each block's task vectors are taken in a reused buffer, never whole tensors."""
+    base = inputs.base
+    assert base is not None
+    base_flat = base.reshape(-1)
+    flats = [t.reshape(-1) for t in tensors]
+    n = base_flat.numel()
+    out = torch.empty_like(base_flat)
+    scratch = base.new_empty((len(tensors), min(n, CHUNK)))
+    for start in range(0, n, CHUNK):
+        end = min(n, start + CHUNK)
+        rows = scratch[:, : end - start]
+        for i, flat in enumerate(flats):
+            torch.sub(flat[start:end], base_flat[start:end], out=rows[i])
+        out[start:end] = _combine(rows, base_flat[start:end], weights, variant, inputs.options)
+    return out.reshape(base.shape)
+
+
+def _combine(
+    deltas: torch.Tensor, base: torch.Tensor, weights: list[float], variant: Variant, opts: dict
+) -> torch.Tensor:
+    """base + lambda * combine(w_i * delta_i) for one block of elements (deltas: models x elements).
+
+    Element-wise throughout, so a tensor combined block by block gives the same bits as in one go. Masks
+    are 0/1 tensors of the work dtype built with `sign` (exact), not bool tensors: torch's comparison and
+    `where` kernels are several times slower on CPU than its arithmetic.
+    """
+    w = torch.tensor(weights, dtype=deltas.dtype, device=deltas.device).view(-1, 1)
     paper = bool(variant.consensus and opts.get("paper_sign_election", False))
-    positive = _elect(deltas, variant.consensus) if paper else None  # the TIES paper votes unweighted
+    sign = _elect(deltas, variant.consensus) if paper else None  # the TIES paper votes unweighted
     deltas.mul_(w)
     if variant.consensus:
-        if positive is None:
-            positive = _elect(deltas, variant.consensus)
+        if sign is None:
+            sign = _elect(deltas, variant.consensus)
         divisor = torch.zeros_like(base) if opts["normalize"] else None
         for i, wi in enumerate(weights):
             row = deltas[i]
-            up, down = (row < 0, row > 0) if paper and wi < 0 else (row > 0, row < 0)
-            agree = torch.where(positive, up, down)  # zeros never agree
-            del up, down
+            agree = torch.mul(row, sign)  # > 0 where the entry has the elected sign (zeros never agree)
+            if paper and wi < 0:  # a negatively weighted model's unscaled delta voted with the other sign
+                agree.neg_()
+            agree.sign_().clamp_(min=0)  # 1 where it agrees, else 0
             row.mul_(agree)
             if divisor is not None:
-                divisor.add_(agree.to(divisor.dtype), alpha=wi)
+                divisor.add_(agree, alpha=wi)
             del agree
-        del positive
-        mixed = deltas.sum(dim=0)
+        del sign
+        mixed = _sum_rows(deltas)
         if divisor is not None:
-            divisor[divisor == 0] = 1
+            divisor.add_(divisor.abs().sign_().sub_(1).neg_())  # 0 -> 1 (no model agrees)
     else:
-        mixed = deltas.sum(dim=0)
+        mixed = _sum_rows(deltas)
         divisor = w.sum(dim=0)
         divisor[divisor.abs() < 1e-8] = 1
-    del deltas
     if opts["normalize"]:
         mixed.div_(divisor)
     lam = float(opts["lambda"])
@@ -96,14 +160,22 @@ def task_vector_merge(inputs: MergeInputs, variant: Variant) -> torch.Tensor:
     return mixed.add_(base).to(base.dtype)
 
 
+def _sum_rows(rows: torch.Tensor) -> torch.Tensor:
+    """rows.sum(dim=0); two rows by one `add` (the same bits: one rounding either way, and faster)."""
+    if rows.shape[0] == 2:
+        return torch.add(rows[0], rows[1])
+    return rows.sum(dim=0)
+
+
 def _elect(deltas: torch.Tensor, method: str | None) -> torch.Tensor:
-    """Per entry, True where the elected sign is positive (by the sum of the deltas, or a count of signs)."""
+    """Per entry, +1 where the elected sign is positive (sum of deltas, or count of signs, >= 0), else -1."""
     if method == "sum":
-        return deltas.sum(dim=0) >= 0
-    votes = torch.zeros_like(deltas[0])
-    for row in deltas:
-        votes.add_(torch.sign(row))
-    return votes >= 0
+        total = _sum_rows(deltas)
+    else:
+        total = torch.zeros_like(deltas[0])
+        for row in deltas:
+            total.add_(torch.sign(row))
+    return total.sign_().add_(0.5).sign_()  # >= 0 -> 1, < 0 -> -1
 
 
 def _params(variant: Variant) -> tuple[Param, ...]:
