@@ -300,3 +300,25 @@ def test_model_plus_lora_is_applied(models, tmp_path: Path) -> None:
     assert (ours - expected).abs().max() < 1e-6
     assert not (ours == _tensors(base)["model.layers.1.self_attn.q_proj.weight"]).all()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter", "out"]
+
+
+def test_large_tensors_are_read_exactly(tmp_path) -> None:
+    """Tensors of 1 MiB and more are memory-mapped one at a time; the values must be the file's."""
+    import torch
+    from safetensors.torch import save_file
+
+    from mergeguard.merge.io import ModelReader
+
+    big = torch.randn(700, 700, generator=torch.Generator().manual_seed(3))  # ~1.9 MB of float32
+    small = torch.arange(10, dtype=torch.float16)
+    save_file({"big.weight": big, "small.weight": small}, str(tmp_path / "model.safetensors"))
+    reader = ModelReader(tmp_path)
+    try:
+        assert torch.equal(reader.get("big.weight"), big)
+        assert torch.equal(reader.get("small.weight"), small)
+    finally:
+        reader.close()
+    (tmp_path / "model.safetensors").write_bytes((tmp_path / "model.safetensors").read_bytes()[:100_000])
+    with pytest.raises(Exception, match="(?i)truncat|short|size|corrupt|incomplete"):
+        broken = ModelReader(tmp_path)
+        broken.get("big.weight")

@@ -613,3 +613,46 @@ def test_count_consensus_switch_elects_by_number_of_signs():
     out = task_vector_merge(Inputs(fts, params, base, None, opts, "w", None), variant)
     # two votes beat one large value: the positive side wins entry 0, the negative side entry 1
     assert torch.equal(out, torch.tensor([1.0, -1.0]))
+
+
+def _ref_ties_vectorised(base, fts, weights, densities):
+    """mergekit's TIES on continuous values (no magnitude ties): top-k trim, weighted sign vote, mean."""
+    trimmed = []
+    for ft, density in zip(fts, densities, strict=True):
+        delta = (ft - base).flatten()
+        keep = torch.topk(delta.abs(), int(density * delta.numel())).indices
+        out = torch.zeros_like(delta)
+        out[keep] = delta[keep]
+        trimmed.append(out)
+    weighted = [w * d for w, d in zip(weights, trimmed, strict=True)]
+    elected = torch.sign(sum(weighted))
+    agree = [(torch.sign(d) == elected) & (d != 0) for d in trimmed]
+    total = sum(wd * a for wd, a in zip(weighted, agree, strict=True))
+    divisor = sum(w * a.float() for w, a in zip(weights, agree, strict=True))
+    divisor[divisor.abs() < 1e-8] = 1.0
+    return (base.flatten() + total / divisor).reshape(base.shape)
+
+
+def test_ties_on_a_large_tensor_matches_the_reference():
+    # 640 x 640 = 409,600 elements: the blocked kernels and the sampled magnitude cut, not the small path
+    base, fts = family(3, (640, 640), seed=21)
+    weights, densities = [0.5, 0.3, 0.2], [0.4, 0.6, 0.3]
+    params = [{"weight": w, "density": d} for w, d in zip(weights, densities, strict=True)]
+    out = run("ties", fts, params, base=base)
+    assert torch.allclose(out, _ref_ties_vectorised(base, fts, weights, densities), atol=1e-6)
+
+
+def test_large_half_precision_ties_keep_exactly_k_lowest_index_first():
+    # fp16 magnitudes repeat a lot: the cut comes from a histogram of the 2-byte patterns
+    n = 400_000
+    values = ((torch.arange(n) * 7919 % 2000).float() / 100.0 - 10.0).half()
+    base = torch.zeros(n, dtype=torch.float16)
+    out = run("ties", [values], [{"weight": 1.0, "density": 0.25}], base=base, normalize=False)
+    kept = out != 0
+    assert int(kept.sum()) == int(0.25 * n)
+    assert out[kept].abs().min() >= values[~kept].abs().max()
+    cut = out[kept].abs().min()
+    tied = (values.abs() == cut).nonzero().flatten()
+    kept_tied = tied[kept[tied]]
+    assert torch.equal(kept_tied, tied[: kept_tied.numel()])
+    assert torch.equal(out[kept], values[kept])
