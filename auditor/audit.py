@@ -6,8 +6,6 @@ ancestor they came through. Nothing here prints except an optional progress bar 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ from mergeguard.auditor.report import (
     benchmark_rates,
 )
 from mergeguard.errors import BenchmarkError, MergeguardError
+from mergeguard.progress import progress_bar
 
 EVIDENCE_CHARS = 600
 
@@ -56,25 +55,6 @@ class AuditOptions:
             "ngram": self.ngram,
             "num_perm": self.num_perm,
         }
-
-
-@contextmanager
-def _progress(enabled: bool) -> Iterator[Any]:
-    if not enabled:
-        yield None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-        transient=True,
-    ) as bar:
-        yield bar
 
 
 def load_benchmark_index(options: AuditOptions, bar: Any = None) -> tuple[BenchmarkIndex, list[str]]:
@@ -171,7 +151,7 @@ def audit_datasets(dataset_refs: list[str], options: AuditOptions) -> AuditRepor
     """Audit datasets alone (no model): one verdict per dataset, findings with `model` null."""
     if not dataset_refs:
         raise MergeguardError("nothing to audit", hint="give --dataset REF, --model REF or a merge config")
-    with _progress(options.progress) as bar:
+    with progress_bar(options.progress) as bar:
         index, problems = load_benchmark_index(options, bar)
         findings: list[Finding] = []
         verdicts = []
@@ -210,7 +190,7 @@ def audit_models(model_refs: list[str], options: AuditOptions) -> AuditReport:
     findings: list[Finding] = []
     verdicts: list[ModelVerdict] = []
     scanned: dict[str, list[Match] | None] = {}
-    with _progress(options.progress) as bar:
+    with progress_bar(options.progress) as bar:
         index, bench_problems = load_benchmark_index(options, bar)
         problems.extend(bench_problems)
         for lineage in lineages:

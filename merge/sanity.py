@@ -18,13 +18,13 @@ from __future__ import annotations
 import gc
 import json
 import math
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mergeguard.errors import MergeguardError
+from mergeguard.progress import progress_bar
 
 # Evidence (tests/test_sanity.py models, README "Sanity check"): an average of two real fine-tunes scored
 # 0.36x the worst parent's perplexity; weights scaled x1.25 1.4x, x1.5 4.1x, x2 152x, x10 1e21x.
@@ -104,25 +104,6 @@ def _finite(value: Any) -> Any:
 def sample_text() -> str:
     """The English sample perplexity is measured on (a few plain paragraphs shipped with mergeguard)."""
     return SAMPLE_TEXT.read_text(encoding="utf-8")
-
-
-@contextmanager
-def _progress(enabled: bool) -> Iterator[Any]:
-    if not enabled:
-        yield None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-        transient=True,
-    ) as bar:
-        yield bar
 
 
 def scan_nonfinite(model: Path, bar: Any = None) -> list[str]:
@@ -298,7 +279,7 @@ def sanity_check(
     model = Path(model)
     parents = [Path(p) for p in against]
     device = _resolve_device(device)
-    with _progress(progress) as bar:
+    with progress_bar(progress) as bar:
         nonfinite = scan_nonfinite(model, bar)
         if nonfinite:
             verdict, reasons = judge(math.inf, 0.0, {}, {}, vocab_size=0, nonfinite_tensors=nonfinite)

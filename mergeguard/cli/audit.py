@@ -14,6 +14,17 @@ from mergeguard.errors import MergeguardError, UsageError
 
 TOP_EVIDENCE = 3
 
+# The audit's options, shared with `merge` (which audits its inputs first).
+TEXT_FIELD = typer.Option(None, "--text-field", help="The field holding an example's text.")
+BENCHMARKS_DIR = typer.Option(None, "--benchmarks-dir", help="Local benchmark test sets.")
+BENCHMARK = typer.Option([], "--benchmark", "-b", help="Audit against these benchmarks only.")
+BENCHMARK_SPEC = typer.Option([], "--benchmark-spec", help="A custom benchmark YAML spec.")
+THRESHOLD_RATE = typer.Option(0.01, "--threshold-rate", help="Share of a benchmark's items that fails.")
+ALLOW_VERBATIM = typer.Option(
+    False, "--allow-verbatim", help="Do not fail on a single verbatim finding (only on the rate)."
+)
+CACHE_DIR = typer.Option(None, "--cache-dir", help="Where the benchmark index is cached.")
+
 
 class AuditError(MergeguardError):
     """Any audit failure exits 2, so that CI can tell an error from contamination (1)."""
@@ -95,18 +106,14 @@ def audit_command(
     dataset: list[str] = typer.Option(
         [], "--dataset", "-d", help="A dataset to audit alone (REF), or MODEL=REF to set a model's datasets."
     ),
-    text_field: str | None = typer.Option(None, "--text-field", help="The field holding an example's text."),
-    benchmarks_dir: Path | None = typer.Option(None, "--benchmarks-dir", help="Local benchmark test sets."),
-    benchmark: list[str] = typer.Option([], "--benchmark", "-b", help="Audit against these benchmarks only."),
-    benchmark_spec: list[Path] = typer.Option([], "--benchmark-spec", help="A custom benchmark YAML spec."),
-    threshold_rate: float = typer.Option(
-        0.01, "--threshold-rate", help="Share of a benchmark's items that fails."
-    ),
-    allow_verbatim: bool = typer.Option(
-        False, "--allow-verbatim", help="Do not fail on a single verbatim finding (only on the rate)."
-    ),
+    text_field: str | None = TEXT_FIELD,
+    benchmarks_dir: Path | None = BENCHMARKS_DIR,
+    benchmark: list[str] = BENCHMARK,
+    benchmark_spec: list[Path] = BENCHMARK_SPEC,
+    threshold_rate: float = THRESHOLD_RATE,
+    allow_verbatim: bool = ALLOW_VERBATIM,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
-    cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Where the benchmark index is cached."),
+    cache_dir: Path | None = CACHE_DIR,
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
 ) -> None:
     """Audit models' declared fine-tune datasets against benchmark test sets (exit 1 when contaminated)."""

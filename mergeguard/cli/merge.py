@@ -7,6 +7,7 @@ from typing import Any
 
 import typer
 
+from mergeguard.cli import audit as audit_cli
 from mergeguard.cli.app import app, error_console
 from mergeguard.cli.check import check_merge
 from mergeguard.errors import UsageError
@@ -54,17 +55,13 @@ def merge_command(
     dataset: list[str] = typer.Option(
         [], "--dataset", help="MODEL=REF: a model's training data (adds to or overrides its card)."
     ),
-    text_field: str | None = typer.Option(None, "--text-field", help="The field holding an example's text."),
-    benchmarks_dir: Path | None = typer.Option(None, "--benchmarks-dir", help="Local benchmark test sets."),
-    benchmark: list[str] = typer.Option([], "--benchmark", "-b", help="Audit against these benchmarks only."),
-    benchmark_spec: list[Path] = typer.Option([], "--benchmark-spec", help="A custom benchmark YAML spec."),
-    threshold_rate: float = typer.Option(
-        0.01, "--threshold-rate", help="Contaminated at this share of a benchmark's items."
-    ),
-    allow_verbatim: bool = typer.Option(
-        False, "--allow-verbatim", help="Judge verbatim findings by the rate threshold only."
-    ),
-    cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Where the benchmark index is cached."),
+    text_field: str | None = audit_cli.TEXT_FIELD,
+    benchmarks_dir: Path | None = audit_cli.BENCHMARKS_DIR,
+    benchmark: list[str] = audit_cli.BENCHMARK,
+    benchmark_spec: list[Path] = audit_cli.BENCHMARK_SPEC,
+    threshold_rate: float = audit_cli.THRESHOLD_RATE,
+    allow_verbatim: bool = audit_cli.ALLOW_VERBATIM,
+    cache_dir: Path | None = audit_cli.CACHE_DIR,
     db: Path | None = typer.Option(None, "--db", help="Database file (else $MERGEGUARD_DB)."),
 ) -> None:
     """Merge models from a mergekit YAML config into OUT_DIR, after auditing every input (and the base).
