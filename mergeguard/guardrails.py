@@ -298,6 +298,7 @@ def guarded_merge(
         if audit.contaminated and not guard.allow_contaminated:
             raise ContaminatedInputsError(audit)
     verdict = merged_verdict(audit)
+    _register_inputs(db, models)
 
     family_started = time.perf_counter()
     try:
@@ -347,6 +348,19 @@ def guarded_merge(
             f"undeclared training data in {', '.join(audit.undeclared)}: the merge is `undeclared` too"
         )
     return GuardedMerge(audit, family, result, verdict, record.merge_id, record.model_id, warnings)
+
+
+def _register_inputs(db: Any, models: list[str]) -> None:
+    """Record each input with the parents and datasets its card names, so `lineage` shows where the
+    inputs came from (fine-tune edges), not only the merge that used them."""
+    from mergeguard.db import parents_of, register_model
+
+    for ref in models:
+        try:
+            if not parents_of(db, ref.split("+", 1)[0]):  # a recorded merge already has its edges
+                register_model(db, ref.split("+", 1)[0])
+        except MergeguardError:
+            continue  # an input the database cannot describe still merges; the engine checks it
 
 
 def _lineage_datasets(audit: InputAudit | None) -> list[str]:

@@ -234,3 +234,14 @@ def test_audit_of_a_config_shows_the_family_check(family, tmp_path, capsys) -> N
     payload = json.loads(capsys.readouterr().out)
     assert payload["family"]["related"] is True
     assert {p["b"] for p in payload["family"]["pairs"]} == {str(family["a"]), str(family["b"])}
+
+
+def test_merge_records_the_inputs_card_lineage(family, tmp_path) -> None:
+    from mergeguard.db import lineage, open_db
+
+    assert _merge(family, tmp_path, [family["a"], family["b"]]) == 0
+    db = open_db(tmp_path / "mg.db")
+    graph = lineage(db, str(family["a"]))
+    edges = {(e.child, e.parent, e.relation) for e in graph.edges}
+    assert (family["a"].name, family["base"].name, "finetune") in edges
+    assert ("out", family["a"].name, "merge") in edges
