@@ -264,8 +264,6 @@ def _parents(config: Any, result: Any) -> list[tuple[str, str, float | None]]:
             if key in params:
                 weight = _scalar(params[key])
                 break
-        if weight is None and relation == "base" and "t" in result.parents.get(ref, {}):
-            weight = _scalar(result.parents[ref]["t"])
         parents.append((ref.split("+", 1)[0], relation, weight))
     return parents
 
@@ -278,7 +276,7 @@ def guarded_merge(
     from mergeguard.db import open_db, record_audit, record_merge, set_merge_guard
     from mergeguard.merge import MergeOptions, config_models, load_config, run_merge
     from mergeguard.merge.engine import preflight
-    from mergeguard.merge.family import UnrelatedModelsError, config_family_check
+    from mergeguard.merge.family import config_family_check
 
     guard = guard or GuardOptions()
     guard.audit = guard.audit or AuditOptions()
@@ -303,8 +301,6 @@ def guarded_merge(
     family_started = time.perf_counter()
     try:
         family = config_family_check(config, local_files_only=merge_options.local_files_only)
-    except UnrelatedModelsError:
-        raise
     except MergeguardError:
         family = None  # an unreadable input: the engine reports it with its own message
     if family is not None and not family.related and not guard.allow_unrelated:

@@ -245,3 +245,10 @@ def test_merge_records_the_inputs_card_lineage(family, tmp_path) -> None:
     edges = {(e.child, e.parent, e.relation) for e in graph.edges}
     assert (family["a"].name, family["base"].name, "finetune") in edges
     assert ("out", family["a"].name, "merge") in edges
+
+
+def test_merge_checks_its_audit_options_like_audit(family, tmp_path, capsys) -> None:
+    assert _merge(family, tmp_path, [family["a"]], "--threshold-rate", "2") == 2
+    assert "--threshold-rate 2.0 is not a rate" in capsys.readouterr().err
+    assert _merge(family, tmp_path, [family["a"]], "--dataset", "data.jsonl") == 2
+    assert not (tmp_path / "out").exists()

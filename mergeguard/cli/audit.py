@@ -47,6 +47,39 @@ def split_dataset_options(values: list[str]) -> tuple[list[str], dict[str, list[
     return plain, overrides
 
 
+def audit_options(
+    dataset: list[str],
+    *,
+    text_field: str | None,
+    benchmarks_dir: Path | None,
+    benchmark: list[str],
+    benchmark_spec: list[Path],
+    threshold_rate: float,
+    allow_verbatim: bool,
+    cache_dir: Path | None,
+    progress: bool,
+) -> tuple[list[str], Any]:
+    """The AuditOptions that `audit` and `merge` build from the same flags; also the `--dataset REF`
+    values that name no model (audited alone by `audit`, an error for `merge`)."""
+    from mergeguard.auditor import AuditOptions
+
+    if not 0.0 <= threshold_rate <= 1.0:
+        raise UsageError(f"--threshold-rate {threshold_rate} is not a rate", hint="give a number in 0..1")
+    plain, overrides = split_dataset_options(dataset)
+    options = AuditOptions(
+        benchmarks=benchmark or None,
+        benchmarks_dir=benchmarks_dir,
+        custom_specs=list(benchmark_spec),
+        cache_dir=cache_dir,
+        threshold_rate=threshold_rate,
+        fail_on_verbatim=not allow_verbatim,
+        text_field=text_field,
+        dataset_overrides=overrides,
+        progress=progress,
+    )
+    return plain, options
+
+
 def print_report(report: Any, console: Any) -> None:
     from rich.markup import escape
     from rich.table import Table
@@ -117,21 +150,18 @@ def audit_command(
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
 ) -> None:
     """Audit models' declared fine-tune datasets against benchmark test sets (exit 1 when contaminated)."""
-    from mergeguard.auditor import AuditOptions, audit_config, audit_datasets, audit_models
+    from mergeguard.auditor import audit_config, audit_datasets, audit_models
 
     try:
-        if not 0.0 <= threshold_rate <= 1.0:
-            raise UsageError(f"--threshold-rate {threshold_rate} is not a rate", hint="give a number in 0..1")
-        plain, overrides = split_dataset_options(dataset)
-        options = AuditOptions(
-            benchmarks=benchmark or None,
-            benchmarks_dir=benchmarks_dir,
-            custom_specs=list(benchmark_spec),
-            cache_dir=cache_dir,
-            threshold_rate=threshold_rate,
-            fail_on_verbatim=not allow_verbatim,
+        plain, options = audit_options(
+            dataset,
             text_field=text_field,
-            dataset_overrides=overrides,
+            benchmarks_dir=benchmarks_dir,
+            benchmark=benchmark,
+            benchmark_spec=benchmark_spec,
+            threshold_rate=threshold_rate,
+            allow_verbatim=allow_verbatim,
+            cache_dir=cache_dir,
             progress=not (no_progress or as_json),
         )
         if config is not None and (model or plain):

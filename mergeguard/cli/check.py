@@ -60,32 +60,6 @@ def render_family(report: Any) -> Any:
     return table
 
 
-def family_gate(config: Any, allow_unrelated: bool, console: Any) -> Any:
-    """Before `merge`: refuse unrelated inputs unless `--allow-unrelated`; returns the FamilyReport.
-
-    Models it cannot read (missing, pickle-only) are left to the merge engine, which reports them itself
-    (None).
-    """
-    from mergeguard.errors import MergeguardError
-    from mergeguard.merge.family import config_family_check
-
-    try:
-        report = config_family_check(config)
-    except MergeguardError:
-        return None
-    if not report.related and not allow_unrelated:
-        report.raise_if_unrelated()
-    for pair in report.unrelated_pairs():
-        console.print(
-            f"[yellow]warning:[/] {pair.a} and {pair.b} look unrelated (weight similarity "
-            f"{pair.similarity:.3f}); merging anyway (--allow-unrelated)",
-            markup=True,
-            emoji=False,
-            highlight=False,
-        )
-    return report
-
-
 def check_merge(out_dir: Any, parents: list[Any], device: str, quiet: bool) -> Any:
     """After `merge --check`: sanity-check the output against its inputs and print the verdict."""
     from rich.console import Console

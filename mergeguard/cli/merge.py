@@ -68,8 +68,6 @@ def merge_command(
 
     Refused (exit 1, nothing written) when an input is contaminated, unless --allow-contaminated.
     """
-    from mergeguard.auditor import AuditOptions
-    from mergeguard.cli.audit import split_dataset_options
     from mergeguard.guardrails import ContaminatedInputsError, GuardOptions
     from mergeguard.merge import MergeOptions, load_config
 
@@ -77,20 +75,19 @@ def merge_command(
     merge_config = load_config(config, strict=strict)
     for warning in merge_config.warnings:
         console.print(f"[yellow]warning:[/] {warning}", markup=True, emoji=False, highlight=False)
-    plain, overrides = split_dataset_options(dataset)
-    if plain:
-        raise UsageError(f"--dataset {plain[0]} needs a model", hint="write --dataset MODEL=REF")
-    audit_options = AuditOptions(
-        benchmarks=benchmark or None,
-        benchmarks_dir=benchmarks_dir,
-        custom_specs=list(benchmark_spec),
-        cache_dir=cache_dir,
-        threshold_rate=threshold_rate,
-        fail_on_verbatim=not allow_verbatim,
+    plain, audit_options = audit_cli.audit_options(
+        dataset,
         text_field=text_field,
-        dataset_overrides=overrides,
+        benchmarks_dir=benchmarks_dir,
+        benchmark=benchmark,
+        benchmark_spec=benchmark_spec,
+        threshold_rate=threshold_rate,
+        allow_verbatim=allow_verbatim,
+        cache_dir=cache_dir,
         progress=not quiet,
     )
+    if plain:
+        raise UsageError(f"--dataset {plain[0]} needs a model", hint="write --dataset MODEL=REF")
     guard = GuardOptions(
         audit=audit_options,
         no_audit=no_audit,
