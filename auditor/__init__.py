@@ -4,18 +4,42 @@
 `scan_examples` are the core (benchmark MinHash index, and detection in a stream of texts).
 """
 
-from mergeguard.auditor.audit import (
-    AuditOptions,
-    audit_config,
-    audit_datasets,
-    audit_models,
-    load_benchmark_index,
-)
-from mergeguard.auditor.datasets import dataset_texts, example_text, open_dataset
-from mergeguard.auditor.detect import Match, ScanResult, scan_examples
-from mergeguard.auditor.index import BenchmarkIndex, build_from_items, build_index
-from mergeguard.auditor.lineage import Lineage, resolve_lineage
-from mergeguard.auditor.report import AuditReport, BenchmarkRate, Finding, ModelVerdict
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_HOME = {  # public name -> the module that defines it, imported on first use (the scanner pulls numpy)
+    "AuditOptions": "options",
+    "audit_config": "audit",
+    "audit_datasets": "audit",
+    "audit_models": "audit",
+    "load_benchmark_index": "audit",
+    "dataset_texts": "datasets",
+    "example_text": "datasets",
+    "open_dataset": "datasets",
+    "Match": "detect",
+    "ScanResult": "detect",
+    "scan_examples": "detect",
+    "BenchmarkIndex": "index",
+    "build_from_items": "index",
+    "build_index": "index",
+    "Lineage": "lineage",
+    "resolve_lineage": "lineage",
+    "AuditReport": "report",
+    "BenchmarkRate": "report",
+    "Finding": "report",
+    "ModelVerdict": "report",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOME:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_HOME[name]}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "AuditOptions",

@@ -6,14 +6,14 @@ ancestor they came through. Nothing here prints except an optional progress bar 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mergeguard.auditor.datasets import dataset_texts
-from mergeguard.auditor.detect import DEFAULT_CONTAINMENT, Match, scan_examples
-from mergeguard.auditor.index import DEFAULT_NGRAM, BenchmarkIndex, build_index
+from mergeguard.auditor.detect import Match, scan_examples
+from mergeguard.auditor.index import BenchmarkIndex, build_index
 from mergeguard.auditor.lineage import config_inputs, resolve_lineage
+from mergeguard.auditor.options import AuditOptions
 from mergeguard.auditor.report import (
     CLEAN,
     CONTAMINATED,
@@ -27,34 +27,6 @@ from mergeguard.errors import BenchmarkError, MergeguardError
 from mergeguard.progress import progress_bar
 
 EVIDENCE_CHARS = 600
-
-
-@dataclass
-class AuditOptions:
-    """What to audit against and when to call it contamination."""
-
-    benchmarks: list[str] | None = None  # names or suites; None: every benchmark that loads
-    benchmarks_dir: Path | None = None
-    custom_specs: list[Path] = field(default_factory=list)
-    cache_dir: Path | None = None
-    num_perm: int = 128
-    ngram: int = DEFAULT_NGRAM
-    threshold_rate: float = 0.01
-    fail_on_verbatim: bool = True
-    containment: float = DEFAULT_CONTAINMENT
-    text_field: str | None = None
-    dataset_overrides: dict[str, list[str]] = field(default_factory=dict)
-    progress: bool = False
-
-    @property
-    def thresholds(self) -> dict[str, Any]:
-        return {
-            "rate": self.threshold_rate,
-            "fail_on_verbatim": self.fail_on_verbatim,
-            "containment": self.containment,
-            "ngram": self.ngram,
-            "num_perm": self.num_perm,
-        }
 
 
 def load_benchmark_index(options: AuditOptions, bar: Any = None) -> tuple[BenchmarkIndex, list[str]]:

@@ -18,8 +18,8 @@ import numpy as np
 from mergeguard.auditor import signatures as sig
 from mergeguard.auditor.index import CLASSES, EXACT_KEY_WORDS, EXACT_MODE, BenchmarkIndex, _count
 from mergeguard.auditor.normalize import batch_bytes, token_spans
+from mergeguard.auditor.options import DEFAULT_CONTAINMENT
 
-DEFAULT_CONTAINMENT = 0.5
 VERBATIM_SCORE = 0.8  # containment at or above which the question counts as copied whole
 # A question found without its answer (or with a one-word one) must be nearly whole: items built from one
 # template ("As of 2019, about what percentage of <people> <agree that ...>?", 17 MMLU items) share most

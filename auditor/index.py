@@ -20,10 +20,10 @@ import numpy as np
 
 from mergeguard.auditor import signatures as sig
 from mergeguard.auditor.normalize import NORMALIZE_VERSION, word_bytes
+from mergeguard.auditor.options import DEFAULT_NGRAM
 from mergeguard.errors import MergeguardError
 
 INDEX_VERSION = "8"  # bump whenever what the index holds changes
-DEFAULT_NGRAM = 5
 MIN_SHINGLES = 3  # fewer informative n-grams than this: the question is matched as exact text instead
 MIN_EXACT_WORDS = 4  # exact-text keys shorter than this are too common to mean anything
 EXACT_KEY_WORDS = 4  # exact-text items are looked up by the hash of their first 4 words

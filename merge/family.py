@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from mergeguard.errors import MergeguardError
+from mergeguard.merge.io import DTYPE_NAMES, read_header
+from mergeguard.merge.kernels.floats import STORAGE, widen
 
 # Calibrated on real training runs of the tiny fixtures (tests/conftest.py `trained`, README "Family check"):
 # fine-tunes (AdamW, lr 3e-4, 200 steps) measured 0.97-0.99 against their base and each other; an extreme
@@ -90,8 +92,6 @@ class FamilyReport:
 
 def tensor_index(folder: Path) -> dict[str, Path]:
     """Map each tensor name of a saved model to its safetensors file, reading headers only."""
-    from safetensors import safe_open
-
     folder = Path(folder)
     index = folder / "model.safetensors.index.json"
     if index.is_file():
@@ -102,21 +102,13 @@ def tensor_index(folder: Path) -> dict[str, Path]:
         raise MergeguardError(
             f"no safetensors weights in {folder}", hint="give a model folder saved with safetensors"
         )
-    mapping: dict[str, Path] = {}
-    for path in files:
-        with safe_open(path, framework="pt") as handle:
-            mapping.update({name: path for name in handle.keys()})  # noqa: SIM118
-    return mapping
+    return {name: path for path in files for name in read_header(path)[1]}
 
 
 def _shapes(index: dict[str, Path]) -> dict[str, tuple[int, ...]]:
-    from safetensors import safe_open
-
     shapes: dict[str, tuple[int, ...]] = {}
     for path in sorted(set(index.values())):
-        with safe_open(path, framework="pt") as handle:
-            for name in handle.keys():  # noqa: SIM118
-                shapes[name] = tuple(handle.get_slice(name).get_shape())
+        shapes.update({name: tuple(entry["shape"]) for name, entry in read_header(path)[1].items()})
     return shapes
 
 
@@ -156,7 +148,7 @@ def _row_blocks(rows: int) -> list[tuple[int, int]]:
 
 
 class _Sampler:
-    """Reads (and caches) the sampled rows of one model's tensors lazily with `get_slice`."""
+    """Reads (and caches) the sampled rows of one model's tensors: only those rows' bytes, with numpy."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
@@ -165,23 +157,35 @@ class _Sampler:
         self._cache: dict[tuple[str, int], Any] = {}
 
     def rows(self, name: str, rows: int) -> Any:
-        import torch
-        from safetensors import safe_open
+        import numpy as np
 
         key = (name, rows)
         if key not in self._cache:
-            with safe_open(self.index[name], framework="pt") as handle:
-                view = handle.get_slice(name)
-                parts = [view[start:stop] for start, stop in _row_blocks(rows)]
-            self._cache[key] = torch.cat([p.to(torch.float64).reshape(-1) for p in parts])
+            path = self.index[name]
+            start, header = read_header(path)
+            entry = header[name]
+            dtype = entry["dtype"]
+            storage = STORAGE.get(DTYPE_NAMES[dtype]) or np.dtype(DTYPE_NAMES[dtype])
+            row_bytes = math.prod(entry["shape"][1:]) * storage.itemsize
+            offset = start + entry["data_offsets"][0]
+            parts = []
+            with path.open("rb") as handle:
+                for first, stop in _row_blocks(rows):
+                    handle.seek(offset + first * row_bytes)
+                    raw = np.frombuffer(handle.read((stop - first) * row_bytes), dtype=storage)
+                    wide = np.empty(raw.size, np.float32)
+                    parts.append(widen(raw, DTYPE_NAMES[dtype], wide, np.empty(raw.size, np.uint32)))
+            self._cache[key] = np.concatenate(parts).astype(np.float64)
         return self._cache[key]
 
 
 def centred_cosine(x: Any, y: Any) -> float:
     """Cosine of the mean-centred vectors (Pearson correlation); 0.0 when either is constant."""
+    import numpy as np
+
     x = x - x.mean()
     y = y - y.mean()
-    norm = float(x.norm() * y.norm())
+    norm = float(np.linalg.norm(x) * np.linalg.norm(y))
     return float(x @ y) / norm if norm > 0 else 0.0
 
 

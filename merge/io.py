@@ -11,6 +11,7 @@ import json
 import mmap
 import os
 import struct
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -31,14 +32,15 @@ _DTYPES = {
     "bool": "BOOL",
 }
 
-_NAMES = {v: k for k, v in _DTYPES.items()}
+DTYPE_NAMES = {v: k for k, v in _DTYPES.items()}
+"""safetensors dtype codes (`F16`) -> torch dtype names (`float16`)."""
 
 
 class _LazyDtypes(dict):  # torch is imported only when a tensor is read
     def __missing__(self, key: str) -> Any:
         import torch
 
-        value = getattr(torch, _NAMES[key])
+        value = getattr(torch, DTYPE_NAMES[key])
         self[key] = value
         return value
 
@@ -72,16 +74,14 @@ _MAP_MIN = 1 << 20
 """Tensors from this size on are memory-mapped rather than read."""
 
 
-def _mapped(fd: int, offset: int, nbytes: int, dtype: Any, shape: list[int]) -> Any:
-    """One tensor as a private, pre-faulted mapping of its bytes in the file.
+def _mapped(fd: int, offset: int, nbytes: int) -> memoryview:
+    """One tensor's bytes as a private, pre-faulted mapping of its place in the file.
 
     No copy and no zero-filled pages (cheaper than pread into fresh memory); MAP_POPULATE does the page
     faults here, in the reader thread, not in the compute. Private: a method writing into its input gets
     its own copy of the page. The mapping is one tensor's and goes when the tensor does, so mapped pages
     count in the RSS only while that tensor is in flight.
     """
-    import torch
-
     skew = offset % mmap.ALLOCATIONGRANULARITY
     try:
         region = mmap.mmap(
@@ -93,8 +93,19 @@ def _mapped(fd: int, offset: int, nbytes: int, dtype: Any, shape: list[int]) -> 
         )
     except (OSError, ValueError) as error:
         raise MergeguardError(f"cannot map {nbytes} bytes at {offset}: {error}") from error
-    numel = nbytes // torch.empty((), dtype=dtype).element_size()
-    return torch.frombuffer(region, dtype=dtype, count=numel, offset=skew).reshape(shape)
+    return memoryview(region)[skew : skew + nbytes]
+
+
+def _read(fd: int, offset: int, nbytes: int) -> memoryview:
+    """A small tensor's bytes, read with pread into fresh (writable) memory."""
+    buffer = memoryview(bytearray(nbytes))
+    done = 0
+    while done < nbytes:
+        got = os.preadv(fd, [buffer[done:]], offset + done)
+        if got <= 0:
+            raise MergeguardError("a weights file is truncated", hint="download the model again")
+        done += got
+    return buffer
 
 
 class ModelReader:
@@ -106,6 +117,7 @@ class ModelReader:
         self._handles: dict[Path, int] = {}
         self._headers: dict[Path, tuple[int, dict[str, Any]]] = {}
         self._pickled: dict[Path, dict[str, Any]] = {}
+        self._lock = threading.Lock()
         self.pickled = False
         index = folder / SAFE_INDEX
         files = sorted(folder.glob("*.safetensors"))
@@ -173,46 +185,64 @@ class ModelReader:
         """The stored dtype's torch name (`float16`, ...)."""
         if self.pickled:
             return str(self._load_pickle(self._where[name])[name].dtype).replace("torch.", "")
-        return _NAMES[self._header(self._where[name])[1][name]["dtype"]]
+        return DTYPE_NAMES[self._header(self._where[name])[1][name]["dtype"]]
 
-    def get(self, name: str) -> Any:
-        """One tensor: big ones memory-mapped one by one (`_mapped`), small ones read with pread.
-
-        Never one mapping of a whole file: its pages would stay resident in the process (and count in its
-        RSS) until unmapped, whereas a tensor's own mapping goes with the tensor.
-        """
-        import torch
-
+    def locate(self, name: str) -> tuple[Path, int, int]:
+        """(file, byte offset, byte length) of a stored safetensors tensor."""
         if name not in self._where:
             raise MergeguardError(
                 f"tensor {name} is missing from {self.folder}", hint="check the model's files"
             )
         path = self._where[name]
-        if self.pickled:
-            return self._load_pickle(path)[name]
         start, header = self._header(path)
-        entry = header[name]
-        begin, end = entry["data_offsets"]
-        dtype = _TORCH_DTYPES[entry["dtype"]]
-        if path not in self._handles:
-            self._handles[path] = os.open(path, os.O_RDONLY)
-        if end - begin >= _MAP_MIN and hasattr(mmap, "MAP_POPULATE"):
-            if start + end > os.fstat(self._handles[path]).st_size:  # a mapping past the end would crash
+        begin, end = header[name]["data_offsets"]
+        return path, start + begin, end - begin
+
+    def span(self, name: str) -> tuple[int, int, int]:
+        """(open file descriptor, byte offset, byte length) of a stored tensor, for positional reads."""
+        path, offset, nbytes = self.locate(name)
+        with self._lock:  # kernels in two threads ask at once
+            if path not in self._handles:
+                self._handles[path] = os.open(path, os.O_RDONLY)
+            fd = self._handles[path]
+        if offset + nbytes > os.fstat(fd).st_size:
+            raise MergeguardError(f"{path} is truncated at tensor {name}", hint="download the model again")
+        return fd, offset, nbytes
+
+    def raw(self, name: str) -> memoryview:
+        """One safetensors tensor's bytes: big ones memory-mapped one by one (`_mapped`), small ones read.
+
+        Never one mapping of a whole file: its pages would stay resident in the process (and count in its
+        RSS) until unmapped, whereas a tensor's own mapping goes with the tensor.
+        """
+        fd, offset, nbytes = self.span(name)  # checked: a mapping past the end of the file would crash
+        if nbytes >= _MAP_MIN and hasattr(mmap, "MAP_POPULATE"):
+            return _mapped(fd, offset, nbytes)
+        return _read(fd, offset, nbytes)
+
+    def array(self, name: str) -> Any:
+        """One tensor as a flat numpy array of its storage (half precisions as uint16 bits); no torch."""
+        import numpy as np
+
+        from mergeguard.merge.kernels.floats import STORAGE
+
+        return np.frombuffer(self.raw(name), dtype=STORAGE[self.dtype(name)])
+
+    def get(self, name: str) -> Any:
+        """One tensor as a torch tensor (pickled weights too)."""
+        import torch
+
+        if self.pickled:
+            if name not in self._where:
                 raise MergeguardError(
-                    f"{path} is truncated at tensor {name}", hint="download the model again"
+                    f"tensor {name} is missing from {self.folder}", hint="check the model's files"
                 )
-            return _mapped(self._handles[path], start + begin, end - begin, dtype, entry["shape"])
-        buffer = torch.empty(end - begin, dtype=torch.uint8)
-        view = memoryview(buffer.numpy())
-        done = 0
-        while done < len(view):
-            got = os.preadv(self._handles[path], [view[done:]], start + begin + done)
-            if got <= 0:
-                raise MergeguardError(
-                    f"{path} is truncated at tensor {name}", hint="download the model again"
-                )
-            done += got
-        return buffer.view(dtype).reshape(entry["shape"])
+            return self._load_pickle(self._where[name])[name]
+        data = self.raw(name)
+        dtype = _TORCH_DTYPES[self._header(self._where[name])[1][name]["dtype"]]
+        if not data.nbytes:
+            return torch.empty(self.shape(name), dtype=dtype)
+        return torch.frombuffer(data, dtype=dtype).reshape(self.shape(name))
 
     def close(self) -> None:
         for fd in self._handles.values():
@@ -263,11 +293,16 @@ class ShardWriter:
         self._offset: dict[str, int] = {}
         self._handles: dict[int, Any] = {}
         self._left = [len(s) for s in self.shards]
+        self._lock = threading.Lock()
         self.bytes_written = 0
 
     def _open(self, shard: int) -> Any:
-        if shard in self._handles:
+        with self._lock:
+            if shard not in self._handles:
+                self._handles[shard] = self._create(shard)
             return self._handles[shard]
+
+    def _create(self, shard: int) -> Any:
         header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
         offset = 0
         for name, dtype, shape, nbytes in self.shards[shard]:
@@ -285,8 +320,18 @@ class ShardWriter:
         for name, *_ in self.shards[shard]:
             self._offset[name] = start + header[name]["data_offsets"][0]
         handle.truncate(start + offset)
-        self._handles[shard] = handle
+        handle.flush()
         return handle
+
+    def target(self, name: str) -> tuple[Path, int]:
+        """(shard file, byte offset) where `name`'s bytes go, for a producer writing them itself."""
+        shard = self._shard_of[name]
+        self._open(shard)
+        return self.out_dir / self.files[shard], self._offset[name]
+
+    def mark_written(self, name: str, nbytes: int) -> None:
+        """Record that a producer wrote `name` (see `target`)."""
+        self._done(self._shard_of[name], nbytes)
 
     def write(self, name: str, data: memoryview | bytes) -> None:
         """Write one finished tensor's raw bytes into its place in its shard."""
@@ -294,11 +339,40 @@ class ShardWriter:
         handle = self._open(shard)
         handle.seek(self._offset[name])
         handle.write(data)
-        self.bytes_written += len(data)
+        self._done(shard, memoryview(data).nbytes)
+
+    def copy(self, name: str, source: Path, offset: int, nbytes: int) -> None:
+        """Write one tensor by copying `nbytes` at `offset` of `source` file to file (an unchanged tensor).
+
+        `os.copy_file_range` copies inside the kernel (or shares the blocks, on filesystems that can), so
+        the bytes never pass through this process.
+        """
+        shard = self._shard_of[name]
+        handle = self._open(shard)
+        handle.flush()
+        target = self._offset[name]
+        with source.open("rb") as src:
+            done = 0
+            while done < nbytes:
+                try:
+                    got = os.copy_file_range(
+                        src.fileno(), handle.fileno(), nbytes - done, offset + done, target + done
+                    )
+                except (AttributeError, OSError):  # no copy_file_range here (or across these filesystems)
+                    src.seek(offset + done)
+                    handle.seek(target + done)
+                    got = handle.write(src.read(nbytes - done))
+                    handle.flush()
+                if got <= 0:
+                    raise MergeguardError(f"{source} is truncated at tensor {name}", hint="download it again")
+                done += got
+        self._done(shard, nbytes)
+
+    def _done(self, shard: int, nbytes: int) -> None:
+        self.bytes_written += nbytes
         self._left[shard] -= 1
         if self._left[shard] == 0:
-            handle.close()
-            del self._handles[shard]
+            self._handles.pop(shard).close()
 
     def finish(self) -> None:
         """Close open shards and write the index when there is more than one shard."""

@@ -17,6 +17,14 @@ class MergeguardError(Exception):
         self.hint = hint
         super().__init__(f"{message}; {hint}" if hint else message)
 
+    def __reduce__(self) -> tuple:
+        """Keep the message and hint apart when the error comes back from a worker process."""
+        return (_rebuild, (type(self), self.message, self.hint))
+
+
+def _rebuild(cls: type[MergeguardError], message: str, hint: str | None) -> MergeguardError:
+    return cls(message, hint=hint)
+
 
 class UsageError(MergeguardError):
     """The command line itself is wrong (exit status 2, like click's usage errors)."""

@@ -272,12 +272,24 @@ def guarded_merge(
     config_path: str | Path, out_dir: str | Path, merge_options: Any = None, guard: GuardOptions | None = None
 ) -> GuardedMerge:
     """Audit, check, merge and record `config_path` into `out_dir` (nothing written when refused)."""
-    from mergeguard.auditor import AuditOptions
-    from mergeguard.db import open_db, record_audit, record_merge, set_merge_guard
-    from mergeguard.merge import MergeOptions, config_models, load_config, run_merge
-    from mergeguard.merge.engine import preflight
-    from mergeguard.merge.family import config_family_check
+    from mergeguard.merge.numpy_stream import release_workers
 
+    try:
+        return _guarded_merge(config_path, out_dir, merge_options, guard)
+    finally:
+        release_workers()  # started early for a merge that was refused or failed before using them
+
+
+def _guarded_merge(
+    config_path: str | Path, out_dir: str | Path, merge_options: Any, guard: GuardOptions | None
+) -> GuardedMerge:
+    from mergeguard.auditor import AuditOptions
+    from mergeguard.merge import MergeOptions, config_models, load_config, run_merge
+    from mergeguard.merge.engine import preflight, warm_imports
+    from mergeguard.merge.family import config_family_check
+    from mergeguard.merge.numpy_stream import prestart_workers
+
+    warm_imports()
     guard = guard or GuardOptions()
     guard.audit = guard.audit or AuditOptions()
     merge_options = merge_options or MergeOptions()
@@ -285,6 +297,10 @@ def guarded_merge(
     started = time.perf_counter()
     config = load_config(config_path, strict=merge_options.strict)
     preflight(config, out_dir, merge_options)
+    if merge_options.backend != "torch":
+        prestart_workers(config, merge_options.device)  # they start while the database opens
+    from mergeguard.db import open_db, record_audit, record_merge, set_merge_guard
+
     models = config_models(config)
     db = open_db(guard.db_path)
     timings: dict[str, float] = {}
@@ -296,7 +312,6 @@ def guarded_merge(
         if audit.contaminated and not guard.allow_contaminated:
             raise ContaminatedInputsError(audit)
     verdict = merged_verdict(audit)
-    _register_inputs(db, models)
 
     family_started = time.perf_counter()
     try:
@@ -311,6 +326,7 @@ def guarded_merge(
     merge_options.card_datasets = _lineage_datasets(audit)
     result = run_merge(config, out_dir, merge_options)
     timings["merge"] = result.seconds
+    _register_inputs(db, models)  # after the merge: reading the cards overlaps nothing before it
     output = str(result.out_dir)
     record = record_merge(
         db,

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 REQUIRED: Any = object()
 """Sentinel default: the config must give a value."""
@@ -98,4 +99,6 @@ def require_base(inputs: MergeInputs, method: str) -> torch.Tensor:
 
 def work_dtype(tensor: torch.Tensor) -> torch.dtype:
     """float64 stays float64; everything else is computed in float32 (as mergekit does for these methods)."""
+    import torch
+
     return torch.float64 if tensor.dtype == torch.float64 else torch.float32

@@ -5,13 +5,18 @@ Every input counts equally. As in mergekit, an unlisted `base_model` takes part 
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from .base import MergeInputs, MergeMethod, Param, work_dtype
+
+if TYPE_CHECKING:
+    import torch
 
 
 def karcher_mean(tensors: list[torch.Tensor], max_iter: int, tol: float) -> torch.Tensor:
     """Uniformly weighted Karcher mean: fixed-point iteration in the tangent space."""
+    import torch
+
     if len(tensors) == 1:
         return tensors[0]
     n = len(tensors)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from mergeguard.errors import ConfigError
 
 from .base import MergeInputs, MergeMethod, Param, work_dtype
+
+if TYPE_CHECKING:
+    import torch
 
 CHUNK = 1 << 16
 """Elements accumulated at a time: the float32 accumulator stays in the CPU cache and is reused."""
@@ -18,6 +21,8 @@ def linear(inputs: MergeInputs) -> torch.Tensor:
     Block by block into one output of the inputs' dtype; the float32 accumulator is one reused block, so a
     half-precision merge never holds a float32 copy of a whole tensor. Same bits as accumulating all at once.
     """
+    import torch
+
     first = inputs.tensors[0]
     dtype = work_dtype(first)
     weights = [float(p["weight"]) for p in inputs.params]

@@ -5,14 +5,19 @@ with t = N cos / (1 + (N - 1) cos), cos the mean pairwise cosine of the task vec
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from mergeguard.errors import ConfigError
 
 from .base import MergeInputs, MergeMethod, Param, require_base
 
+if TYPE_CHECKING:
+    import torch
+
 
 def model_stock(inputs: MergeInputs) -> torch.Tensor:
+    import torch
+
     base = require_base(inputs, "model_stock")
     ws = [t for t, _ in inputs.others()]
     if len(ws) < 2:

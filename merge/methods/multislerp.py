@@ -6,14 +6,19 @@ exponential map and scale by the weighted mean norm (mergekit's construction).
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from mergeguard.errors import ConfigError
 
 from .base import MergeInputs, MergeMethod, Param
 
+if TYPE_CHECKING:
+    import torch
+
 
 def multislerp(inputs: MergeInputs) -> torch.Tensor:
+    import torch
+
     others = inputs.others()
     if len(others) == 1:
         return others[0][0]

@@ -6,11 +6,14 @@ result = lerp(base, other, weight).
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from mergeguard.errors import ConfigError
 
 from .base import MergeInputs, MergeMethod, Param, require_base
+
+if TYPE_CHECKING:
+    import torch
 
 
 def nearswap(inputs: MergeInputs) -> torch.Tensor:

@@ -6,11 +6,14 @@ vector (`nuslerp_flatten: true`); otherwise each row (last dim), or each column 
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from mergeguard.errors import ConfigError
 
 from .base import MergeInputs, MergeMethod, Param
+
+if TYPE_CHECKING:
+    import torch
 
 NORM_EPS = 1e-7
 COLINEAR_EPS = 1e-8
@@ -20,6 +23,8 @@ def nuslerp_tensors(
     t: float, v0: torch.Tensor, v1: torch.Tensor, row_wise: bool, flatten: bool
 ) -> torch.Tensor:
     """Interpolate v0 -> v1 along vectors taken from the last dim (dim 0 with row_wise, all with flatten)."""
+    import torch
+
     shape = v0.shape
     if flatten:
         v0, v1 = v0.reshape(-1), v1.reshape(-1)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from mergeguard.errors import ConfigError
 
 from .base import MergeInputs, MergeMethod, Param
+
+if TYPE_CHECKING:
+    import torch
 
 
 def passthrough(inputs: MergeInputs) -> torch.Tensor:

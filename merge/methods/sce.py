@@ -6,13 +6,18 @@ It has no per-model `weight`: the weights come from the task vectors themselves.
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from .base import MergeInputs, MergeMethod, Param, require_base
 from .sparsify import EXACT_TIES_MAX_NUMEL, _first_by_index, _kth_smallest
 
+if TYPE_CHECKING:
+    import torch
+
 
 def sce(inputs: MergeInputs) -> torch.Tensor:
+    import torch
+
     base = require_base(inputs, "sce")
     others = inputs.others()
     if not others:
@@ -38,6 +43,8 @@ def sce(inputs: MergeInputs) -> torch.Tensor:
 
 def _variance_mask(tvs: torch.Tensor, density: float) -> torch.Tensor:
     """Mask of the `density` fraction (of non-zero-variance entries) varying most across models."""
+    import torch
+
     if density <= 0:
         return torch.zeros_like(tvs[0])
     var = torch.var(tvs, dim=0, unbiased=False)
@@ -51,6 +58,8 @@ def _variance_mask(tvs: torch.Tensor, density: float) -> torch.Tensor:
 
 def _largest_mask_topk(w: torch.Tensor, k: int) -> torch.Tensor:
     """The k largest entries; straddling ties broken by `topk` as mergekit's SCE does (small tensors)."""
+    import torch
+
     n = w.numel()
     thr = _kth_smallest(w, n - k + 1)
     mask = w > thr

@@ -7,12 +7,14 @@ tensors are nearly parallel or antiparallel (|cos| > DOT_THRESHOLD), norms below
 from __future__ import annotations
 
 import math
-
-import torch
+from typing import TYPE_CHECKING
 
 from mergeguard.errors import ConfigError
 
 from .base import MergeInputs, MergeMethod, Param, require_base, work_dtype
+
+if TYPE_CHECKING:
+    import torch
 
 DOT_THRESHOLD = 0.9995
 EPS = 1e-8
@@ -27,6 +29,8 @@ def _chunks(n: int):
 
 def _coefficients(t: float, cos: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """mergekit's coefficients, computed in the work dtype so that rounding matches."""
+    import torch
+
     tt = torch.tensor(t, dtype=dtype)
     if cos.abs() > DOT_THRESHOLD:
         return 1 - tt, tt
@@ -36,6 +40,8 @@ def _coefficients(t: float, cos: torch.Tensor, dtype: torch.dtype) -> tuple[torc
 
 def _slerp_exact(t: float, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """float32/float64 inputs: mergekit's chunked reductions, so the result matches it to the last bit."""
+    import torch
+
     n = a.numel()
     norm_a = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(a[s]) for s in _chunks(n)]))
     norm_b = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(b[s]) for s in _chunks(n)]))
@@ -54,6 +60,8 @@ def _slerp_half(t: float, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     divided by the norms afterwards, which differs from mergekit's rounding only in the last float32 bits
     of the coefficients.
     """
+    import torch
+
     n = a.numel()
     keep = n <= KEEP_NUMEL
     sq_a = sq_b = ab = 0.0

@@ -8,10 +8,12 @@ threshold does it fall back to the same sort mergekit uses, so that ties are bro
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from mergeguard.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 RESCALE_EPS = 1e-7
 EXACT_TIES_MAX_NUMEL = 1 << 18
@@ -32,6 +34,8 @@ def _kth_stats(w: torch.Tensor, m: int) -> tuple[torch.Tensor, int, int]:
     A strided sample brackets the answer; only the entries inside the bracket go to `kthvalue`, and the
     counts come from them too, so the whole tensor is scanned about four times, never sorted.
     """
+    import torch
+
     n = w.numel()
     if n > 4 * _SAMPLE:
         step = n // _SAMPLE
@@ -61,6 +65,8 @@ def _kth_stats_bits(w: torch.Tensor, m: int) -> tuple[torch.Tensor, int, int]:
     Non-negative half-precision values sort like their bits read as int16, so `bincount` over the 32768
     patterns gives every rank at once (measured: 9 ms for 2.9M entries, a single pass, no bool masks).
     """
+    import torch
+
     hist = torch.bincount(w.view(torch.int16), minlength=1 << 15)
     cum = hist.cumsum(0)
     bits = int(torch.searchsorted(cum, m))  # the first pattern whose cumulative count reaches m
@@ -86,6 +92,8 @@ def magnitude_cut(delta: torch.Tensor, density: float) -> Cut | None:
     Same survivors as `magnitude_` above EXACT_TIES_MAX_NUMEL; |delta| is ranked in delta's own dtype
     (exact: float16/bfloat16 -> float32 preserves order and ties), so no float32 copy is made.
     """
+    import torch
+
     n = delta.numel()
     if density >= 1 or n == 0:
         return None
@@ -108,6 +116,8 @@ def apply_cut_(row: torch.Tensor, cut: Cut) -> None:
     The keep mask is built with arithmetic (sign of |x| - thr, exact in any float dtype) rather than
     comparisons: torch's bool kernels are several times slower on CPU.
     """
+    import torch
+
     keep = row.abs().sub_(cut.thr).sign_()  # 1 above the cut, 0 at it, -1 below
     if cut.ties > 0:
         at = keep.numel() - int(torch.count_nonzero(keep))
@@ -126,6 +136,8 @@ def apply_cut_(row: torch.Tensor, cut: Cut) -> None:
 
 def _first_by_index(mask: torch.Tensor, candidates: torch.Tensor, need: int) -> torch.Tensor:
     """Add the first `need` True entries of `candidates` (lowest indices) to `mask`."""
+    import torch
+
     if need > 0:
         mask[torch.nonzero(candidates).flatten()[:need]] = True
     return mask
@@ -133,6 +145,8 @@ def _first_by_index(mask: torch.Tensor, candidates: torch.Tensor, need: int) -> 
 
 def _largest_mask(w: torch.Tensor, k: int) -> torch.Tensor:
     """Bool mask of the k largest entries of the 1-D tensor `w` (1 <= k <= numel)."""
+    import torch
+
     n = w.numel()
     if k >= n:
         return torch.ones_like(w, dtype=torch.bool)
@@ -153,6 +167,8 @@ def _largest_mask(w: torch.Tensor, k: int) -> torch.Tensor:
 
 def _smallest_mask(w: torch.Tensor, m: int, exact: bool) -> torch.Tensor:
     """Bool mask of the m smallest entries (ties: lowest index first, or mergekit's sort order if exact)."""
+    import torch
+
     n = w.numel()
     if m <= 0:
         return torch.zeros_like(w, dtype=torch.bool)
@@ -175,6 +191,8 @@ def _smallest_mask(w: torch.Tensor, m: int, exact: bool) -> torch.Tensor:
 
 def _ascending_range_mask(w: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
     """Bool mask of the entries at positions [lo, hi) of `w` sorted ascending."""
+    import torch
+
     n = w.numel()
     if hi <= lo:
         return torch.zeros_like(w, dtype=torch.bool)
@@ -190,6 +208,8 @@ def _ascending_range_mask(w: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
 
 def _tie_free(w: torch.Tensor, m: int) -> bool:
     """True when the m smallest entries are determined without breaking a tie."""
+    import torch
+
     if m <= 0 or m >= w.numel():
         return True
     thr = _kth_smallest(w, m)
@@ -198,6 +218,8 @@ def _tie_free(w: torch.Tensor, m: int) -> bool:
 
 def _work(delta: torch.Tensor) -> torch.Tensor:
     """mergekit draws random masks in float32 on CPU (bfloat16 and accelerator tensors stay as they are)."""
+    import torch
+
     if delta.device.type != "cpu" or delta.dtype in (torch.float32, torch.bfloat16):
         return delta
     return delta.float()
@@ -218,6 +240,8 @@ def _rescale_(delta: torch.Tensor, mask: torch.Tensor, l1: bool) -> None:
 
 def magnitude_(delta: torch.Tensor, density: float, rescale: bool) -> None:
     """Keep the `density` fraction with the largest |delta| (TIES trim); at least one if density > 0."""
+    import torch
+
     if density >= 1:
         return
     if density <= 0 or delta.numel() == 0:
@@ -238,6 +262,8 @@ def breadcrumbs_(delta: torch.Tensor, density: float, gamma: float, rescale: boo
     As in mergekit, density >= 1 disables it entirely (gamma included), and the outlier cut shrinks when
     density + gamma > 1.
     """
+    import torch
+
     if density >= 1:
         return
     n = delta.numel()
@@ -262,6 +288,8 @@ def random_(
     buffer and the L1 norms accumulate in float32, so half-precision deltas are never copied whole. Returns
     the result (a new tensor only when `delta` is not contiguous).
     """
+    import torch
+
     if density >= 1:
         return delta
     if density <= 0:
@@ -292,6 +320,8 @@ def random_(
 def _l1(t: torch.Tensor) -> torch.Tensor:
     """L1 norm of one block, accumulated in float32 at least (the block's float32 copy stays in cache;
     measured 5x faster than `vector_norm(dtype=float32)` on float16)."""
+    import torch
+
     if t.dtype in (torch.float16, torch.bfloat16):
         return t.float().abs_().sum()
     return t.abs().sum()
@@ -309,6 +339,8 @@ def della_(
     density - epsilon to density + epsilon. mergekit rescales by the L1 norm ratio; `paper` divides each
     survivor by its own keep probability, as the DELLA paper does.
     """
+    import torch
+
     if density >= 1:
         return delta
     if density <= 0:

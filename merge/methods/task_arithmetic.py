@@ -14,8 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
-
-import torch
+from typing import TYPE_CHECKING
 
 from .base import MergeInputs, MergeMethod, Param, require_base
 from .sparsify import (
@@ -28,6 +27,9 @@ from .sparsify import (
     magnitude_cut,
     random_,
 )
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,8 @@ CHUNK = 1 << 16
 
 
 def task_vector_merge(inputs: MergeInputs, variant: Variant) -> torch.Tensor:
+    import torch
+
     base = require_base(inputs, variant.name)
     others = inputs.others()
     if not others:
@@ -101,6 +105,8 @@ def _merge_dense(
     inputs: MergeInputs, tensors: list[torch.Tensor], weights: list[float], variant: Variant
 ) -> torch.Tensor:
     """No sparsification: each block's task vectors are taken in a reused buffer, never whole tensors."""
+    import torch
+
     base = inputs.base
     assert base is not None
     base_flat = base.reshape(-1)
@@ -126,6 +132,8 @@ def _combine(
     are 0/1 tensors of the work dtype built with `sign` (exact), not bool tensors: torch's comparison and
     `where` kernels are several times slower on CPU than its arithmetic.
     """
+    import torch
+
     w = torch.tensor(weights, dtype=deltas.dtype, device=deltas.device).view(-1, 1)
     paper = bool(variant.consensus and opts.get("paper_sign_election", False))
     sign = _elect(deltas, variant.consensus) if paper else None  # the TIES paper votes unweighted
@@ -162,6 +170,8 @@ def _combine(
 
 def _sum_rows(rows: torch.Tensor) -> torch.Tensor:
     """rows.sum(dim=0); two rows by one `add` (the same bits: one rounding either way, and faster)."""
+    import torch
+
     if rows.shape[0] == 2:
         return torch.add(rows[0], rows[1])
     return rows.sum(dim=0)
@@ -169,6 +179,8 @@ def _sum_rows(rows: torch.Tensor) -> torch.Tensor:
 
 def _elect(deltas: torch.Tensor, method: str | None) -> torch.Tensor:
     """Per entry, +1 where the elected sign is positive (sum of deltas, or count of signs, >= 0), else -1."""
+    import torch
+
     if method == "sum":
         total = _sum_rows(deltas)
     else:

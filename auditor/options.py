@@ -1,0 +1,39 @@
+"""What an audit compares against and when it calls contamination: light, so that `merge --no-audit`
+and the CLI can build options without importing the scanner (numpy, datasketch)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_NGRAM = 5
+DEFAULT_CONTAINMENT = 0.5
+
+
+@dataclass
+class AuditOptions:
+    """What to audit against and when to call it contamination."""
+
+    benchmarks: list[str] | None = None  # names or suites; None: every benchmark that loads
+    benchmarks_dir: Path | None = None
+    custom_specs: list[Path] = field(default_factory=list)
+    cache_dir: Path | None = None
+    num_perm: int = 128
+    ngram: int = DEFAULT_NGRAM
+    threshold_rate: float = 0.01
+    fail_on_verbatim: bool = True
+    containment: float = DEFAULT_CONTAINMENT
+    text_field: str | None = None
+    dataset_overrides: dict[str, list[str]] = field(default_factory=dict)
+    progress: bool = False
+
+    @property
+    def thresholds(self) -> dict[str, Any]:
+        return {
+            "rate": self.threshold_rate,
+            "fail_on_verbatim": self.fail_on_verbatim,
+            "containment": self.containment,
+            "ngram": self.ngram,
+            "num_perm": self.num_perm,
+        }

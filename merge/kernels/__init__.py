@@ -1,0 +1,260 @@
+"""numpy kernels for the most used merge methods, so a CPU merge of safetensors never imports torch.
+
+torch's import alone costs about 3 s here, more than a whole passthrough merge should take, and the
+element-wise methods need nothing that numpy lacks. Each kernel computes one output tensor block by block
+(cache-sized float32 blocks, never a float32 copy of a whole tensor) with the same formula as the torch
+method of the same name in `merge/methods/`; the engine uses the torch method whenever no kernel applies
+(`kernel_for`): another device, pickled inputs, integer tensors, or a method or option without a kernel.
+
+Precision: kernels compute in float32 (float64 for float64) and round once to the output dtype. The torch
+methods, like mergekit, round half-precision intermediates (e.g. each task vector) to the config's dtype,
+so on float16/bfloat16 merges the two can differ by one unit in the last place on some entries; float32
+merges agree to float32 rounding.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+
+from mergeguard.errors import MergeguardError
+
+from .floats import STORAGE, narrow, round_to, widen, work_dtype
+
+BLOCK = 1 << 16
+"""Elements converted and combined at a time: a few float32 blocks per input stay in the CPU cache."""
+
+
+@dataclass
+class Operand:
+    """One input tensor as stored (half precisions as uint16 bits), with its dtype.
+
+    Either an in-memory flat array, or `size` elements at byte `offset` of the file `path`, which the
+    kernels read block by block with pread into a small reused buffer: the bytes arrive in the CPU cache
+    just before they are converted, and no mapping or copy of the whole tensor is ever made. A file
+    operand is a few plain fields, so a job pickles cheaply to a worker process, which opens the file.
+    """
+
+    dtype: str
+    size: int
+    array: np.ndarray | None = None
+    path: str = ""
+    offset: int = 0
+
+    @classmethod
+    def of(cls, array: np.ndarray, dtype: str) -> Operand:
+        """An in-memory operand (`array` holds the storage: uint16 bits for half precisions)."""
+        flat = array.reshape(-1)
+        return cls(dtype, int(flat.size), array=flat)
+
+    def read(self, start: int, end: int, buffer: np.ndarray, files: Files) -> np.ndarray:
+        """Stored elements [start, end); `buffer` (bytes, at least BLOCK * 8) receives them from a file."""
+        if self.array is not None:
+            return self.array[start:end]
+        storage = STORAGE[self.dtype]
+        view = buffer[: (end - start) * storage.itemsize]
+        pread_into(files.open(self.path), view, self.offset + start * storage.itemsize)
+        return view.view(storage)
+
+    def strided(self, step: int, files: Files) -> np.ndarray:
+        """Every `step`-th stored element (a sample): a file is mapped, and only sampled pages are read."""
+        if self.array is not None:
+            return self.array[::step].copy()
+        storage = STORAGE[self.dtype]
+        skew = self.offset % mmap.ALLOCATIONGRANULARITY
+        length = self.size * storage.itemsize
+        fd = files.open(self.path)
+        with mmap.mmap(fd, length + skew, prot=mmap.PROT_READ, offset=self.offset - skew) as region:
+            mapped = np.frombuffer(region, storage, count=self.size, offset=skew)
+            values = mapped[::step].copy()
+            del mapped  # the mapping closes only when no array refers to it
+        return values
+
+
+class Files:
+    """The files one job reads and writes, opened on first use and closed with the job."""
+
+    def __init__(self) -> None:
+        self._fds: dict[tuple[str, int], int] = {}
+
+    def open(self, path: str, flags: int = os.O_RDONLY) -> int:
+        key = (path, flags)
+        if key not in self._fds:
+            self._fds[key] = os.open(path, flags)
+        return self._fds[key]
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+
+def pread_into(fd: int, view: np.ndarray, offset: int) -> None:
+    """Fill the byte array `view` from `fd` at `offset`."""
+    done = 0
+    total = view.nbytes
+    memory = memoryview(view).cast("B")
+    while done < total:
+        got = os.preadv(fd, [memory[done:]], offset + done)
+        if got <= 0:
+            raise MergeguardError("a weights file ends early", hint="download the model again")
+        done += got
+
+
+@dataclass
+class Job:
+    """Everything a kernel sees for one output tensor (the numpy twin of `methods.base.MergeInputs`).
+
+    Picklable as built (buffers are made on first use), so that a worker process can run it.
+    """
+
+    tensors: list[Operand]
+    params: list[dict[str, Any]]
+    base: Operand | None
+    base_index: int | None
+    options: dict[str, Any]
+    name: str
+    compute: str  # the config's dtype (or the stored one): what the torch path computes in
+    out: str  # the output dtype
+    seed: int | None = None  # seeds `rng` (random methods)
+    target: tuple[str, int] | None = None  # (file, byte offset) to write the output to; None: in memory
+
+    @property
+    def n(self) -> int:
+        return (self.base or self.tensors[0]).size
+
+    @cached_property
+    def work(self) -> np.dtype:
+        return work_dtype(self.compute, *(t.dtype for t in self.tensors))
+
+    @cached_property
+    def files(self) -> Files:
+        return Files()
+
+    @cached_property
+    def rng(self) -> np.random.Generator:
+        if self.seed is None:
+            raise MergeguardError(f"{self.name}: a random method needs a seed", hint="this is a bug")
+        return np.random.Generator(np.random.PCG64(self.seed))
+
+    @cached_property
+    def scratch(self) -> np.ndarray:
+        return np.empty(min(self.n, BLOCK), np.uint32)
+
+    @cached_property
+    def raw(self) -> np.ndarray:
+        return np.empty(min(self.n, BLOCK) * 8, np.uint8)
+
+    @cached_property
+    def out_block(self) -> np.ndarray:
+        return np.empty(min(self.n, BLOCK), STORAGE[self.out])
+
+    def others(self) -> list[tuple[Operand, dict[str, Any]]]:
+        """The non-base inputs with their parameters, in config order."""
+        return [
+            (t, p)
+            for i, (t, p) in enumerate(zip(self.tensors, self.params, strict=True))
+            if i != self.base_index
+        ]
+
+    def blocks(self) -> Iterator[tuple[int, int]]:
+        for start in range(0, self.n, BLOCK):
+            yield start, min(self.n, start + BLOCK)
+
+    def buffer(self, rows: int = 0) -> np.ndarray:
+        """A reusable block buffer in the work dtype (`rows` > 0: one row per model)."""
+        size = min(self.n, BLOCK)
+        return np.empty((rows, size) if rows else size, self.work)
+
+    def load(self, operand: Operand, start: int, end: int, out: np.ndarray) -> np.ndarray:
+        """Elements [start, end) of `operand` as work-dtype values, as the torch path sees them."""
+        stored = operand.read(start, end, self.raw, self.files)
+        block = widen(stored, operand.dtype, out[: end - start], self.scratch)
+        if not _exact_in(operand.dtype, self.compute):  # the torch path casts inputs to the compute dtype
+            round_to(block, self.compute, self.scratch)
+        return block
+
+    def sample(self, operand: Operand, step: int) -> np.ndarray:
+        """Every `step`-th element of `operand`, as work-dtype values."""
+        stored = operand.strided(step, self.files)
+        scratch = np.empty(len(stored), np.uint32)
+        values = widen(stored, operand.dtype, np.empty(len(stored), self.work), scratch)
+        if not _exact_in(operand.dtype, self.compute):
+            round_to(values, self.compute, scratch)
+        return values
+
+    def output(self) -> np.ndarray | None:
+        """The whole output in memory, or None when the blocks go straight to `target`."""
+        return None if self.target else np.empty(self.n, STORAGE[self.out])
+
+    def store(self, block: np.ndarray, out: np.ndarray | None, start: int) -> None:
+        """Round `block` (clobbered) to the compute dtype, then to the output dtype, into out[start:...]."""
+        if self.compute != self.out and self.compute != self.work.name:
+            round_to(block, self.compute, self.scratch)
+        if out is not None:
+            narrow(block, self.out, out[start : start + len(block)], self.scratch)
+            return
+        assert self.target is not None
+        path, offset = self.target
+        dest = self.out_block[: len(block)]
+        narrow(block, self.out, dest, self.scratch)
+        fd = self.files.open(path, os.O_WRONLY)
+        written = os.pwrite(fd, memoryview(dest).cast("B"), offset + start * dest.itemsize)
+        if written != dest.nbytes:
+            raise MergeguardError(f"short write of {self.name}", hint="check the free disk space")
+
+
+def mix(job: Job, operands: list[Operand], coefficients: np.ndarray) -> np.ndarray | None:
+    """The output sum_i c_i x_i: each block's inputs are widened into rows of one buffer and combined by
+    a single matrix-vector product (BLAS), instead of a multiply and an add per input."""
+    out = job.output()
+    rows = job.buffer(rows=len(operands))
+    result = job.buffer()
+    for start, end in job.blocks():
+        size = end - start
+        for row, operand in zip(rows, operands, strict=True):
+            job.load(operand, start, end, row)
+        block = result[:size]
+        np.dot(coefficients, rows[:, :size], out=block)
+        job.store(block, out, start)
+    return out
+
+
+def _exact_in(src: str, dst: str) -> bool:
+    """True when every `src` value is representable in `dst`."""
+    return src == dst or dst == "float64" or (dst == "float32" and src in ("float16", "bfloat16"))
+
+
+Kernel = Callable[[Job], "np.ndarray | None"]
+"""Returns the output in memory, or None when the job has a `target`."""
+
+
+def run(kernel: Kernel, job: Job) -> np.ndarray | None:
+    """Run `kernel` on `job` and close the files it opened (in whichever process runs it)."""
+    try:
+        return kernel(job)
+    finally:
+        job.files.close()
+
+
+def kernel_for(method: str, options: list[dict[str, Any]]) -> Kernel | None:
+    """The numpy kernel for `method` with these per-tensor options, or None (use the torch method)."""
+    from . import linear, passthrough, slerp, task_vectors
+
+    if method == "linear":
+        return linear.linear
+    if method == "passthrough":
+        return passthrough.passthrough
+    if method == "slerp":
+        return slerp.slerp
+    return task_vectors.kernel(method, options)
+
+
+def supported_dtype(dtype: str) -> bool:
+    return dtype in STORAGE

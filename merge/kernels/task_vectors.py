@@ -1,0 +1,268 @@
+"""task_arithmetic, ties, dare_ties and dare_linear kernels: the numpy twin of `methods/task_arithmetic.py`.
+
+merged = base + lambda * combine_i(w_i * sparsify(x_i - base)). Task vectors are never held whole: a
+sparsification that needs the whole tensor (the TIES magnitude cut, DARE's L1 rescale) is decided in a first
+pass over blocks, and the combine pass recomputes each block's task vectors and applies the decision (a
+threshold, or the DARE keep mask stored as bits). TIES keeps the lowest indices among magnitudes equal to the
+cut, as the torch method does for tensors above `EXACT_TIES_MAX_NUMEL`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import numpy as np
+
+from mergeguard.errors import ConfigError
+
+from . import BLOCK, Job, Kernel, Operand, mix
+
+RESCALE_EPS = 1e-7
+_SAMPLE = 1 << 16
+
+VARIANTS: dict[str, tuple[str | None, bool]] = {  # name: (sparsification, sign consensus)
+    "task_arithmetic": (None, False),
+    "ties": ("magnitude", True),
+    "dare_ties": ("random", True),
+    "dare_linear": ("random", False),
+}
+
+
+def kernel(method: str, options: list[dict[str, Any]]) -> Kernel | None:
+    """The kernel for `method`, unless an option asks for what only the torch method does."""
+    if method not in VARIANTS:
+        return None
+    sparsification, consensus = VARIANTS[method]
+    for opts in options:
+        if opts.get("paper_sign_election") or opts.get("paper_rescale"):
+            return None
+        if sparsification == "magnitude" and opts.get("rescale"):
+            return None
+    return partial(task_vectors, method=method, sparsification=sparsification, consensus=consensus)
+
+
+@dataclass
+class Cut:
+    """Keep |delta| > thr, and the first `ties` entries (lowest indices) with |delta| == thr."""
+
+    thr: float
+    ties: int
+
+
+@dataclass
+class Sparsity:
+    """One model's decided sparsification, applied block by block in the combine pass."""
+
+    cut: Cut | None = None
+    keep_bits: np.ndarray | None = None  # DARE: the kept entries, one bit each
+    factor: float = 1.0  # DARE: L1 rescale of the survivors
+
+
+def task_vectors(job: Job, method: str, sparsification: str | None, consensus: bool) -> np.ndarray | None:
+    if job.base is None:
+        raise ConfigError(
+            f"merge method `{method}` needs a base model", hint="add `base_model:` to the config"
+        )
+    base = job.base
+    others = job.others()
+    weights = [float(p["weight"]) for _, p in others]
+    if sparsification is None and not consensus:
+        return mix(job, [base, *(o for o, _ in others)], _dense_coefficients(job, weights))
+    out = job.output()
+    decided = [_decide(job, operand, p, sparsification) for operand, p in others]
+    opts = job.options
+    lam = float(opts["lambda"])
+    normalize = bool(opts["normalize"])
+    rows = job.buffer(rows=max(1, len(others)))
+    base_block = job.buffer()
+    for start, end in job.blocks():
+        b = job.load(base, start, end, base_block)
+        size = end - start
+        if not others:
+            job.store(b, out, start)
+            continue
+        deltas = rows[:, :size]
+        for i, (operand, _) in enumerate(others):
+            delta = job.load(operand, start, end, deltas[i])
+            np.subtract(delta, b, out=delta)
+            _apply(delta, decided[i], start)
+        mixed = _combine(deltas, weights, consensus, normalize)
+        if lam != 1:
+            np.multiply(mixed, lam, out=mixed)
+        np.add(mixed, b, out=mixed)
+        job.store(mixed, out, start)
+    return out
+
+
+def _dense_coefficients(job: Job, weights: list[float]) -> np.ndarray:
+    """base + lam * sum_i w_i (x_i - base) / d, written as one weighted sum of [base, x_1, ...]."""
+    w = np.array(weights, dtype=job.work)
+    divisor = w.sum() if job.options["normalize"] else job.work.type(1)
+    if abs(divisor) < 1e-8:
+        divisor = job.work.type(1)
+    scaled = w * job.work.type(float(job.options["lambda"])) / divisor
+    return np.concatenate([[job.work.type(1) - scaled.sum()], scaled]).astype(job.work)
+
+
+def _combine(deltas: np.ndarray, weights: list[float], consensus: bool, normalize: bool) -> np.ndarray:
+    """combine_i(w_i * delta_i) for one block (deltas: models x elements, clobbered); returns deltas[0]."""
+    for i, w in enumerate(weights):
+        np.multiply(deltas[i], w, out=deltas[i])
+    if not consensus:
+        mixed = _sum_rows(deltas)
+        if normalize:
+            divisor = np.array(weights, dtype=deltas.dtype).sum()
+            np.divide(mixed, divisor if abs(divisor) >= 1e-8 else 1, out=mixed)
+        return mixed
+    positive = _sum_rows(deltas.copy()) >= 0  # the elected sign: that of the weighted sum (0 counts as +)
+    divisor = np.zeros(deltas.shape[1], deltas.dtype) if normalize else None
+    negative = ~positive
+    agree = np.empty(deltas.shape[1], bool)
+    other_way = np.empty(deltas.shape[1], bool)
+    for i, w in enumerate(weights):
+        row = deltas[i]
+        np.greater(row, 0, out=agree)
+        np.less(row, 0, out=other_way)
+        np.copyto(agree, other_way, where=negative)  # zeros never agree
+        np.multiply(row, agree, out=row)
+        if divisor is not None:
+            np.add(divisor, agree * deltas.dtype.type(w), out=divisor)
+    mixed = _sum_rows(deltas)
+    if divisor is not None:
+        divisor[divisor == 0] = 1  # no model agrees: the sum is 0 anyway
+        np.divide(mixed, divisor, out=mixed)
+    return mixed
+
+
+def _sum_rows(rows: np.ndarray) -> np.ndarray:
+    """Sum of the rows into rows[0], in row order."""
+    for row in rows[1:]:
+        np.add(rows[0], row, out=rows[0])
+    return rows[0]
+
+
+def _decide(job: Job, operand: Operand, params: dict[str, Any], kind: str | None) -> Sparsity:
+    if kind == "magnitude":
+        return Sparsity(cut=_magnitude_cut(job, operand, float(params["density"])))
+    if kind == "random":
+        return _dare(job, operand, float(params["density"]), bool(job.options["rescale"]))
+    return Sparsity()
+
+
+def _apply(delta: np.ndarray, sparsity: Sparsity, start: int) -> None:
+    """Zero what the decided sparsification drops from the block of `delta` that begins at `start`."""
+    if sparsity.cut is not None:
+        cut = sparsity.cut
+        magnitude = np.abs(delta)
+        keep = magnitude > cut.thr
+        if cut.ties > 0:
+            at = np.flatnonzero(magnitude == cut.thr)[: cut.ties]
+            keep[at] = True
+            cut.ties -= len(at)
+        np.multiply(delta, keep, out=delta)
+    elif sparsity.keep_bits is not None:
+        bits = sparsity.keep_bits[start // 8 : (start + len(delta) + 7) // 8]
+        keep = np.unpackbits(bits, count=len(delta)).view(bool)
+        np.multiply(delta, keep, out=delta)
+        if sparsity.factor != 1.0:
+            np.multiply(delta, sparsity.factor, out=delta)
+
+
+def _magnitudes(job: Job, operand: Operand, start: int, end: int, into: np.ndarray, base: np.ndarray) -> None:
+    delta = job.load(operand, start, end, into)
+    np.subtract(delta, job.load(job.base, start, end, base), out=delta)  # type: ignore[arg-type]
+    np.abs(delta, out=delta)
+
+
+def _magnitude_cut(job: Job, operand: Operand, density: float) -> Cut | None:
+    """The TIES trim: keep the k = max(1, int(density * n)) largest |delta| (None keeps everything)."""
+    n = job.n
+    if density >= 1 or n == 0:
+        return None
+    k = max(1, int(density * n)) if density > 0 else 0
+    if k >= n:
+        return None
+    if k == 0:
+        return Cut(float("inf"), 0)
+    m = n - k + 1  # the threshold is the m-th smallest magnitude
+    value, less, equal = _kth(job, operand, m)
+    need = k - (n - less - equal)
+    return Cut(value, 0 if value == 0 else need)
+
+
+def _kth(job: Job, operand: Operand, m: int) -> tuple[float, int, int]:
+    """(m-th smallest |delta|, count below it, count equal to it), never holding all of |delta|.
+
+    A strided sample brackets the answer; one pass counts the entries below the bracket and keeps those
+    inside it, which are few, for an exact `np.partition`.
+    """
+    n = job.n
+    x, y = job.buffer(), job.buffer()
+    lo = hi = None
+    if n > 4 * _SAMPLE:
+        step = n // _SAMPLE
+        step += 1 - step % 2  # odd, so the sample does not follow one column of a matrix
+        sample = np.abs(job.sample(operand, step) - job.sample(job.base, step))  # type: ignore[arg-type]
+        size = len(sample)
+        pos = (m - 0.5) / n * size
+        margin = 5 * size**0.5
+        sample.sort()
+        lo = sample[max(0, int(pos - margin) - 1)]
+        hi = sample[min(size - 1, int(pos + margin))]
+    below = 0
+    inside: list[np.ndarray] = []
+    for start, end in job.blocks():
+        _magnitudes(job, operand, start, end, x, y)
+        block = x[: end - start]
+        if lo is None:
+            inside.append(block.copy())
+            continue
+        below += int(np.count_nonzero(block < lo))
+        inside.append(block[(block >= lo) & (block <= hi)])
+    values = np.concatenate(inside) if inside else np.empty(0, job.work)
+    if not below < m <= below + len(values):  # the sample missed (almost never): rank everything
+        return _kth_all(job, operand, m)
+    values.partition(m - below - 1)
+    value = values[m - below - 1]
+    less = below + int(np.count_nonzero(values < value))
+    return float(value), less, int(np.count_nonzero(values == value))
+
+
+def _kth_all(job: Job, operand: Operand, m: int) -> tuple[float, int, int]:
+    magnitudes = np.empty(job.n, job.work)
+    y = job.buffer()
+    for start, end in job.blocks():
+        _magnitudes(job, operand, start, end, magnitudes[start:end], y)
+    value = np.partition(magnitudes, m - 1)[m - 1]
+    return (
+        float(value),
+        int(np.count_nonzero(magnitudes < value)),
+        int(np.count_nonzero(magnitudes == value)),
+    )
+
+
+def _dare(job: Job, operand: Operand, density: float, rescale: bool) -> Sparsity:
+    """DARE: keep each entry with probability `density`; with `rescale`, restore the L1 norm (mergekit)."""
+    if density >= 1:
+        return Sparsity()
+    bits = np.zeros((job.n + 7) // 8, np.uint8)
+    if density <= 0:
+        return Sparsity(keep_bits=bits)
+    x, y = job.buffer(), job.buffer()
+    draws = np.empty(min(job.n, BLOCK), np.float32)
+    keep = np.empty(min(job.n, BLOCK), bool)
+    before = after = 0.0
+    for start, end in job.blocks():
+        size = end - start
+        r = job.rng.random(out=draws[:size], dtype=np.float32)
+        np.less(r, density, out=keep[:size])
+        bits[start // 8 : (end + 7) // 8] = np.packbits(keep[:size])
+        if rescale:
+            _magnitudes(job, operand, start, end, x, y)
+            block = x[:size]
+            before += float(block.sum())
+            after += float(block.sum(where=keep[:size]))
+    factor = before / after if rescale and before >= RESCALE_EPS and after >= RESCALE_EPS else 1.0
+    return Sparsity(keep_bits=bits, factor=float(job.work.type(factor)) if factor != 1.0 else 1.0)

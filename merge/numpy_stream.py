@@ -1,0 +1,215 @@
+"""The torch-free merge loop: numpy kernels streaming blocks from the input files into the shards.
+
+Used by the engine when every tensor can take it (`numpy_kernel`); it skips torch's import (about 3 s
+here), holds only block-sized buffers (never a tensor), and keeps both cores busy with two worker
+processes, each computing whole output tensors. Unchanged passthrough tensors are copied file to file
+without being read into the process.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mergeguard.merge.io import ShardWriter, parse_size
+from mergeguard.merge.kernels import Job, Kernel, Operand, kernel_for, run, supported_dtype
+from mergeguard.merge.kernels.floats import STORAGE
+from mergeguard.merge.kernels.passthrough import copy_unchanged
+
+if TYPE_CHECKING:
+    from mergeguard.merge.config import MergeConfig
+    from mergeguard.merge.engine import MergeOptions
+    from mergeguard.merge.plan import MergePlan, SourceModel, TensorTask
+
+WORKERS = 2
+"""Worker processes (this machine has two cores). Processes, not threads: the kernels make thousands of
+short numpy calls, and two threads handing the GIL back and forth ran slower than one."""
+PARALLEL_MIN_ELEMENTS = 1 << 24
+"""Below this many computed elements the merge runs in this process (starting workers costs ~0.4 s)."""
+
+
+def numpy_kernel(
+    config: MergeConfig, method: Any, models: dict[str, SourceModel], plan: MergePlan, options: MergeOptions
+) -> Kernel | None:
+    """The kernel that can run this whole merge without torch, or None (the torch loop runs it)."""
+    if options.device != "cpu" or any(m.reader.pickled for m in models.values()):
+        return None
+    for dtype in (config.dtype, config.out_dtype):
+        if dtype and not supported_dtype(dtype):
+            return None
+    for task in plan.tasks:
+        for ref, name in [*task.inputs, *([task.base] if task.base else [])]:
+            if not supported_dtype(models[ref].reader.dtype(name)):
+                return None
+    return kernel_for(method.name, [task.options for task in plan.tasks])
+
+
+def bases(task: TensorTask) -> list[tuple[str, str]]:
+    return [task.base] if task.base else []
+
+
+def _operand(models: dict[str, SourceModel], ref: str, name: str) -> Operand:
+    reader = models[ref].reader
+    path, offset, nbytes = reader.locate(name)
+    dtype = reader.dtype(name)
+    return Operand(dtype, nbytes // STORAGE[dtype].itemsize, path=str(path), offset=offset)
+
+
+_prestarted: list[ProcessPoolExecutor] = []
+PRESTART_METHODS = ("linear", "task_arithmetic", "ties", "dare_ties", "dare_linear", "slerp")
+
+
+def prestart_workers(config: MergeConfig, device: str = "cpu") -> None:
+    """Start the worker processes now if this merge will likely want them, so that their start (numpy's
+    import, ~0.35 s each) overlaps the reading of configs and headers. `release_workers` undoes it."""
+    if _prestarted or device != "cpu" or (os.cpu_count() or 1) < 2:
+        return
+    if config.merge_method not in PRESTART_METHODS:
+        return
+    from mergeguard.merge.config import config_models
+
+    biggest = 0
+    for ref in config_models(config):
+        folder = Path(ref.split("+", 1)[0]).expanduser()
+        if folder.is_dir():
+            biggest = max(biggest, sum(f.stat().st_size for f in folder.glob("*.safetensors")))
+    if biggest >= 2 * PARALLEL_MIN_ELEMENTS:  # two bytes an element at least
+        _prestarted.append(_start_workers(min(WORKERS, os.cpu_count() or 1)))
+
+
+def _take_prestarted() -> ProcessPoolExecutor | None:
+    return _prestarted.pop() if _prestarted else None
+
+
+def release_workers() -> None:
+    """Stop prestarted workers that no merge used (the merge failed, or took another path)."""
+    while _prestarted:
+        _prestarted.pop().shutdown(wait=False, cancel_futures=True)
+
+
+def _start_workers(count: int) -> ProcessPoolExecutor:
+    """`count` fresh worker processes with a single-threaded BLAS each (the processes are the parallelism)."""
+    saved = os.environ.get("OPENBLAS_NUM_THREADS")
+    os.environ["OPENBLAS_NUM_THREADS"] = "1"  # read when a worker imports numpy
+    try:
+        context = multiprocessing.get_context("spawn")
+        pool = ProcessPoolExecutor(count, mp_context=context, initializer=_worker_init)
+        for _ in range(count):  # spawns a process per call, with this environment, without waiting
+            pool.submit(os.getpid)
+    finally:
+        if saved is None:
+            del os.environ["OPENBLAS_NUM_THREADS"]
+        else:
+            os.environ["OPENBLAS_NUM_THREADS"] = saved
+    return pool
+
+
+def _worker_init() -> None:
+    from mergeguard.merge.engine import _return_freed_memory
+
+    _return_freed_memory()
+
+
+def stream_numpy(
+    config: MergeConfig,
+    method: Any,
+    kernel: Kernel,
+    models: dict[str, SourceModel],
+    plan: MergePlan,
+    out: Path,
+    options: MergeOptions,
+) -> int:
+    """Compute and write every planned tensor; returns the bytes written.
+
+    Big merges run in WORKERS processes (each job names its files; workers write their output blocks
+    straight into the shard files); small ones run here, where a process would cost more than it saves.
+    """
+    from mergeguard.merge.engine import Progress, out_dtype, tensor_seed
+
+    seed = options.random_seed if options.random_seed is not None else int.from_bytes(os.urandom(4), "little")
+    layout = []
+    for task in plan.tasks:
+        dtype = out_dtype(config, models, task)
+        layout.append((task.name, dtype, task.shape, math.prod(task.shape) * STORAGE[dtype].itemsize))
+    writer = ShardWriter(out, layout, parse_size(options.out_shard_size))
+    total_bytes = sum(entry[3] for entry in layout)
+
+    def stored(ref: str, name: str) -> str:
+        return models[ref].reader.dtype(name)
+
+    def job_of(task: TensorTask, dtype: str) -> Job:
+        operands = {pair: _operand(models, *pair) for pair in dict.fromkeys([*task.inputs, *bases(task)])}
+        shard, offset = writer.target(task.name)
+        return Job(
+            tensors=[operands[pair] for pair in task.inputs],
+            params=task.params,
+            base=operands[task.base] if task.base else None,
+            base_index=task.base_index,
+            options=task.options,
+            name=task.name,
+            compute=config.dtype or stored(*task.inputs[0]),
+            out=dtype,
+            seed=tensor_seed(seed, task.name) if method.randomized else None,
+            target=(str(shard), offset),
+        )
+
+    def copied(task: TensorTask, dtype: str) -> bool:
+        ref, name = task.inputs[0]
+        compute = config.dtype or stored(ref, name)
+        return method.name == "passthrough" and copy_unchanged(task.params, stored(ref, name), compute, dtype)
+
+    copies = [copied(task, layout[i][1]) for i, task in enumerate(plan.tasks)]
+    computed = sum(math.prod(t.shape) for t, c in zip(plan.tasks, copies, strict=True) if not c)
+    workers = min(WORKERS, os.cpu_count() or 1)
+    pool = _take_prestarted()
+    if pool is None and workers > 1 and computed >= PARALLEL_MIN_ELEMENTS:
+        pool = _start_workers(workers)
+    state = {"tensors": 0, "bytes": 0}
+
+    def finished(index: int) -> None:
+        state["tensors"] += 1
+        state["bytes"] += layout[index][3]
+        if options.progress:
+            options.progress(
+                Progress(state["tensors"], len(plan.tasks), state["bytes"], total_bytes, layout[index][0])
+            )
+
+    pending: deque[tuple[int, Future[Any]]] = deque()
+    # biggest first: the embeddings do not end up alone on one worker while the other one idles
+    order = sorted(range(len(plan.tasks)), key=lambda i: -layout[i][3]) if pool else range(len(plan.tasks))
+    try:
+        for index in order:
+            task = plan.tasks[index]
+            name, dtype = layout[index][0], layout[index][1]
+            if copies[index]:
+                writer.copy(name, *models[task.inputs[0][0]].reader.locate(task.inputs[0][1]))
+                finished(index)
+                continue
+            if pool is None:
+                run(kernel, job_of(task, dtype))
+                writer.mark_written(name, layout[index][3])
+                finished(index)
+                continue
+            if len(pending) > workers:  # one job queued behind each busy worker is enough
+                done, future = pending.popleft()
+                future.result()
+                writer.mark_written(layout[done][0], layout[done][3])
+                finished(done)
+            pending.append((index, pool.submit(run, kernel, job_of(task, dtype))))
+        while pending:
+            done, future = pending.popleft()
+            future.result()
+            writer.mark_written(layout[done][0], layout[done][3])
+            finished(done)
+    finally:
+        if pool is not None:
+            for _, future in pending:
+                future.cancel()
+            pool.shutdown(wait=True, cancel_futures=True)
+    writer.finish()
+    return writer.bytes_written
