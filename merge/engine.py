@@ -24,6 +24,7 @@ from mergeguard.errors import ConfigError, MergeguardError
 from mergeguard.merge.arch import infer_architecture
 from mergeguard.merge.config import MergeConfig, config_models
 from mergeguard.merge.io import ModelReader, ShardWriter, parse_size
+from mergeguard.merge.memory import tune_malloc
 from mergeguard.merge.plan import MergePlan, SourceModel, TensorTask, build_plan
 
 PREFETCH_BUDGET = 96 * 2**20  # bytes of raw inputs of two consecutive tensors held at once
@@ -142,8 +143,6 @@ def run_merge(config: MergeConfig, out_dir: str | Path, options: MergeOptions | 
 
     options = options or MergeOptions()
     start = time.perf_counter()
-    if options.write_model_card:
-        warm_imports()
     if options.backend != "torch":
         prestart_workers(config, options.device)
     out_dir = Path(out_dir).expanduser().absolute()
@@ -194,28 +193,6 @@ def run_merge(config: MergeConfig, out_dir: str | Path, options: MergeOptions | 
     )
 
 
-def _return_freed_memory() -> None:
-    """Ask glibc to serve big blocks with mmap and keep few arenas, so freed tensors leave the process.
-
-    Without this, freed multi-megabyte tensors stay in malloc's heaps and the peak RSS of a merge grows
-    by a few hundred MB (measured: ties on 350M-parameter models, 985 MB -> 807 MB).
-    """
-    import ctypes
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD: 1 MiB (also stops the dynamic threshold growing)
-        libc.mallopt(-8, 2)  # M_ARENA_MAX
-        # M_TRIM_THRESHOLD: keep up to 64 MiB of freed heap (the numpy kernels' block-sized temporaries)
-        # instead of returning it and faulting it back in on the next block (measured: 2 s of system time)
-        libc.mallopt(-1, 64 << 20)
-    except (OSError, AttributeError):  # not glibc: nothing to tune
-        return
-
-
 def _apply(method: Any, inputs: Any, out_dtype: Any) -> Any:
     """Run the method on one tensor and bring the result to the CPU in the output dtype."""
     return method.fn(inputs).to(device="cpu", dtype=out_dtype).contiguous()
@@ -244,7 +221,7 @@ def _stream(
     """
     from mergeguard.merge.numpy_stream import numpy_kernel, stream_numpy
 
-    _return_freed_memory()
+    tune_malloc()
     kernel = numpy_kernel(config, method, models, plan, options) if options.backend != "torch" else None
     if kernel is None and options.backend == "numpy":
         raise MergeguardError(
@@ -252,6 +229,8 @@ def _stream(
         )
     if kernel is not None:
         return stream_numpy(config, method, kernel, models, plan, out, options)
+    if options.write_model_card:
+        warm_imports()
     import torch
 
     threads = torch.get_num_threads()
@@ -270,7 +249,8 @@ _warming: list[threading.Thread] = []
 
 def warm_imports() -> None:
     """Start importing huggingface_hub (~1 s) in the background: the model card is written with it at
-    the end, and the merge's reads, copies and numpy kernels release the GIL that the import needs."""
+    the end. Called once the merge's own work is under way (the import would otherwise hold the GIL
+    that the planning needs); the reads, copies and waits on workers release it."""
     if not _warming:
         _warming.append(
             threading.Thread(target=_import_quietly, args=("huggingface_hub.repocard",), daemon=True)

@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 import multiprocessing
 import os
-from collections import deque
-from concurrent.futures import Future, ProcessPoolExecutor
+import sys
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -96,12 +96,18 @@ def _start_workers(count: int) -> ProcessPoolExecutor:
     """`count` fresh worker processes with a single-threaded BLAS each (the processes are the parallelism)."""
     saved = os.environ.get("OPENBLAS_NUM_THREADS")
     os.environ["OPENBLAS_NUM_THREADS"] = "1"  # read when a worker imports numpy
+    # A script run as __main__ (the `mergeguard` console script) would be re-run in every worker, which
+    # imports the whole CLI (~0.3 s each); the jobs need only mergeguard's modules, so hide its path.
+    main = sys.modules["__main__"]
+    script = main.__dict__.pop("__file__", None) if getattr(main, "__spec__", None) is None else None
     try:
         context = multiprocessing.get_context("spawn")
         pool = ProcessPoolExecutor(count, mp_context=context, initializer=_worker_init)
         for _ in range(count):  # spawns a process per call, with this environment, without waiting
             pool.submit(os.getpid)
     finally:
+        if script is not None:
+            main.__file__ = script
         if saved is None:
             del os.environ["OPENBLAS_NUM_THREADS"]
         else:
@@ -110,9 +116,9 @@ def _start_workers(count: int) -> ProcessPoolExecutor:
 
 
 def _worker_init() -> None:
-    from mergeguard.merge.engine import _return_freed_memory
+    from mergeguard.merge.memory import tune_malloc
 
-    _return_freed_memory()
+    tune_malloc()
 
 
 def stream_numpy(
@@ -129,7 +135,7 @@ def stream_numpy(
     Big merges run in WORKERS processes (each job names its files; workers write their output blocks
     straight into the shard files); small ones run here, where a process would cost more than it saves.
     """
-    from mergeguard.merge.engine import Progress, out_dtype, tensor_seed
+    from mergeguard.merge.engine import Progress, out_dtype, tensor_seed, warm_imports
 
     seed = options.random_seed if options.random_seed is not None else int.from_bytes(os.urandom(4), "little")
     layout = []
@@ -152,7 +158,7 @@ def stream_numpy(
             base_index=task.base_index,
             options=task.options,
             name=task.name,
-            compute=config.dtype or stored(*task.inputs[0]),
+            compute=config.dtype,
             out=dtype,
             seed=tensor_seed(seed, task.name) if method.randomized else None,
             target=(str(shard), offset),
@@ -179,11 +185,27 @@ def stream_numpy(
                 Progress(state["tensors"], len(plan.tasks), state["bytes"], total_bytes, layout[index][0])
             )
 
-    pending: deque[tuple[int, Future[Any]]] = deque()
+    pending: dict[Future[Any], int] = {}
+
+    def collect(block: bool) -> None:
+        """Record finished jobs (waiting for one first when `block`); a worker's error is raised here."""
+        done, _ = (
+            wait(pending, return_when=FIRST_COMPLETED) if block else ([f for f in pending if f.done()], None)
+        )
+        for future in done:
+            index = pending.pop(future)
+            future.result()
+            writer.mark_written(layout[index][0], layout[index][3])
+            finished(index)
+
     # biggest first: the embeddings do not end up alone on one worker while the other one idles
     order = sorted(range(len(plan.tasks)), key=lambda i: -layout[i][3]) if pool else range(len(plan.tasks))
+    warm = options.write_model_card
     try:
         for index in order:
+            if warm and (pool is None or len(pending) > workers):  # the workers have their first jobs
+                warm_imports()
+                warm = False
             task = plan.tasks[index]
             name, dtype = layout[index][0], layout[index][1]
             if copies[index]:
@@ -195,20 +217,16 @@ def stream_numpy(
                 writer.mark_written(name, layout[index][3])
                 finished(index)
                 continue
-            if len(pending) > workers:  # one job queued behind each busy worker is enough
-                done, future = pending.popleft()
-                future.result()
-                writer.mark_written(layout[done][0], layout[done][3])
-                finished(done)
-            pending.append((index, pool.submit(run, kernel, job_of(task, dtype))))
+            while len(pending) > workers:  # one job queued behind the busy workers is enough
+                collect(block=True)
+            pending[pool.submit(run, kernel, job_of(task, dtype))] = index
+        if warm:
+            warm_imports()
         while pending:
-            done, future = pending.popleft()
-            future.result()
-            writer.mark_written(layout[done][0], layout[done][3])
-            finished(done)
+            collect(block=True)
     finally:
         if pool is not None:
-            for _, future in pending:
+            for future in pending:
                 future.cancel()
             pool.shutdown(wait=True, cancel_futures=True)
     writer.finish()

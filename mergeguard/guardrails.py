@@ -285,11 +285,10 @@ def _guarded_merge(
 ) -> GuardedMerge:
     from mergeguard.auditor import AuditOptions
     from mergeguard.merge import MergeOptions, config_models, load_config, run_merge
-    from mergeguard.merge.engine import preflight, warm_imports
+    from mergeguard.merge.engine import preflight
     from mergeguard.merge.family import config_family_check
     from mergeguard.merge.numpy_stream import prestart_workers
 
-    warm_imports()
     guard = guard or GuardOptions()
     guard.audit = guard.audit or AuditOptions()
     merge_options = merge_options or MergeOptions()

@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -124,19 +125,51 @@ def build_models(work: Path) -> dict[str, Path]:
     return paths
 
 
-def timed(command: list[str]) -> tuple[float, float, float]:
-    """Run `command` under /usr/bin/time -v; return (wall seconds, peak RSS in MB, CPU seconds)."""
-    result = subprocess.run(["/usr/bin/time", "-v", *command], capture_output=True, text=True)
-    if result.returncode != 0:
-        sys.stderr.write(result.stdout[-3000:] + result.stderr[-3000:])
+def _tree_rss_mb(root: int) -> float:
+    """Summed resident memory of `root` and all its descendants (worker processes included), in MB."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            parent = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(parent, []).append(int(entry))
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        todo += children.get(pid, [])
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        found = re.search(r"VmRSS:\s+(\d+) kB", status)
+        total += int(found.group(1)) if found else 0
+    return total / 1024
+
+
+def timed(command: list[str]) -> tuple[float, float, float, float]:
+    """Run `command` under /usr/bin/time -v: (wall s, peak RSS MB of the biggest process, CPU s, peak RSS MB
+    of the whole process tree, sampled every 20 ms: the sum over worker processes)."""
+    process = subprocess.Popen(
+        ["/usr/bin/time", "-v", *command], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    tree_peak = 0.0
+    while process.poll() is None:
+        tree_peak = max(tree_peak, _tree_rss_mb(process.pid))
+        time.sleep(0.02)
+    stdout, stderr = process.communicate()
+    if process.returncode != 0:
+        sys.stderr.write(stdout[-3000:] + stderr[-3000:])
         raise SystemExit(f"failed: {' '.join(command)}")
-    wall = re.search(r"Elapsed \(wall clock\) time .*: (?:(\d+):)?(\d+):([\d.]+)", result.stderr)
-    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", result.stderr)
-    user = re.search(r"User time \(seconds\): ([\d.]+)", result.stderr)
-    system = re.search(r"System time \(seconds\): ([\d.]+)", result.stderr)
-    assert wall and rss and user and system, result.stderr[-2000:]
+    wall = re.search(r"Elapsed \(wall clock\) time .*: (?:(\d+):)?(\d+):([\d.]+)", stderr)
+    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", stderr)
+    user = re.search(r"User time \(seconds\): ([\d.]+)", stderr)
+    system = re.search(r"System time \(seconds\): ([\d.]+)", stderr)
+    assert wall and rss and user and system, stderr[-2000:]
     seconds = int(wall.group(1) or 0) * 3600 + int(wall.group(2)) * 60 + float(wall.group(3))
-    return seconds, int(rss.group(1)) / 1024, float(user.group(1)) + float(system.group(1))
+    return seconds, int(rss.group(1)) / 1024, float(user.group(1)) + float(system.group(1)), tree_peak
 
 
 def main() -> None:
@@ -148,6 +181,7 @@ def main() -> None:
     )
     parser.add_argument("--skip-mergekit", action="store_true", help="only mergeguard (uses cached rival)")
     parser.add_argument("--skip-mergeguard", action="store_true", help="only measure (and cache) mergekit")
+    parser.add_argument("--repeat", type=int, default=3, help="mergeguard runs per method (median reported)")
     args = parser.parse_args()
     work: Path = args.work
     work.mkdir(parents=True, exist_ok=True)
@@ -161,30 +195,37 @@ def main() -> None:
         if not args.skip_mergekit and (args.rerun_mergekit or method not in cached):
             out = work / f"out-mergekit-{method}"
             shutil.rmtree(out, ignore_errors=True)
-            cached[method] = timed([MERGEKIT, str(config), str(out), "--random-seed", "0"])
+            cached[method] = list(timed([MERGEKIT, str(config), str(out), "--random-seed", "0"]))[:3]
             cache_file.write_text(json.dumps(cached, indent=1))
             shutil.rmtree(out, ignore_errors=True)
         mine = None
         if not args.skip_mergeguard:
             out = work / f"out-mergeguard-{method}"
-            mine = timed(
-                [*MERGEGUARD, str(config), str(out), "--force", "--quiet", "--no-audit", "--random-seed", "0"]
-            )
-            shutil.rmtree(out, ignore_errors=True)
+            runs = []
+            for _ in range(args.repeat):
+                runs.append(
+                    timed(
+                        [*MERGEGUARD, str(config), str(out), "--force", "--quiet", "--no-audit"]
+                        + ["--random-seed", "0"]
+                    )
+                )
+                shutil.rmtree(out, ignore_errors=True)
+            mine = sorted(runs)[len(runs) // 2]  # the median run by wall time
         rows.append((method, cached.get(method), mine))
         print(f"done {method}: mergekit={cached.get(method)} mergeguard={mine}", file=sys.stderr, flush=True)
-    print("On a shared machine CPU seconds (user+sys) are steadier than wall time.")
+    print("On a shared machine CPU seconds (user+sys) are steadier than wall time. mergeguard: median of")
+    print(f"{args.repeat} runs by wall time; RSS: the biggest process, and the whole tree (workers summed).")
     print(
         "| method | mergekit wall s | mergekit CPU s | mergekit RSS MB | mergeguard wall s | mergeguard CPU s"
-        " | mergeguard RSS MB | wall ratio | CPU ratio |"
+        " | mergeguard RSS MB (biggest / tree) | wall ratio | CPU ratio |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     nan = float("nan")
     for method, theirs, mine in rows:
         t_s, t_m, t_c = (list(theirs) + [nan])[:3] if theirs else (nan, nan, nan)
-        m_s, m_m, m_c = mine if mine else (nan, nan, nan)
+        m_s, m_m, m_c, m_t = mine if mine else (nan, nan, nan, nan)
         print(
-            f"| {method} | {t_s:.1f} | {t_c:.1f} | {t_m:.0f} | {m_s:.1f} | {m_c:.1f} | {m_m:.0f}"
+            f"| {method} | {t_s:.1f} | {t_c:.1f} | {t_m:.0f} | {m_s:.2f} | {m_c:.1f} | {m_m:.0f} / {m_t:.0f}"
             f" | {t_s / m_s:.1f}x | {t_c / m_c:.1f}x |"
         )
 

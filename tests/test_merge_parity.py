@@ -1,4 +1,5 @@
-"""Parity with mergekit: the same configs give the same fp32 tensors (max abs diff <= 1e-6).
+"""Parity with mergekit: the same configs give the same fp32 tensors (max abs diff <= 1e-6), on both the
+numpy-kernel path and the torch path.
 
 mergekit is an oracle only, run in its own interpreter: set MERGEKIT_PYTHON to a python that has it
 (locally /work/mkvenv/bin/python; CI sets it). All mergekit merges run in one subprocess to keep this fast.
@@ -241,13 +242,16 @@ def _tensors(folder: Path) -> dict:
     return out
 
 
+@pytest.mark.parametrize("backend", ["auto", "torch"])
 @pytest.mark.parametrize("case", list(CASES))
-def test_same_tensors_as_mergekit(case: str, parity_outputs, tmp_path: Path) -> None:
+def test_same_tensors_as_mergekit(case: str, backend: str, parity_outputs, tmp_path: Path) -> None:
+    """`auto` runs the numpy kernels where a method has one (the default path), `torch` the torch methods."""
     from mergeguard.merge import MergeOptions, load_config, run_merge
 
     config_path, theirs_dir = parity_outputs[case]
     ours_dir = tmp_path / "ours"
-    run_merge(load_config(config_path), ours_dir, MergeOptions(random_seed=0, copy_tokenizer=False))
+    options = MergeOptions(random_seed=0, copy_tokenizer=False, backend=backend)
+    run_merge(load_config(config_path), ours_dir, options)
     ours, theirs = _tensors(ours_dir), _tensors(theirs_dir)
     assert sorted(ours) == sorted(theirs)
     worst = max((ours[k].float() - theirs[k].float()).abs().max().item() for k in theirs)

@@ -48,7 +48,8 @@ def widen(src: np.ndarray, dtype: str, out: np.ndarray, scratch: np.ndarray) -> 
     if dtype in ("float16", "bfloat16"):  # into float64: via float32 (exact)
         wide = np.empty(len(src), np.float32)
         widen(src, dtype, wide, scratch)
-        np.copyto(out, wide)
+        with np.errstate(invalid="ignore"):  # signalling NaN patterns stay NaN
+            np.copyto(out, wide)
         return out
     np.copyto(out, src, casting="unsafe")
     return out
