@@ -13,9 +13,11 @@ import multiprocessing
 import os
 import sys
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mergeguard.errors import MergeguardError
 from mergeguard.merge.io import ShardWriter, parse_size
 from mergeguard.merge.kernels import Job, Kernel, Operand, kernel_for, run, supported_dtype
 from mergeguard.merge.kernels.floats import STORAGE
@@ -38,6 +40,8 @@ def numpy_kernel(
 ) -> Kernel | None:
     """The kernel that can run this whole merge without torch, or None (the torch loop runs it)."""
     if options.device != "cpu" or any(m.reader.pickled for m in models.values()):
+        return None
+    if not hasattr(os, "preadv") or not hasattr(os, "pwrite"):  # positional I/O (not on Windows)
         return None
     for dtype in (config.dtype, config.out_dtype):
         if dtype and not supported_dtype(dtype):
@@ -116,9 +120,12 @@ def _start_workers(count: int) -> ProcessPoolExecutor:
 
 
 def _worker_init() -> None:
+    import signal
+
     from mergeguard.merge.memory import tune_malloc
 
     tune_malloc()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops the workers
 
 
 def stream_numpy(
@@ -187,14 +194,18 @@ def stream_numpy(
 
     pending: dict[Future[Any], int] = {}
 
-    def collect(block: bool) -> None:
-        """Record finished jobs (waiting for one first when `block`); a worker's error is raised here."""
-        done, _ = (
-            wait(pending, return_when=FIRST_COMPLETED) if block else ([f for f in pending if f.done()], None)
-        )
+    def collect() -> None:
+        """Wait for a job to finish and record the finished ones; a worker's error is raised here."""
+        done, _ = wait(pending, return_when=FIRST_COMPLETED)
         for future in done:
             index = pending.pop(future)
-            future.result()
+            try:
+                future.result()
+            except BrokenProcessPool as error:
+                raise MergeguardError(
+                    f"a merge worker process died while computing {layout[index][0]} ({error})",
+                    hint="check the free memory (a worker holds a few tensor blocks) and run the merge again",
+                ) from error
             writer.mark_written(layout[index][0], layout[index][3])
             finished(index)
 
@@ -218,12 +229,12 @@ def stream_numpy(
                 finished(index)
                 continue
             while len(pending) > workers:  # one job queued behind the busy workers is enough
-                collect(block=True)
+                collect()
             pending[pool.submit(run, kernel, job_of(task, dtype))] = index
         if warm:
             warm_imports()
         while pending:
-            collect(block=True)
+            collect()
     finally:
         if pool is not None:
             for future in pending:

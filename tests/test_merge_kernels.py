@@ -949,6 +949,28 @@ def test_engine_worker_error_keeps_type_and_hint(
     assert not (tmp_path / "out").exists()
 
 
+def test_engine_worker_that_dies_is_a_clear_error(
+    family_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker killed mid-merge (e.g. by the OOM killer) surfaces as a MergeguardError; nothing is left."""
+    import sys
+
+    import mergeguard.merge.numpy_stream as numpy_stream
+
+    (tmp_path / "mg_dying_kernel.py").write_text("import os\n\ndef die(job):\n    os._exit(9)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))  # the spawned workers inherit sys.path
+    import mg_dying_kernel
+
+    monkeypatch.setattr(numpy_stream, "kernel_for", lambda method, options: mg_dying_kernel.die)
+    _force_workers(monkeypatch)
+    config = load_config(textwrap.dedent(DARE_CONFIG.format(**family_models)))
+    with pytest.raises(MergeguardError, match="worker process died") as caught:
+        run_merge(config, tmp_path / "out", MergeOptions(backend="numpy", write_model_card=False))
+    assert caught.value.hint and "memory" in caught.value.hint
+    assert not (tmp_path / "out").exists()
+    sys.modules.pop("mg_dying_kernel", None)
+
+
 # ---------------------------------------------------------------- no torch on the numpy path
 
 _NO_TORCH = r"""
