@@ -8,42 +8,63 @@ leaderboard(db, suite="v2", clean_only=True)
 lineage(db, "my-merge"); history(db, since="2026-01-01")
 """
 
-from mergeguard.db.connection import open_db, transaction
-from mergeguard.db.evaluate import EvalSummary, run_eval, task_config
-from mergeguard.db.lm_eval_import import ImportSummary, import_results, parse_results_file
-from mergeguard.db.migrations import MIGRATIONS, apply_migrations, schema_version
-from mergeguard.db.queries import (
-    Contamination,
-    HistoryEvent,
-    Leaderboard,
-    LeaderboardRow,
-    LineageEdge,
-    LineageGraph,
-    LineageNode,
-    contamination,
-    history,
-    latest_checks,
-    leaderboard,
-    lineage,
-    parents_of,
-)
-from mergeguard.db.records import (
-    EvaluationRow,
-    MergeRecord,
-    ResultsFile,
-    add_edge,
-    canonical_ref,
-    find_model,
-    record_audit,
-    record_check,
-    record_evaluations,
-    record_merge,
-    register_model,
-    reusable_audit,
-    set_merge_guard,
-    upsert_model,
-)
-from mergeguard.db.render import render_history, render_leaderboard, render_lineage
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_HOME = {  # public name -> its module, imported on first use (a merge needs records, not lm-eval runs)
+    "open_db": "connection",
+    "transaction": "connection",
+    "EvalSummary": "evaluate",
+    "run_eval": "evaluate",
+    "task_config": "evaluate",
+    "ImportSummary": "lm_eval_import",
+    "import_results": "lm_eval_import",
+    "parse_results_file": "lm_eval_import",
+    "MIGRATIONS": "migrations",
+    "apply_migrations": "migrations",
+    "schema_version": "migrations",
+    "Contamination": "queries",
+    "HistoryEvent": "queries",
+    "Leaderboard": "queries",
+    "LeaderboardRow": "queries",
+    "LineageEdge": "queries",
+    "LineageGraph": "queries",
+    "LineageNode": "queries",
+    "contamination": "queries",
+    "history": "queries",
+    "latest_checks": "queries",
+    "leaderboard": "queries",
+    "lineage": "queries",
+    "parents_of": "queries",
+    "EvaluationRow": "records",
+    "MergeRecord": "records",
+    "ResultsFile": "records",
+    "add_edge": "records",
+    "canonical_ref": "records",
+    "find_model": "records",
+    "record_audit": "records",
+    "record_check": "records",
+    "record_evaluations": "records",
+    "record_merge": "records",
+    "register_model": "records",
+    "reusable_audit": "records",
+    "set_merge_guard": "records",
+    "upsert_model": "records",
+    "render_history": "render",
+    "render_leaderboard": "render",
+    "render_lineage": "render",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOME:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_HOME[name]}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "MIGRATIONS",

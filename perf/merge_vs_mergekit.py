@@ -175,6 +175,7 @@ def main() -> None:
     parser.add_argument("--skip-mergekit", action="store_true", help="only mergeguard (uses cached rival)")
     parser.add_argument("--skip-mergeguard", action="store_true", help="only measure (and cache) mergekit")
     parser.add_argument("--repeat", type=int, default=3, help="mergeguard runs per method (median reported)")
+    parser.add_argument("--mergekit-repeat", type=int, default=1, help="mergekit runs per method (median)")
     args = parser.parse_args()
     work: Path = args.work
     work.mkdir(parents=True, exist_ok=True)
@@ -188,9 +189,12 @@ def main() -> None:
         if not args.skip_mergekit and (args.rerun_mergekit or method not in cached):
             out = work / f"out-mergekit-{method}"
             shutil.rmtree(out, ignore_errors=True)
-            cached[method] = list(timed([MERGEKIT, str(config), str(out), "--random-seed", "0"]))[:3]
+            theirs = []
+            for _ in range(args.mergekit_repeat):
+                theirs.append(timed([MERGEKIT, str(config), str(out), "--random-seed", "0"]))
+                shutil.rmtree(out, ignore_errors=True)
+            cached[method] = list(sorted(theirs)[len(theirs) // 2])[:3]  # the median run by wall time
             cache_file.write_text(json.dumps(cached, indent=1))
-            shutil.rmtree(out, ignore_errors=True)
         mine = None
         if not args.skip_mergeguard:
             out = work / f"out-mergeguard-{method}"
