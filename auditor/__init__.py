@@ -6,8 +6,7 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from mergeguard.lazy import lazy_exports
 
 _HOME = {  # public name -> the module that defines it, imported on first use (the scanner pulls numpy)
     "AuditOptions": "options",
@@ -32,13 +31,7 @@ _HOME = {  # public name -> the module that defines it, imported on first use (t
     "ModelVerdict": "report",
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _HOME:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_HOME[name]}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _HOME)
 
 
 __all__ = [

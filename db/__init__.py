@@ -10,8 +10,7 @@ lineage(db, "my-merge"); history(db, since="2026-01-01")
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from mergeguard.lazy import lazy_exports
 
 _HOME = {  # public name -> its module, imported on first use (a merge needs records, not lm-eval runs)
     "open_db": "connection",
@@ -57,13 +56,7 @@ _HOME = {  # public name -> its module, imported on first use (a merge needs rec
     "render_lineage": "render",
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _HOME:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_HOME[name]}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _HOME)
 
 
 __all__ = [

@@ -6,8 +6,7 @@ result = run_merge(config, Path("out"), MergeOptions(random_seed=0))
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from mergeguard.lazy import lazy_exports
 
 _HOME = {  # public name -> its module, imported on first use (a kernel worker process needs none of them)
     "InputModel": "config",
@@ -21,13 +20,7 @@ _HOME = {  # public name -> its module, imported on first use (a kernel worker p
     "run_merge": "engine",
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _HOME:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_HOME[name]}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _HOME)
 
 
 __all__ = [
