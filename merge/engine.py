@@ -62,6 +62,9 @@ class MergeOptions:
     progress: Callable[[Progress], None] | None = None
     card_datasets: list[str] = field(default_factory=list)  # added to the card's `datasets:` (inherited ones)
     card_section: str = ""  # markdown appended to the card (the guard's contamination section)
+    # called once the merge's work is under way (worker processes busy), so that a caller's own checks
+    # overlap it; raising there aborts the merge and nothing is written
+    on_started: Callable[[], None] | None = None
 
 
 @dataclass
@@ -229,8 +232,7 @@ def _stream(
         )
     if kernel is not None:
         return stream_numpy(config, method, kernel, models, plan, out, options)
-    if options.write_model_card:
-        warm_imports()
+    under_way(options)
     import torch
 
     threads = torch.get_num_threads()
@@ -242,6 +244,14 @@ def _stream(
             return _stream_tensors(config, method, models, plan, out, options)
     finally:
         torch.set_num_threads(threads)
+
+
+def under_way(options: MergeOptions) -> None:
+    """The merge has started: run the caller's `on_started` and start the card writer's import."""
+    if options.on_started is not None:
+        options.on_started()
+    if options.write_model_card:
+        warm_imports()
 
 
 _warming: list[threading.Thread] = []

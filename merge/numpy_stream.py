@@ -142,7 +142,7 @@ def stream_numpy(
     Big merges run in WORKERS processes (each job names its files; workers write their output blocks
     straight into the shard files); small ones run here, where a process would cost more than it saves.
     """
-    from mergeguard.merge.engine import Progress, out_dtype, tensor_seed, warm_imports
+    from mergeguard.merge.engine import Progress, out_dtype, tensor_seed, under_way
 
     seed = options.random_seed if options.random_seed is not None else int.from_bytes(os.urandom(4), "little")
     layout = []
@@ -211,12 +211,12 @@ def stream_numpy(
 
     # biggest first: the embeddings do not end up alone on one worker while the other one idles
     order = sorted(range(len(plan.tasks)), key=lambda i: -layout[i][3]) if pool else range(len(plan.tasks))
-    warm = options.write_model_card
+    starting = True
     try:
         for index in order:
-            if warm and (pool is None or len(pending) > workers):  # the workers have their first jobs
-                warm_imports()
-                warm = False
+            if starting and (pool is None or len(pending) > workers):  # the workers have their first jobs
+                under_way(options)
+                starting = False
             task = plan.tasks[index]
             name, dtype = layout[index][0], layout[index][1]
             if copies[index]:
@@ -231,8 +231,8 @@ def stream_numpy(
             while len(pending) > workers:  # one job queued behind the busy workers is enough
                 collect()
             pending[pool.submit(run, kernel, job_of(task, dtype))] = index
-        if warm:
-            warm_imports()
+        if starting:
+            under_way(options)
         while pending:
             collect()
     finally:

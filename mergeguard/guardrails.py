@@ -301,7 +301,7 @@ def _guarded_merge(
     from mergeguard.db import open_db, record_audit, record_merge, set_merge_guard
 
     models = config_models(config)
-    db = open_db(guard.db_path)
+    db = open_db(guard.db_path) if not guard.no_audit else None  # else opened while the merge runs
     timings: dict[str, float] = {}
 
     audit = None
@@ -311,21 +311,35 @@ def _guarded_merge(
         if audit.contaminated and not guard.allow_contaminated:
             raise ContaminatedInputsError(audit)
     verdict = merged_verdict(audit)
+    checked: dict[str, Any] = {}
 
-    family_started = time.perf_counter()
-    try:
-        family = config_family_check(config, local_files_only=merge_options.local_files_only)
-    except MergeguardError:
-        family = None  # an unreadable input: the engine reports it with its own message
-    if family is not None and not family.related and not guard.allow_unrelated:
-        family.raise_if_unrelated()
-    timings["family_check"] = time.perf_counter() - family_started
+    def while_merging() -> None:
+        """The family check and the database open, overlapping the merge's compute; raising refuses it
+        (the merge stops and nothing is written)."""
+        family_started = time.perf_counter()
+        try:
+            family = config_family_check(config, local_files_only=merge_options.local_files_only)
+        except MergeguardError:
+            family = None  # an unreadable input: the engine reports it with its own message
+        if family is not None and not family.related and not guard.allow_unrelated:
+            family.raise_if_unrelated()
+        checked["family"] = family
+        timings["family_check"] = time.perf_counter() - family_started
+        checked["db"] = db or open_db(guard.db_path)
+        if callers_hook is not None:
+            callers_hook()
 
+    callers_hook = merge_options.on_started
+    merge_options.on_started = while_merging
     merge_options.card_section = card_section(verdict, audit)
     merge_options.card_datasets = _lineage_datasets(audit)
-    result = run_merge(config, out_dir, merge_options)
+    try:
+        result = run_merge(config, out_dir, merge_options)
+    finally:
+        merge_options.on_started = callers_hook
     timings["merge"] = result.seconds
-    _register_inputs(db, models)  # after the merge: reading the cards overlaps nothing before it
+    family, db = checked["family"], checked["db"]
+    _register_inputs(db, models)  # after the merge: reading the cards would delay its start
     output = str(result.out_dir)
     record = record_merge(
         db,
