@@ -4,7 +4,7 @@ merged = base + lambda * combine_i(w_i * sparsify(x_i - base)). Task vectors are
 sparsification that needs the whole tensor (the TIES magnitude cut, DARE's L1 rescale) is decided in a first
 pass over blocks, and the combine pass recomputes each block's task vectors and applies the decision (a
 threshold, or the DARE keep mask stored as bits). TIES keeps the lowest indices among magnitudes equal to the
-cut, as the torch method does for tensors above `EXACT_TIES_MAX_NUMEL`.
+cut at every size; the torch method does so above `EXACT_TIES_MAX_NUMEL` and follows mergekit's sort below.
 """
 
 from __future__ import annotations
@@ -184,6 +184,7 @@ def _apply(delta: np.ndarray, sparsity: Sparsity, start: int) -> None:
 
 
 def _magnitudes(job: Job, operand: Operand, start: int, end: int, into: np.ndarray, base: np.ndarray) -> None:
+    """|x - base| for one block, into `into` (`base` is scratch for the base's block)."""
     delta = job.load(operand, start, end, into)
     np.subtract(delta, job.load(job.base, start, end, base), out=delta)  # type: ignore[arg-type]
     np.abs(delta, out=delta)
