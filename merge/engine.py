@@ -146,8 +146,6 @@ def run_merge(config: MergeConfig, out_dir: str | Path, options: MergeOptions | 
 
     options = options or MergeOptions()
     start = time.perf_counter()
-    if options.backend != "torch":
-        prestart_workers(config, options.device)
     out_dir = Path(out_dir).expanduser().absolute()
     preflight(config, out_dir, options)
     method = get_method(config.merge_method)
@@ -161,6 +159,8 @@ def run_merge(config: MergeConfig, out_dir: str | Path, options: MergeOptions | 
 
     models: dict[str, SourceModel] = {}
     try:
+        if options.backend != "torch":  # after the cheap checks (a refused merge starts none), inside the
+            prestart_workers(config, options.device)  # try whose `finally` stops unused ones
         models = _open_models(config, options, scratch)
         plan = build_plan(config, method, models, allow_crimes=options.allow_crimes)
         from mergeguard.merge.output import check_tokenizer, finish_folder
@@ -199,6 +199,24 @@ def run_merge(config: MergeConfig, out_dir: str | Path, options: MergeOptions | 
 def _apply(method: Any, inputs: Any, out_dtype: Any) -> Any:
     """Run the method on one tensor and bring the result to the CPU in the output dtype."""
     return method.fn(inputs).to(device="cpu", dtype=out_dtype).contiguous()
+
+
+def output_layout(
+    config: MergeConfig, models: dict[str, SourceModel], plan: MergePlan
+) -> list[tuple[str, str, tuple[int, ...], int]]:
+    """(name, dtype, shape, bytes) of every output tensor in plan order: what the shard writer reserves."""
+    import math
+
+    import numpy as np
+
+    from mergeguard.merge.kernels.floats import STORAGE
+
+    layout = []
+    for task in plan.tasks:
+        dtype = out_dtype(config, models, task)
+        itemsize = (STORAGE.get(dtype) or np.dtype(dtype)).itemsize
+        layout.append((task.name, dtype, task.shape, math.prod(task.shape) * itemsize))
+    return layout
 
 
 def out_dtype(config: MergeConfig, models: dict[str, SourceModel], task: TensorTask) -> str:
@@ -293,24 +311,14 @@ def _stream_tensors(
     device = torch.device(options.device)
     compute_dtype = getattr(torch, config.dtype) if config.dtype else None
     seed = options.random_seed if options.random_seed is not None else int.from_bytes(os.urandom(4), "little")
-    layout = []
-    for task in plan.tasks:
-        dtype = out_dtype(config, models, task)
-        numel = 1
-        for dim in task.shape:
-            numel *= dim
-        layout.append((task.name, dtype, task.shape, numel * getattr(torch, dtype).itemsize))
+    layout = output_layout(config, models, plan)
     writer = ShardWriter(out, layout, parse_size(options.out_shard_size))
     total_bytes = sum(e[3] for e in layout)
 
     def read(task: TensorTask) -> dict[tuple[str, str], Any]:
-        wanted = [*task.inputs, *([task.base] if task.base else [])]
-        return {pair: models[pair[0]].reader.get(pair[1]) for pair in dict.fromkeys(wanted)}
+        return {pair: models[pair[0]].reader.get(pair[1]) for pair in task.sources()}
 
-    sizes = [
-        sum(models[r].reader.nbytes(n) for r, n in dict.fromkeys([*t.inputs, *([t.base] if t.base else [])]))
-        for t in plan.tasks
-    ]
+    sizes = [sum(models[r].reader.nbytes(n) for r, n in t.sources()) for t in plan.tasks]
     pending: queue.Queue[tuple[str, Any] | None] = queue.Queue(maxsize=1)
     failure: list[BaseException] = []
 

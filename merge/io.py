@@ -220,14 +220,6 @@ class ModelReader:
             return _mapped(fd, offset, nbytes)
         return _read(fd, offset, nbytes)
 
-    def array(self, name: str) -> Any:
-        """One tensor as a flat numpy array of its storage (half precisions as uint16 bits); no torch."""
-        import numpy as np
-
-        from mergeguard.merge.kernels.floats import STORAGE
-
-        return np.frombuffer(self.raw(name), dtype=STORAGE[self.dtype(name)])
-
     def get(self, name: str) -> Any:
         """One tensor as a torch tensor (pickled weights too)."""
         import torch

@@ -47,14 +47,10 @@ def numpy_kernel(
         if dtype and not supported_dtype(dtype):
             return None
     for task in plan.tasks:
-        for ref, name in [*task.inputs, *([task.base] if task.base else [])]:
+        for ref, name in task.sources():
             if not supported_dtype(models[ref].reader.dtype(name)):
                 return None
     return kernel_for(method.name, [task.options for task in plan.tasks])
-
-
-def bases(task: TensorTask) -> list[tuple[str, str]]:
-    return [task.base] if task.base else []
 
 
 def _operand(models: dict[str, SourceModel], ref: str, name: str) -> Operand:
@@ -142,13 +138,10 @@ def stream_numpy(
     Big merges run in WORKERS processes (each job names its files; workers write their output blocks
     straight into the shard files); small ones run here, where a process would cost more than it saves.
     """
-    from mergeguard.merge.engine import Progress, out_dtype, tensor_seed, under_way
+    from mergeguard.merge.engine import Progress, output_layout, tensor_seed, under_way
 
     seed = options.random_seed if options.random_seed is not None else int.from_bytes(os.urandom(4), "little")
-    layout = []
-    for task in plan.tasks:
-        dtype = out_dtype(config, models, task)
-        layout.append((task.name, dtype, task.shape, math.prod(task.shape) * STORAGE[dtype].itemsize))
+    layout = output_layout(config, models, plan)
     writer = ShardWriter(out, layout, parse_size(options.out_shard_size))
     total_bytes = sum(entry[3] for entry in layout)
 
@@ -156,7 +149,7 @@ def stream_numpy(
         return models[ref].reader.dtype(name)
 
     def job_of(task: TensorTask, dtype: str) -> Job:
-        operands = {pair: _operand(models, *pair) for pair in dict.fromkeys([*task.inputs, *bases(task)])}
+        operands = {pair: _operand(models, *pair) for pair in task.sources()}
         shard, offset = writer.target(task.name)
         return Job(
             tensors=[operands[pair] for pair in task.inputs],

@@ -43,6 +43,10 @@ class TensorTask:
     shape: tuple[int, ...]
     layer: int | None = None
 
+    def sources(self) -> list[tuple[str, str]]:
+        """Every distinct input tensor this task reads, the base included (listed or not)."""
+        return list(dict.fromkeys([*self.inputs, *([self.base] if self.base else [])]))
+
 
 @dataclass
 class MergePlan:
