@@ -12,6 +12,7 @@ import hashlib
 import os
 import queue
 import shutil
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -250,7 +251,7 @@ def _stream(
         )
     if kernel is not None:
         return stream_numpy(config, method, kernel, models, plan, out, options)
-    under_way(options)
+    under_way(options, models)
     import torch
 
     threads = torch.get_num_threads()
@@ -264,36 +265,41 @@ def _stream(
         torch.set_num_threads(threads)
 
 
-def under_way(options: MergeOptions) -> None:
-    """The merge has started: run the caller's `on_started` and start the card writer's import."""
+def under_way(options: MergeOptions, models: dict[str, SourceModel]) -> None:
+    """The merge has started: run the caller's `on_started` and start the card writer's imports."""
     if options.on_started is not None:
         options.on_started()
     if options.write_model_card:
-        warm_imports()
+        modules = ["huggingface_hub.repocard_data"]
+        if any((model.path / "README.md").is_file() for model in models.values()):
+            modules.append("huggingface_hub.repocard")  # reads the inputs' cards (`read_model_card`)
+        warm_imports(modules)
 
 
 _warming: list[threading.Thread] = []
 
 
-def warm_imports() -> None:
-    """Start importing huggingface_hub (~1 s) in the background: the model card is written with it at
-    the end. Called once the merge's own work is under way (the import would otherwise hold the GIL
-    that the planning needs); the reads, copies and waits on workers release it."""
-    if not _warming:
-        _warming.append(
-            threading.Thread(target=_import_quietly, args=("huggingface_hub.repocard",), daemon=True)
-        )
-        _warming[0].start()
+def warm_imports(modules: list[str]) -> None:
+    """Start importing the modules that the model card needs in the background: it is written at the
+    end. Called once the merge's own work is under way (the import would otherwise hold the GIL that
+    the planning needs); the reads, copies and waits on workers release it."""
+    if _warming and _warming[0].is_alive():
+        return
+    _warming[:] = [threading.Thread(target=_import_quietly, args=(modules,), daemon=True)]
+    _warming[0].start()
 
 
-def _import_quietly(module: str) -> None:
-    """Import `module` in the background; a failure is left for the real import to report."""
+def _import_quietly(modules: list[str]) -> None:
+    """Import `modules` in the background; a failure is left for the real import to report."""
     import importlib
 
-    try:
-        importlib.import_module(module)
-    except Exception:  # noqa: BLE001 - reported by the foreground import
-        return
+    for module in modules:
+        if module in sys.modules:
+            continue
+        try:
+            importlib.import_module(module)
+        except Exception:  # noqa: BLE001 - reported by the foreground import
+            return
 
 
 def _stream_tensors(

@@ -8,10 +8,12 @@ without being read into the process.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import multiprocessing
 import os
 import sys
+import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -31,6 +33,9 @@ if TYPE_CHECKING:
 WORKERS = 2
 """Worker processes (this machine has two cores). Processes, not threads: the kernels make thousands of
 short numpy calls, and two threads handing the GIL back and forth ran slower than one."""
+QUEUED = 2
+"""Jobs submitted per worker: one running, one waiting, so that a worker never waits on this process
+(which runs the family check and imports the database code once the first jobs are out)."""
 PARALLEL_MIN_ELEMENTS = 1 << 24
 """Below this many computed elements the merge runs in this process (starting workers costs ~0.4 s)."""
 
@@ -94,6 +99,13 @@ def release_workers() -> None:
 
 def _start_workers(count: int) -> ProcessPoolExecutor:
     """`count` fresh worker processes with a single-threaded BLAS each (the processes are the parallelism)."""
+    if _can_fork():
+        pool = ProcessPoolExecutor(
+            count, mp_context=multiprocessing.get_context("fork"), initializer=_worker_init, initargs=(True,)
+        )
+        for _ in range(count):  # forks a process per call, without waiting
+            pool.submit(os.getpid)
+        return pool
     saved = os.environ.get("OPENBLAS_NUM_THREADS")
     os.environ["OPENBLAS_NUM_THREADS"] = "1"  # read when a worker imports numpy
     # A script run as __main__ (the `mergeguard` console script) would be re-run in every worker, which
@@ -115,11 +127,34 @@ def _start_workers(count: int) -> ProcessPoolExecutor:
     return pool
 
 
-def _worker_init() -> None:
+START_METHOD: str | None = None
+"""Force "fork" or "spawn" for the workers (tests); None chooses (`_can_fork`)."""
+
+
+def _can_fork() -> bool:
+    """Fork the workers when this is a one-thread process on Linux and BLAS threads can be limited.
+
+    A forked worker is ready in milliseconds with numpy and the kernels already imported; a spawned
+    one spends ~0.25 s of CPU importing them, on the two cores that the merge itself needs. Forking a
+    process with other threads running can deadlock the child (a lock held at the fork), so then, and
+    off Linux, the workers are spawned.
+    """
+    if START_METHOD is not None:
+        return START_METHOD == "fork"
+    if not sys.platform.startswith("linux") or threading.active_count() > 1:
+        return False
+    return importlib.util.find_spec("threadpoolctl") is not None
+
+
+def _worker_init(forked: bool = False) -> None:
     import signal
 
     from mergeguard.merge.memory import tune_malloc
 
+    if forked:  # numpy's BLAS came with the parent, with its thread count: the processes are the parallelism
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1, user_api="blas")
     tune_malloc()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops the workers
 
@@ -207,8 +242,8 @@ def stream_numpy(
     starting = True
     try:
         for index in order:
-            if starting and (pool is None or len(pending) > workers):  # the workers have their first jobs
-                under_way(options)
+            if starting and (pool is None or len(pending) >= QUEUED * workers):  # the workers are fed
+                under_way(options, models)
                 starting = False
             task = plan.tasks[index]
             name, dtype = layout[index][0], layout[index][1]
@@ -221,17 +256,18 @@ def stream_numpy(
                 writer.mark_written(name, layout[index][3])
                 finished(index)
                 continue
-            while len(pending) > workers:  # one job queued behind the busy workers is enough
+            while len(pending) >= QUEUED * workers:
                 collect()
             pending[pool.submit(run, kernel, job_of(task, dtype))] = index
         if starting:
-            under_way(options)
+            under_way(options, models)
         while pending:
             collect()
     finally:
         if pool is not None:
             for future in pending:
                 future.cancel()
-            pool.shutdown(wait=True, cancel_futures=True)
+            # after a failure, wait: a running job may still be writing into the shards that get removed
+            pool.shutdown(wait=bool(pending), cancel_futures=True)
     writer.finish()
     return writer.bytes_written

@@ -298,10 +298,12 @@ def _guarded_merge(
     preflight(config, out_dir, merge_options)
     if merge_options.backend != "torch":
         prestart_workers(config, merge_options.device)  # they start while the database opens
-    from mergeguard.db import open_db, record_audit, record_merge, set_merge_guard
-
     models = config_models(config)
-    db = open_db(guard.db_path) if not guard.no_audit else None  # else opened while the merge runs
+    db = None
+    if not guard.no_audit:  # else the database code is imported and opened while the merge runs
+        from mergeguard.db import open_db
+
+        db = open_db(guard.db_path)
     timings: dict[str, float] = {}
 
     audit = None
@@ -325,6 +327,8 @@ def _guarded_merge(
             family.raise_if_unrelated()
         checked["family"] = family
         timings["family_check"] = time.perf_counter() - family_started
+        from mergeguard.db import open_db, parents_of, record_merge  # noqa: F401  (what the end needs)
+
         checked["db"] = db or open_db(guard.db_path)
         if callers_hook is not None:
             callers_hook()
@@ -339,6 +343,8 @@ def _guarded_merge(
         merge_options.on_started = callers_hook
     timings["merge"] = result.seconds
     family, db = checked["family"], checked["db"]
+    from mergeguard.db import record_audit, record_merge, set_merge_guard
+
     _register_inputs(db, models)  # after the merge: reading the cards would delay its start
     output = str(result.out_dir)
     record = record_merge(

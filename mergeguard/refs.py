@@ -150,11 +150,11 @@ def _as_list(value: Any) -> list[str]:
 
 def read_model_card(folder: Path) -> ModelCard:
     """Read `README.md` front matter in `folder` (a model card); a missing card is an empty one."""
-    from huggingface_hub.repocard import metadata_load
-
     path = Path(folder) / "README.md"
     if not path.is_file():
         return ModelCard()
+    from huggingface_hub.repocard import metadata_load  # ~0.3 s: only when there is a card to read
+
     try:
         meta = metadata_load(path) or {}
     except Exception as error:  # malformed YAML front matter

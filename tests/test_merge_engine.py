@@ -225,6 +225,11 @@ def test_output_folder_card_template_and_tokenizer(models, tmp_path: Path) -> No
     assert card.base_model == [str(base), str(ft1), str(ft2)]
     assert card.base_model_relation == "merge" and card.tags == ["merge", "mergeguard"]
     assert card.datasets == ["org/alpaca", "org/gsm8k", "org/oasst"]
+    from huggingface_hub import ModelCard
+
+    written = (out / "README.md").read_text(encoding="utf-8")
+    assert ModelCard(written).content == written  # byte for byte what ModelCard.save would write
+    assert ModelCard.load(out / "README.md").data.base_model_relation == "merge"
     assert "<|im_start|>" in json.loads((out / "tokenizer_config.json").read_text())["chat_template"]
     assert (out / "mergekit_config.yml").read_text().strip() == load_config(text).text.strip()
     assert (out / "generation_config.json").is_file()

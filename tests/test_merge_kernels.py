@@ -7,6 +7,7 @@ and whole merges of the tiny fixture models with `backend="numpy"` against `back
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -916,22 +917,30 @@ def _force_workers(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return started
 
 
+@pytest.mark.parametrize("start_method", ["fork", "spawn"])
 def test_engine_worker_processes_give_the_in_process_result(
-    family_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    family_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, start_method: str
 ) -> None:
+    import mergeguard.merge.numpy_stream as numpy_stream
+
     config = load_config(textwrap.dedent(DARE_CONFIG.format(**family_models)))
     opts = {"backend": "numpy", "write_model_card": False, "random_seed": 5, "out_shard_size": "100KB"}
     run_merge(config, tmp_path / "here", MergeOptions(**opts))
     started = _force_workers(monkeypatch)
+    monkeypatch.setattr(numpy_stream, "START_METHOD", start_method)
     run_merge(config, tmp_path / "workers", MergeOptions(**opts))
     assert started, "the merge did not run in worker processes"
     assert _raw(tmp_path / "workers") == _raw(tmp_path / "here")  # same bytes: draws seeded per tensor
 
 
+@pytest.mark.parametrize("start_method", ["fork", "spawn"])
 def test_engine_worker_error_keeps_type_and_hint(
-    family_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    family_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, start_method: str
 ) -> None:
+    import mergeguard.merge.numpy_stream as numpy_stream
+
     started = _force_workers(monkeypatch)
+    monkeypatch.setattr(numpy_stream, "START_METHOD", start_method)
     config = f"""
         models:
           - model: {family_models["ft1"]}
@@ -1022,3 +1031,38 @@ def test_cli_merge_imports_torch_only_without_a_kernel(
         assert not stack, f"torch was imported by a ties merge, first from:\n{stack}"
     else:
         assert "mergeguard" in stack and "import" in stack
+
+
+def test_workers_fork_only_from_a_single_threaded_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Forking while another thread runs can deadlock the child, so then the workers are spawned."""
+    import threading
+
+    import mergeguard.merge.numpy_stream as numpy_stream
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("workers are forked on Linux only")
+    monkeypatch.setattr(numpy_stream, "START_METHOD", None)
+    monkeypatch.setattr(threading, "active_count", lambda: 1)
+    assert numpy_stream._can_fork() == (importlib.util.find_spec("threadpoolctl") is not None)
+    monkeypatch.setattr(threading, "active_count", lambda: 2)
+    assert not numpy_stream._can_fork()
+
+
+def test_forked_workers_use_one_blas_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two workers on two cores: a forked worker must not inherit a multi-threaded BLAS."""
+    pytest.importorskip("threadpoolctl")
+    import mergeguard.merge.numpy_stream as numpy_stream
+
+    monkeypatch.setattr(numpy_stream, "START_METHOD", "fork")
+    pool = numpy_stream._start_workers(1)
+    try:
+        infos = pool.submit(_blas_threads).result(timeout=60)
+    finally:
+        pool.shutdown(wait=True)
+    assert infos and all(threads == 1 for threads in infos)
+
+
+def _blas_threads() -> list[int]:
+    from threadpoolctl import threadpool_info
+
+    return [info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"]

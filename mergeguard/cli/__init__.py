@@ -6,6 +6,7 @@ torch, datasets and lm_eval inside the functions that need them, never at the to
 
 from __future__ import annotations
 
+import gc
 import sys
 
 from mergeguard.cli import (  # noqa: F401  (each module registers its commands on `app`)
@@ -22,13 +23,15 @@ from mergeguard.cli.app import app
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI and return its exit status (the console script calls this)."""
+    """Run the CLI and return its exit status (the console script calls this, with no `argv`)."""
     try:
         app(args=argv if argv is not None else sys.argv[1:], prog_name="mergeguard", standalone_mode=True)
+        code: int = 0
     except SystemExit as exit_:
-        code = exit_.code
-        return code if isinstance(code, int) else (0 if code is None else 1)
-    return 0
+        code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    if argv is None:  # the process ends now: spare its exit a full garbage collection of every module
+        gc.freeze()  # (~0.12 s here with a merge's imports); the objects are freed with the process
+    return code
 
 
 __all__ = ["app", "main"]

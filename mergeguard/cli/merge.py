@@ -163,7 +163,7 @@ def _with_progress(config: Path, out_dir: Path, options: Any, guard: Any, consol
         return guarded_merge(config, out_dir, options, guard)
     from rich.progress import BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-    with Progress(
+    bar = Progress(
         "[progress.description]{task.description}",
         BarColumn(),
         MofNCompleteColumn(),
@@ -171,16 +171,22 @@ def _with_progress(config: Path, out_dir: Path, options: Any, guard: Any, consol
         TimeRemainingColumn(),
         console=console,
         transient=True,
-    ) as bar:
-        task = bar.add_task("merging", total=None)
+    )
+    task = bar.add_task("merging", total=None)
 
-        def update(step: Any) -> None:
-            bar.update(
-                task,
-                total=step.bytes_total,
-                completed=step.bytes_done,
-                description=f"{step.tensors_done}/{step.tensors_total} tensors",
-            )
+    def update(step: Any) -> None:
+        if not bar.live.is_started:  # drawn from the first finished tensor: until then this process
+            bar.start()  # has one thread, so the merge's worker processes can be forked (fast)
+        bar.update(
+            task,
+            total=step.bytes_total,
+            completed=step.bytes_done,
+            description=f"{step.tensors_done}/{step.tensors_total} tensors",
+        )
 
-        options.progress = update
+    options.progress = update
+    try:
         return guarded_merge(config, out_dir, options, guard)
+    finally:
+        if bar.live.is_started:
+            bar.stop()
