@@ -37,11 +37,10 @@ def slerp(job: Job) -> np.ndarray | None:
             hint="list base_model and one other model",
         )
     base, other = job.base, others[0][0]
-    x, y = job.buffer(), job.buffer()
+    pair = job.buffer(rows=2)
     sq_a = sq_b = ab = 0.0
     for start, end in job.blocks():
-        a = job.load(base, start, end, x)
-        b = job.load(other, start, end, y)
+        a, b = job.load_rows([base, other], start, end, pair)
         sq_a += float(np.dot(a, a))
         sq_b += float(np.dot(b, b))
         ab += float(np.dot(a, b))

@@ -79,17 +79,15 @@ def task_vectors(job: Job, method: str, sparsification: str | None, consensus: b
     opts = job.options
     lam = float(opts["lambda"])
     normalize = bool(opts["normalize"])
-    rows = job.buffer(rows=max(1, len(others)))
-    base_block = job.buffer()
+    operands = [base, *(operand for operand, _ in others)]
+    rows = job.buffer(rows=len(operands))
     for start, end in job.blocks():
-        b = job.load(base, start, end, base_block)
-        size = end - start
+        loaded = job.load_rows(operands, start, end, rows)
+        b, deltas = loaded[0], loaded[1:]
         if not others:
             job.store(b, out, start)
             continue
-        deltas = rows[:, :size]
-        for i, (operand, _) in enumerate(others):
-            delta = job.load(operand, start, end, deltas[i])
+        for i, delta in enumerate(deltas):
             np.subtract(delta, b, out=delta)
             _apply(delta, decided[i], start)
         mixed = _combine(deltas, scales, weights, consensus, normalize)
@@ -183,11 +181,11 @@ def _apply(delta: np.ndarray, sparsity: Sparsity, start: int) -> None:
         np.multiply(delta, keep, out=delta)  # the rescale factor goes with the weight (`scales`)
 
 
-def _magnitudes(job: Job, operand: Operand, start: int, end: int, into: np.ndarray, base: np.ndarray) -> None:
-    """|x - base| for one block, into `into` (`base` is scratch for the base's block)."""
-    delta = job.load(operand, start, end, into)
-    np.subtract(delta, job.load(job.base, start, end, base), out=delta)  # type: ignore[arg-type]
-    np.abs(delta, out=delta)
+def _magnitudes(job: Job, operand: Operand, start: int, end: int, pair: np.ndarray) -> np.ndarray:
+    """|x - base| for one block, computed in the two-row buffer `pair`; returns it (a row of `pair`)."""
+    delta, base = job.load_rows([operand, job.base], start, end, pair)  # type: ignore[list-item]
+    np.subtract(delta, base, out=delta)
+    return np.abs(delta, out=delta)
 
 
 def _magnitude_cut(job: Job, operand: Operand, density: float) -> Cut | None:
@@ -213,7 +211,7 @@ def _kth(job: Job, operand: Operand, m: int) -> tuple[float, int, int]:
     inside it, which are few, for an exact `np.partition`.
     """
     n = job.n
-    x, y = job.buffer(), job.buffer()
+    pair = job.buffer(rows=2)
     lo = hi = None
     if n > 4 * _SAMPLE:
         step = n // _SAMPLE
@@ -228,8 +226,7 @@ def _kth(job: Job, operand: Operand, m: int) -> tuple[float, int, int]:
     below = 0
     inside: list[np.ndarray] = []
     for start, end in job.blocks():
-        _magnitudes(job, operand, start, end, x, y)
-        block = x[: end - start]
+        block = _magnitudes(job, operand, start, end, pair)
         if lo is None:
             inside.append(block.copy())
             continue
@@ -246,9 +243,9 @@ def _kth(job: Job, operand: Operand, m: int) -> tuple[float, int, int]:
 
 def _kth_all(job: Job, operand: Operand, m: int) -> tuple[float, int, int]:
     magnitudes = np.empty(job.n, job.work)
-    y = job.buffer()
+    pair = job.buffer(rows=2)
     for start, end in job.blocks():
-        _magnitudes(job, operand, start, end, magnitudes[start:end], y)
+        magnitudes[start:end] = _magnitudes(job, operand, start, end, pair)
     value = np.partition(magnitudes, m - 1)[m - 1]
     return (
         float(value),
@@ -264,7 +261,7 @@ def _dare(job: Job, operand: Operand, density: float, rescale: bool) -> Sparsity
     bits = np.zeros((job.n + 7) // 8, np.uint8)
     if density <= 0:
         return Sparsity(keep_bits=bits)
-    x, y = job.buffer(), job.buffer()
+    pair = job.buffer(rows=2)
     draws = np.empty(min(job.n, BLOCK), np.float32)
     keep = np.empty(min(job.n, BLOCK), bool)
     kept = job.buffer()
@@ -275,8 +272,7 @@ def _dare(job: Job, operand: Operand, density: float, rescale: bool) -> Sparsity
         np.less(r, density, out=keep[:size])
         bits[start // 8 : (end + 7) // 8] = np.packbits(keep[:size])
         if rescale:
-            _magnitudes(job, operand, start, end, x, y)
-            block = x[:size]
+            block = _magnitudes(job, operand, start, end, pair)
             before += float(np.add.reduce(block))
             np.copyto(kept[:size], keep[:size])
             after += float(np.dot(block, kept[:size]))  # masked sums are slow in numpy; this is BLAS
