@@ -136,14 +136,25 @@ def _can_fork() -> bool:
 
     A forked worker is ready in milliseconds with numpy and the kernels already imported; a spawned
     one spends ~0.25 s of CPU importing them, on the two cores that the merge itself needs. Forking a
-    process with other threads running can deadlock the child (a lock held at the fork), so then, and
-    off Linux, the workers are spawned.
+    process with other threads running (Python's, or native ones such as a BLAS or OpenMP pool) can
+    deadlock the child on a lock held at the fork, so then, and off Linux, the workers are spawned.
     """
     if START_METHOD is not None:
         return START_METHOD == "fork"
-    if not sys.platform.startswith("linux") or threading.active_count() > 1:
+    if not sys.platform.startswith("linux") or max(threading.active_count(), _os_threads()) > 1:
         return False
     return importlib.util.find_spec("threadpoolctl") is not None
+
+
+def _os_threads() -> int:
+    """This process's threads as the kernel counts them (native ones included)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Threads:"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 2  # unknown: assume threads, and spawn
 
 
 def _worker_init(forked: bool = False) -> None:

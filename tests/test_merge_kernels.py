@@ -1043,9 +1043,31 @@ def test_workers_fork_only_from_a_single_threaded_process(monkeypatch: pytest.Mo
         pytest.skip("workers are forked on Linux only")
     monkeypatch.setattr(numpy_stream, "START_METHOD", None)
     monkeypatch.setattr(threading, "active_count", lambda: 1)
+    monkeypatch.setattr(numpy_stream, "_os_threads", lambda: 1)
     assert numpy_stream._can_fork() == (importlib.util.find_spec("threadpoolctl") is not None)
     monkeypatch.setattr(threading, "active_count", lambda: 2)
     assert not numpy_stream._can_fork()
+    monkeypatch.setattr(threading, "active_count", lambda: 1)
+    monkeypatch.setattr(numpy_stream, "_os_threads", lambda: 3)  # e.g. a BLAS or OpenMP thread pool
+    assert not numpy_stream._can_fork()
+
+
+def test_os_thread_count_sees_native_and_python_threads() -> None:
+    import threading
+
+    import mergeguard.merge.numpy_stream as numpy_stream
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("reads /proc")
+    before = numpy_stream._os_threads()
+    stop = threading.Event()
+    thread = threading.Thread(target=stop.wait)
+    thread.start()
+    try:
+        assert numpy_stream._os_threads() == before + 1
+    finally:
+        stop.set()
+        thread.join()
 
 
 def test_forked_workers_use_one_blas_thread(monkeypatch: pytest.MonkeyPatch) -> None:
