@@ -1088,3 +1088,74 @@ def _blas_threads() -> list[int]:
     from threadpoolctl import threadpool_info
 
     return [info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"]
+
+
+_INTERRUPTED_MERGE = r"""
+import sys
+import mergeguard.merge.numpy_stream as numpy_stream
+import mg_slow_kernel
+numpy_stream.PARALLEL_MIN_ELEMENTS = 0
+numpy_stream.START_METHOD = sys.argv[1]
+numpy_stream.kernel_for = lambda method, options: mg_slow_kernel.slow
+from mergeguard.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("start_method", ["fork", "spawn"])
+def test_ctrl_c_during_a_merge_stops_the_workers_and_leaves_nothing(
+    family_models: dict[str, Path], tmp_path: Path, start_method: str
+) -> None:
+    """Ctrl-C reaches the whole process group: the merge stops, its workers end, no folder is left."""
+    import os
+    import signal
+    import time
+
+    started = tmp_path / "started"
+    started.mkdir()
+    if not sys.platform.startswith("linux"):
+        pytest.skip("reads /proc to find the workers")
+    (tmp_path / "mg_slow_kernel.py").write_text(
+        "import os, pathlib, time\n\n"
+        "def slow(job):\n"
+        f"    (pathlib.Path({str(started)!r}) / str(os.getpid())).touch()\n"
+        "    time.sleep(2)\n"
+    )
+    config = tmp_path / "merge.yml"
+    config.write_text(textwrap.dedent(DARE_CONFIG.format(**family_models)))
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    command = [sys.executable, "-c", _INTERRUPTED_MERGE, start_method, "merge", str(config), str(out)]
+    process = subprocess.Popen(
+        [*command, "--no-audit", "--quiet", "--db", str(tmp_path / "db.sqlite")],
+        env=env,
+        start_new_session=True,  # its own process group, as a terminal's foreground job is
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 60
+    while not any(started.iterdir()) and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    workers = [int(p.name) for p in started.iterdir()]
+    assert workers, process.communicate()[1].decode()[-2000:]
+    os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C does
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode != 0, stderr.decode()[-2000:]
+    assert "Traceback" not in stderr.decode()
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if "mergeguard-tmp" in p.name] == []
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(pid) for pid in workers), "a worker process outlived the interrupted merge"
+
+
+def _alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie, or a reused pid of another program, counts as ended)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "State:\tZ" not in status and "python" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(
+        errors="replace"
+    )
