@@ -12,10 +12,13 @@ import importlib.util
 import math
 import multiprocessing
 import os
+import signal
 import sys
 import threading
+from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -98,7 +101,30 @@ def release_workers() -> None:
 
 
 def _start_workers(count: int) -> ProcessPoolExecutor:
-    """`count` fresh worker processes with a single-threaded BLAS each (the processes are the parallelism)."""
+    """`count` fresh worker processes with a single-threaded BLAS each (the processes are the parallelism).
+
+    They start with Ctrl-C ignored: it reaches the whole process group, and the parent handles it (it
+    stops the workers). Ignored from their first instruction, not from their initializer on, so that
+    Ctrl-C while a spawned worker still imports numpy prints no traceback from it.
+    """
+    with _sigint_ignored():
+        return _new_pool(count)
+
+
+@contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """SIGINT ignored in this process while it starts children (they inherit the disposition)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set handlers; the initializer still ignores it
+        return
+    saved = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, saved)
+
+
+def _new_pool(count: int) -> ProcessPoolExecutor:
     if _can_fork():
         pool = ProcessPoolExecutor(
             count, mp_context=multiprocessing.get_context("fork"), initializer=_worker_init, initargs=(True,)
@@ -158,8 +184,6 @@ def _os_threads() -> int:
 
 
 def _worker_init(forked: bool = False) -> None:
-    import signal
-
     from mergeguard.merge.memory import tune_malloc
 
     if forked:  # numpy's BLAS came with the parent, with its thread count: the processes are the parallelism

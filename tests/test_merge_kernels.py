@@ -1159,3 +1159,33 @@ def _alive(pid: int) -> bool:
     return "State:\tZ" not in status and "python" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(
         errors="replace"
     )
+
+
+_EARLY_CTRL_C = r"""
+import os, signal, sys
+import mergeguard.merge.numpy_stream as numpy_stream
+numpy_stream.START_METHOD = sys.argv[1]
+interrupted = []
+signal.signal(signal.SIGINT, lambda *_: interrupted.append(1))
+pool = numpy_stream._start_workers(2)
+os.killpg(0, signal.SIGINT)  # while the workers are still starting (a spawned one imports numpy)
+pids = {pool.submit(os.getpid).result(timeout=60) for _ in range(8)}
+pool.shutdown(wait=True)
+assert interrupted and pids, (interrupted, pids)
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("start_method", ["fork", "spawn"])
+def test_workers_ignore_ctrl_c_from_their_start(start_method: str) -> None:
+    if not sys.platform.startswith("linux"):
+        pytest.skip("process groups")
+    result = subprocess.run(
+        [sys.executable, "-c", _EARLY_CTRL_C, start_method],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        start_new_session=True,
+    )
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and "KeyboardInterrupt" not in result.stderr
