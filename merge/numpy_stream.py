@@ -40,7 +40,8 @@ QUEUED = 2
 """Jobs submitted per worker: one running, one waiting, so that a worker never waits on this process
 (which runs the family check and imports the database code once the first jobs are out)."""
 PARALLEL_MIN_ELEMENTS = 1 << 24
-"""Below this many computed elements the merge runs in this process (starting workers costs ~0.4 s)."""
+"""Below this many computed elements the merge runs in this process (spawned workers cost ~0.4 s to start,
+forked ones a few ms, and every job a round trip)."""
 
 
 def numpy_kernel(
@@ -73,8 +74,9 @@ PRESTART_METHODS = ("linear", "task_arithmetic", "ties", "dare_ties", "dare_line
 
 
 def prestart_workers(config: MergeConfig, device: str = "cpu") -> None:
-    """Start the worker processes now if this merge will likely want them, so that their start (numpy's
-    import, ~0.35 s each) overlaps the reading of configs and headers. `release_workers` undoes it."""
+    """Start the worker processes now if this merge will likely want them, so that their start (for a
+    spawned worker, numpy's import: ~0.35 s each) overlaps the reading of headers and the planning.
+    `release_workers` undoes it."""
     if _prestarted or device != "cpu" or (os.cpu_count() or 1) < 2:
         return
     if config.merge_method not in PRESTART_METHODS:
