@@ -203,7 +203,7 @@ class Job:
             return rows[:count, :size]
         raw = self._raw_rows(count)
         for operand, stored in zip(operands, raw, strict=False):
-            pread_into(self.files.open(operand.path), stored.view(np.uint8), operand.offset + start * 2)
+            operand.read(start, end, stored.view(np.uint8), self.files)
         widen(raw[:count].reshape(-1), dtype, rows[:count].reshape(-1), self.scratch)
         return rows[:count]
 

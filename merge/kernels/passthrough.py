@@ -8,17 +8,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from mergeguard.errors import ConfigError
+from mergeguard.merge.methods.passthrough import require_one_source
 
 from . import Job
 
 
 def passthrough(job: Job) -> np.ndarray:
-    if len(job.tensors) != 1:
-        raise ConfigError(
-            f"passthrough takes exactly one model per slice source, got {len(job.tensors)}",
-            hint="give each slice a single source",
-        )
+    require_one_source(len(job.tensors))
     scale = job.params[0].get("scale") if job.params else None
     out = job.output()
     buffer = job.buffer()

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from mergeguard.errors import ConfigError
+from mergeguard.merge.methods.sparsify import trim_size
 
 from . import BLOCK, Job, Kernel, Operand, mix
 
@@ -191,10 +192,8 @@ def _magnitudes(job: Job, operand: Operand, start: int, end: int, pair: np.ndarr
 def _magnitude_cut(job: Job, operand: Operand, density: float) -> Cut | None:
     """The TIES trim: keep the k = max(1, int(density * n)) largest |delta| (None keeps everything)."""
     n = job.n
-    if density >= 1 or n == 0:
-        return None
-    k = max(1, int(density * n)) if density > 0 else 0
-    if k >= n:
+    k = trim_size(n, density)
+    if k is None:
         return None
     if k == 0:
         return Cut(float("inf"), 0)

@@ -12,12 +12,17 @@ if TYPE_CHECKING:
     import torch
 
 
-def passthrough(inputs: MergeInputs) -> torch.Tensor:
-    if len(inputs.tensors) != 1:
+def require_one_source(count: int) -> None:
+    """Passthrough copies one tensor: each slice source names a single model (this method and the kernel)."""
+    if count != 1:
         raise ConfigError(
-            f"passthrough takes exactly one model per slice source, got {len(inputs.tensors)}",
+            f"passthrough takes exactly one model per slice source, got {count}",
             hint="give each slice a single source",
         )
+
+
+def passthrough(inputs: MergeInputs) -> torch.Tensor:
+    require_one_source(len(inputs.tensors))
     scale = inputs.params[0].get("scale") if inputs.params else None
     tensor = inputs.tensors[0]
     return tensor if scale is None else tensor * float(scale)

@@ -86,6 +86,15 @@ class Cut:
     ties: int
 
 
+def trim_size(n: int, density: float) -> int | None:
+    """How many of `n` entries the TIES trim keeps, k = max(1, int(density * n)) as in mergekit (0 when
+    density <= 0); None when it keeps them all. One rule for the torch method and the numpy kernel."""
+    if density >= 1 or n == 0:
+        return None
+    k = max(1, int(density * n)) if density > 0 else 0
+    return None if k >= n else k
+
+
 def magnitude_cut(delta: torch.Tensor, density: float) -> Cut | None:
     """`magnitude_` (without rescale) for a big tensor, as a rule; None keeps everything.
 
@@ -95,10 +104,8 @@ def magnitude_cut(delta: torch.Tensor, density: float) -> Cut | None:
     import torch
 
     n = delta.numel()
-    if density >= 1 or n == 0:
-        return None
-    k = max(1, int(density * n)) if density > 0 else 0
-    if k >= n:
+    k = trim_size(n, density)
+    if k is None:
         return None
     if k == 0:
         return Cut(torch.tensor(float("inf"), dtype=delta.dtype, device=delta.device), 0)
