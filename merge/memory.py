@@ -1,6 +1,16 @@
-"""glibc malloc settings for merges: big freed blocks go back to the system, block-sized ones stay."""
+"""Process settings of a merge through libc: glibc malloc tuned so that big freed blocks go back to the
+system while block-sized ones stay, and worker processes that die with their parent."""
 
 from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+import threading
+import time
+
+PR_SET_PDEATHSIG = 1
 
 
 def tune_malloc() -> None:
@@ -9,9 +19,6 @@ def tune_malloc() -> None:
     Without this, freed multi-megabyte tensors stay in malloc's heaps and the peak RSS of a merge grows
     by a few hundred MB (measured: ties on 350M-parameter models, 985 MB -> 807 MB).
     """
-    import ctypes
-    import sys
-
     if not sys.platform.startswith("linux"):
         return
     try:
@@ -23,3 +30,25 @@ def tune_malloc() -> None:
         libc.mallopt(-1, 64 << 20)
     except (OSError, AttributeError):  # not glibc: nothing to tune
         return
+
+
+def die_with_parent(parent: int) -> None:
+    """End this (worker) process when `parent` ends, even by kill -9, which runs no cleanup in the parent:
+    an orphaned worker would otherwise wait for work forever. On Linux the kernel sends SIGKILL
+    (prctl PR_SET_PDEATHSIG); elsewhere a daemon thread watches the parent id. Call it in the child."""
+    guarded = False
+    if sys.platform.startswith("linux"):
+        try:
+            guarded = ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+        except (OSError, AttributeError):
+            guarded = False
+    if os.getppid() != parent:  # the parent ended before the guard was in place
+        os._exit(1)
+    if not guarded:
+        threading.Thread(target=_watch_parent, args=(parent,), name="mergeguard-parent", daemon=True).start()
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)

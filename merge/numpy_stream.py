@@ -87,7 +87,8 @@ def prestart_workers(config: MergeConfig, device: str = "cpu") -> None:
     for ref in config_models(config):
         folder = Path(ref.split("+", 1)[0]).expanduser()
         if folder.is_dir():
-            biggest = max(biggest, sum(f.stat().st_size for f in folder.glob("*.safetensors")))
+            files = [f for f in folder.glob("*.safetensors") if os.path.isfile(f)]  # no loop, no FIFO
+            biggest = max(biggest, sum(f.stat().st_size for f in files))
     if biggest >= 2 * PARALLEL_MIN_ELEMENTS:  # two bytes an element at least
         _prestarted.append(_start_workers(min(WORKERS, os.cpu_count() or 1)))
 
@@ -102,34 +103,50 @@ def release_workers() -> None:
         _prestarted.pop().shutdown(wait=False, cancel_futures=True)
 
 
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+"""The parent's to handle (Ctrl-C reaches the whole process group, and so may a service manager's SIGTERM):
+the workers ignore them, and the parent stops them. A worker dies with its parent (`die_with_parent`)."""
+
+
 def _start_workers(count: int) -> ProcessPoolExecutor:
     """`count` fresh worker processes with a single-threaded BLAS each (the processes are the parallelism).
 
-    They start with Ctrl-C ignored: it reaches the whole process group, and the parent handles it (it
-    stops the workers). Ignored from their first instruction, not from their initializer on, so that
-    Ctrl-C while a spawned worker still imports numpy prints no traceback from it.
+    They start with Ctrl-C and SIGTERM ignored (`STOP_SIGNALS`), from their first instruction, not from
+    their initializer on, so that Ctrl-C while a spawned worker still imports numpy prints no traceback
+    from it.
     """
-    with _sigint_ignored():
+    with _stop_signals_held():
         return _new_pool(count)
 
 
 @contextmanager
-def _sigint_ignored() -> Iterator[None]:
-    """SIGINT ignored in this process while it starts children (they inherit the disposition)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # only the main thread may set handlers; the initializer still ignores it
-        return
-    saved = signal.signal(signal.SIGINT, signal.SIG_IGN)
+def _stop_signals_held() -> Iterator[None]:
+    """`STOP_SIGNALS` ignored and blocked in this thread while it starts children, which inherit both (a
+    spawned child keeps only the ignoring: multiprocessing unblocks them when it starts its resource
+    tracker). Blocked, a signal that arrives meanwhile stays pending here and is handled once the
+    handlers are back, instead of being lost."""
+    mask = (
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS) if hasattr(signal, "pthread_sigmask") else None
+    )
+    saved: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():  # only the main thread may set handlers
+        saved = {number: signal.signal(number, signal.SIG_IGN) for number in STOP_SIGNALS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, saved)
+        for number, handler in saved.items():
+            signal.signal(number, signal.SIG_DFL if handler is None else handler)
+        if mask is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 def _new_pool(count: int) -> ProcessPoolExecutor:
     if _can_fork():
         pool = ProcessPoolExecutor(
-            count, mp_context=multiprocessing.get_context("fork"), initializer=_worker_init, initargs=(True,)
+            count,
+            mp_context=multiprocessing.get_context("fork"),
+            initializer=_worker_init,
+            initargs=(True, os.getpid()),
         )
         for _ in range(count):  # forks a process per call, without waiting
             pool.submit(os.getpid)
@@ -142,7 +159,9 @@ def _new_pool(count: int) -> ProcessPoolExecutor:
     script = main.__dict__.pop("__file__", None) if getattr(main, "__spec__", None) is None else None
     try:
         context = multiprocessing.get_context("spawn")
-        pool = ProcessPoolExecutor(count, mp_context=context, initializer=_worker_init)
+        pool = ProcessPoolExecutor(
+            count, mp_context=context, initializer=_worker_init, initargs=(False, os.getpid())
+        )
         for _ in range(count):  # spawns a process per call, with this environment, without waiting
             pool.submit(os.getpid)
     finally:
@@ -185,15 +204,20 @@ def _os_threads() -> int:
     return 2  # unknown: assume threads, and spawn
 
 
-def _worker_init(forked: bool = False) -> None:
-    from mergeguard.merge.memory import tune_malloc
+def _worker_init(forked: bool = False, parent: int | None = None) -> None:
+    from mergeguard.merge.memory import die_with_parent, tune_malloc
 
+    if parent is not None:
+        die_with_parent(parent)  # first: a worker must never outlive a parent killed with kill -9
     if forked:  # numpy's BLAS came with the parent, with its thread count: the processes are the parallelism
         from threadpoolctl import threadpool_limits
 
         threadpool_limits(1, user_api="blas")
     tune_malloc()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops the workers
+    for number in STOP_SIGNALS:  # the parent's to handle: it stops the workers
+        signal.signal(number, signal.SIG_IGN)  # (a signal held back since the start is dropped)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
 def stream_numpy(

@@ -1,15 +1,22 @@
 """Everything in the output folder besides the weights: config.json, generation config, tokenizer files,
-chat template, the config as given (`mergekit_config.yml`) and the model card.
+chat template, the config as given (`mergekit_config.yml`), the model card and mergeguard's marker file;
+and the rules that keep an output folder from harming anything else (inputs, the working folder, a folder
+that is not an earlier merge) and clean up what dead runs left beside it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import re
 import shutil
+import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from mergeguard.errors import ConfigError
+from mergeguard.errors import ConfigError, MergeguardError
 from mergeguard.merge.arch import LAYER_COUNT_KEYS
 from mergeguard.merge.config import MergeConfig, config_models
 from mergeguard.merge.plan import MergePlan, SourceModel
@@ -136,6 +143,7 @@ def finish_folder(
             extra_datasets=getattr(options, "card_datasets", []),
             section=getattr(options, "card_section", ""),
         )
+    write_marker(folder, config)
 
 
 def write_chat_template(folder: Path, template: str) -> None:
@@ -197,3 +205,157 @@ def write_model_card(
     )
     with open(folder / "README.md", "w", newline="", encoding="utf-8") as card:
         card.write(f"---\n{data.to_yaml()}\n---\n\n{body}")
+
+
+MARKER = ".mergeguard-output"
+"""The file mergeguard writes into every output folder: `--force` replaces a folder only when it has one."""
+TEMP = re.compile(r"^\..+\.mergeguard-(?:tmp|lora|old)-(\d+)$")
+"""The folders a run keeps beside OUT while it works (`temp_path`); the number is the run's process id."""
+
+
+def temp_path(out_dir: Path, kind: str) -> Path:
+    """`.OUT.mergeguard-KIND-PID` beside `out_dir`: this run's work folder of one kind (tmp, lora, old)."""
+    return out_dir.parent / f".{out_dir.name}.mergeguard-{kind}-{os.getpid()}"
+
+
+def write_marker(folder: Path, config: MergeConfig) -> None:
+    """Mark `folder` as a mergeguard output, so that a later `--force` may replace it (and nothing else)."""
+    from mergeguard import __version__
+
+    data = {
+        "tool": "mergeguard",
+        "version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "config_sha256": hashlib.sha256(config.text.encode("utf-8")).hexdigest(),
+    }
+    (folder / MARKER).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
+def is_mergeguard_output(folder: Path) -> bool:
+    """True when `folder` holds mergeguard's marker (a small JSON file naming the tool)."""
+    marker = folder / MARKER
+    try:
+        if not marker.is_file() or marker.stat().st_size > 65536:
+            return False
+        data = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("tool") == "mergeguard"
+
+
+def local_inputs(config: MergeConfig) -> list[Path]:
+    """The config's model and adapter references that are existing local paths (no hub lookup)."""
+    from mergeguard.refs import parse_model_ref
+
+    paths: list[Path] = []
+    for ref in config_models(config):
+        try:
+            parsed = parse_model_ref(ref)
+        except MergeguardError:
+            continue  # reported with its own message when the models are opened
+        for name in (parsed.name, parsed.lora):
+            if name and Path(name).expanduser().exists():
+                paths.append(Path(name).expanduser())
+    return paths
+
+
+def refuse_overlap(out_dir: Path, inputs: Iterable[Path]) -> None:
+    """Refuse an OUT that is, holds or lies inside an input (paths resolved, symbolic links followed), or
+    that is the working folder or one above it: replacing or writing into it would harm what it holds."""
+    target = out_dir.resolve()
+    for folder in inputs:
+        source = folder.resolve()
+        if target == source:
+            problem = f"is the input model {folder}"
+        elif source.is_relative_to(target):
+            problem = f"holds the input model {folder}"
+        elif target.is_relative_to(source):
+            problem = f"lies inside the input model {folder}"
+        else:
+            continue
+        raise ConfigError(
+            f"output folder {out_dir} {problem}", hint="choose an output folder outside the inputs"
+        )
+    try:
+        cwd = Path.cwd().resolve()
+    except OSError:  # the working folder was deleted: nothing there to protect
+        return
+    if cwd.is_relative_to(target):
+        raise ConfigError(
+            f"output folder {out_dir} is the working folder or holds it",
+            hint="choose a new folder for the merged model",
+        )
+
+
+def check_out_dir(out_dir: Path, inputs: Iterable[Path], force: bool) -> None:
+    """Refuse an OUT that may not be written: one that overlaps an input or the working folder, a file,
+    or an existing folder that `--force` may not replace (only an empty folder or an earlier merge, which
+    carries `MARKER`). Nothing is written or deleted before this passes."""
+    refuse_overlap(out_dir, inputs)
+    if out_dir.is_symlink() and not out_dir.exists():
+        raise ConfigError(
+            f"output path {out_dir} is a broken symbolic link", hint="remove it or choose a new folder"
+        )
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise ConfigError(f"output path {out_dir} is a file", hint="choose a folder path")
+    if not is_mergeguard_output(out_dir) and any(out_dir.iterdir()):
+        raise ConfigError(
+            f"output folder {out_dir} already exists and is not a mergeguard output (no {MARKER} file)",
+            hint="choose a new folder (--force replaces only an earlier mergeguard merge)",
+        )
+    if not force:
+        raise ConfigError(
+            f"output folder {out_dir} already exists",
+            hint="choose a new folder or pass --force to replace it",
+        )
+
+
+def replace_folder(new: Path, out_dir: Path) -> None:
+    """Move the finished `new` folder to `out_dir`, replacing an earlier output (checked by the caller)."""
+    if not (out_dir.exists() or out_dir.is_symlink()):
+        new.rename(out_dir)
+        return
+    old = temp_path(out_dir, "old")
+    out_dir.rename(old)
+    new.rename(out_dir)
+    discard(old)
+
+
+def discard(path: Path) -> None:
+    """Remove a folder of this run's (a symbolic link is unlinked, never followed)."""
+    if path.is_symlink():
+        path.unlink()
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def remove_stale_temps(parent: Path) -> list[Path]:
+    """Remove the work folders (`.NAME.mergeguard-tmp-PID` and the like) that runs which died without
+    cleaning up (kill -9, a power cut) left in `parent`; a folder whose process is alive is kept."""
+    removed: list[Path] = []
+    try:
+        entries = list(parent.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        found = TEMP.match(entry.name)
+        if found is None or _alive(int(found.group(1))) or entry.is_symlink() or not entry.is_dir():
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        removed.append(entry)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    """True while a process `pid` exists on this machine (another user's counts: it may be a live run)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import os
+import signal
 import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +19,52 @@ from mergeguard.cli.app import app, error_console
 from mergeguard.cli.check import check_merge
 from mergeguard.errors import UsageError
 
+TERMINATED_EXIT = 143
+"""Exit status after SIGTERM (128 + 15, what a shell reports for a process it ended); Ctrl-C gives 130."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C's KeyboardInterrupt, so that the same cleanup runs:
+    workers stopped, the temporary folder removed, no OUT_DIR."""
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM into `Terminated` while the command runs (a second SIGTERM ends the process at once)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set handlers
+        return
+
+    def stop(number: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise Terminated
+
+    saved = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, saved)
+
+
+def _stops_on_sigterm(command: Callable[..., None]) -> Callable[..., None]:
+    """Run `command` with SIGTERM handled like Ctrl-C; it exits with `TERMINATED_EXIT`."""
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> None:
+        try:
+            with _sigterm_as_interrupt():
+                command(*args, **kwargs)
+        except Terminated:
+            error_console().print(
+                "[bold red]error:[/] stopped by SIGTERM; run the command again", markup=True
+            )
+            raise typer.Exit(TERMINATED_EXIT) from None
+
+    return run
+
 
 @app.command("merge")
+@_stops_on_sigterm
 def merge_command(
     config: Path = typer.Argument(..., help="A mergekit YAML config."),
     out_dir: Path = typer.Argument(..., help="Folder to write the merged model into (must not exist)."),
@@ -45,7 +94,9 @@ def merge_command(
         False, "--allow-pickle", help="Read pickled .bin weights (trusted only)."
     ),
     strict: bool = typer.Option(False, "--strict", help="Turn config warnings into errors."),
-    force: bool = typer.Option(False, "--force", help="Replace OUT_DIR if it exists."),
+    force: bool = typer.Option(
+        False, "--force", help="Replace OUT_DIR if it is an earlier mergeguard merge (never anything else)."
+    ),
     quiet: bool = typer.Option(False, "--quiet/--no-quiet", "-q", help="No progress bar."),
     allow_unrelated: bool = typer.Option(
         False, "--allow-unrelated", help="Merge inputs that fail the family check."
@@ -64,15 +115,17 @@ def merge_command(
     threshold_rate: float = audit_cli.THRESHOLD_RATE,
     allow_verbatim: bool = audit_cli.ALLOW_VERBATIM,
     cache_dir: Path | None = audit_cli.CACHE_DIR,
+    skip_bad_rows: bool = audit_cli.SKIP_BAD_ROWS,
     db: Path | None = typer.Option(None, "--db", help="Database file (else $MERGEGUARD_DB)."),
 ) -> None:
     """Merge models from a mergekit YAML config into OUT_DIR, after auditing every input (and the base).
 
-    Refused (exit 1, nothing written) when an input is contaminated, unless --allow-contaminated.
+    Refused (exit 1, nothing written) when an input is contaminated, unless --allow-contaminated; refused
+    (exit 2) when an input's declared data cannot be read completely, unless --skip-bad-rows.
     """
     if "numpy" not in sys.modules:  # numpy's BLAS threads would spin on the cores that the merge's
         os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # workers need (~0.3 s of CPU a merge)
-    from mergeguard.guardrails import ContaminatedInputsError, GuardOptions
+    from mergeguard.guardrails import ContaminatedInputsError, GuardOptions, UnreadableInputsError
     from mergeguard.merge import MergeOptions, load_config
 
     merge_config = load_config(config, strict=strict)
@@ -88,6 +141,7 @@ def merge_command(
         allow_verbatim=allow_verbatim,
         cache_dir=cache_dir,
         progress=not quiet,
+        skip_bad_rows=skip_bad_rows,
     )
     if plain:
         raise UsageError(f"--dataset {plain[0]} needs a model", hint="write --dataset MODEL=REF")
@@ -114,7 +168,7 @@ def merge_command(
     )
     try:
         guarded = _with_progress(config, out_dir, options, guard)
-    except ContaminatedInputsError as error:
+    except (ContaminatedInputsError, UnreadableInputsError) as error:
         _show_audit(error.audit.report)
         raise
     result = guarded.result
