@@ -6,24 +6,30 @@ ancestor they came through. Nothing here prints except an optional progress bar 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mergeguard.auditor.datasets import dataset_texts
+from mergeguard.auditor.datasets import ReadLog, dataset_texts
 from mergeguard.auditor.detect import Match, scan_examples
 from mergeguard.auditor.index import BenchmarkIndex, build_index
 from mergeguard.auditor.lineage import config_inputs, resolve_lineage
 from mergeguard.auditor.options import AuditOptions
 from mergeguard.auditor.report import (
     CLEAN,
+    COMPLETE,
     CONTAMINATED,
+    INCOMPLETE,
+    SKIPPED,
     UNDECLARED,
+    UNREADABLE,
     AuditReport,
     Finding,
     ModelVerdict,
     benchmark_rates,
 )
-from mergeguard.errors import BenchmarkError, MergeguardError
+from mergeguard.errors import BenchmarkError, DatasetError, MergeguardError
 from mergeguard.progress import progress_bar
 
 EVIDENCE_CHARS = 600
@@ -54,17 +60,78 @@ def load_benchmark_index(options: AuditOptions, bar: Any = None) -> tuple[Benchm
     return index, problems
 
 
-def _scan(ref: str, index: BenchmarkIndex, options: AuditOptions, bar: Any) -> list[Match]:
+@dataclass
+class Scanned:
+    """One dataset's scan: its matches and how much of it was read (the verdict fails closed on the rest)."""
+
+    ref: str
+    log: ReadLog
+    matches: list[Match] = field(default_factory=list)
+    examples: int = 0  # rows read
+    texts: int = 0  # rows that hold text
+    error: str | None = None  # what stopped the read
+
+    @property
+    def status(self) -> str:
+        if not self.texts:
+            return UNREADABLE  # nothing read, or nothing with text: not clean
+        if self.error is not None:
+            return INCOMPLETE
+        return SKIPPED if self.log.skipped else COMPLETE
+
+    def entry(self) -> dict[str, Any]:
+        """What the report says about the read, beside the dataset's ref."""
+        reasons = [*self.log.reasons, *([self.error] if self.error else [])]
+        return {
+            "status": self.status,
+            "examples": self.examples,
+            "files": self.log.files,  # data files read (0 for a hub id or a save_to_disk folder)
+            "skipped": self.log.skipped,
+            "reasons": reasons,
+        }
+
+
+def _texts(scanned: Scanned, options: AuditOptions) -> Iterator[str]:
+    """The dataset's texts for the scanner. A read error ends the stream (recorded, not raised) so that
+    the part read is still scanned; an over-long text is a bad row (yielded empty: numbering holds)."""
+    try:
+        for text in dataset_texts(
+            scanned.ref, options.text_field, log=scanned.log, only_text_field=options.only_text_field
+        ):
+            scanned.examples += 1
+            if len(text) > options.max_line:
+                scanned.log.bad(
+                    DatasetError(
+                        f"dataset {scanned.ref} example {scanned.examples} holds {len(text)} characters "
+                        f"(more than {options.max_line})",
+                        hint="split it, or pass --skip-bad-rows to skip it",
+                    )
+                )
+                text = ""
+            if text and not text.isspace():
+                scanned.texts += 1
+            yield text
+    except DatasetError as error:
+        scanned.error = str(error)
+        return
+    except RecursionError:  # a row nested deeper than Python recurses
+        scanned.error = f"dataset {scanned.ref} example {scanned.examples + 1} is nested too deeply"
+        return
+    if not scanned.texts and not scanned.log.skipped:
+        scanned.error = f"dataset {scanned.ref} holds no text ({scanned.examples} rows, none with a string)"
+
+
+def _scan(ref: str, index: BenchmarkIndex, options: AuditOptions, bar: Any) -> Scanned:
     task = bar.add_task(f"hashing {ref}", total=None) if bar else None
 
     def advance(n: int) -> None:
         if bar is not None:
             bar.advance(task, n)
 
-    result = scan_examples(
-        dataset_texts(ref, options.text_field), index, containment=options.containment, progress=advance
-    )
-    return result.matches
+    scanned = Scanned(ref, ReadLog(ref, skip_bad_rows=options.skip_bad_rows, max_line=options.max_line))
+    result = scan_examples(_texts(scanned, options), index, containment=options.containment, progress=advance)
+    scanned.matches = result.matches
+    return scanned
 
 
 def _findings(
@@ -115,8 +182,21 @@ def _overall_rates(findings: list[Finding], index: BenchmarkIndex, options: Audi
     }
 
 
-def _verdict(rates: list[Any]) -> str:
-    return CONTAMINATED if any(r.verdict == CONTAMINATED for r in rates) else CLEAN
+def _verdict(rates: list[Any], scans: list[Scanned]) -> str:
+    """Contaminated wins (what was read holds test items); then any dataset not read completely fails
+    closed (unreadable, then incomplete); else clean. Skipped bad rows (on request) do not count."""
+    if any(r.verdict == CONTAMINATED for r in rates):
+        return CONTAMINATED
+    statuses = {scan.status for scan in scans}
+    return UNREADABLE if UNREADABLE in statuses else INCOMPLETE if INCOMPLETE in statuses else CLEAN
+
+
+def _problem(scan: Scanned, declared_by: str | None) -> str | None:
+    """The report's line for a dataset not read completely (None when it was)."""
+    if scan.status not in (INCOMPLETE, UNREADABLE):
+        return None
+    by = f" (declared by {declared_by})" if declared_by else ""
+    return f"dataset {scan.ref}{by} is {scan.status}: {(scan.entry()['reasons'] or ['no text'])[-1]}"
 
 
 def audit_datasets(dataset_refs: list[str], options: AuditOptions) -> AuditReport:
@@ -128,16 +208,20 @@ def audit_datasets(dataset_refs: list[str], options: AuditOptions) -> AuditRepor
         findings: list[Finding] = []
         verdicts = []
         for ref in dataset_refs:
-            own = _findings(_scan(ref, index, options, bar), ref, None, None, index)
+            scan = _scan(ref, index, options, bar)
+            own = _findings(scan.matches, ref, None, None, index)
             findings.extend(own)
             rates = benchmark_rates(own, _sizes(index), options.thresholds)
+            problem = _problem(scan, None)
+            problems.extend([problem] if problem else [])
             verdicts.append(
                 ModelVerdict(
                     model=ref,
-                    verdict=_verdict(rates),
+                    verdict=_verdict(rates, [scan]),
                     rates=rates,
                     kind="dataset",
-                    datasets=[{"ref": ref, "declared_by": None, "inherited_from": None}],
+                    datasets=[{"ref": ref, "declared_by": None, "inherited_from": None, **scan.entry()}],
+                    problems=[problem] if problem else [],
                 )
             )
     return AuditReport(
@@ -153,7 +237,8 @@ def audit_datasets(dataset_refs: list[str], options: AuditOptions) -> AuditRepor
 def audit_models(model_refs: list[str], options: AuditOptions) -> AuditReport:
     """Audit models: each model's declared datasets and its ancestors' (findings marked with the ancestor).
 
-    A model with no declared dataset anywhere in its lineage (or none that could be read) is `undeclared`.
+    A model with no declared dataset anywhere in its lineage is `undeclared`; one whose declared datasets
+    could not all be read completely is `unreadable` or `incomplete` (fail closed), unless contaminated.
     """
     if not model_refs:
         raise MergeguardError("nothing to audit", hint="give --model REF, --dataset REF or a merge config")
@@ -161,30 +246,26 @@ def audit_models(model_refs: list[str], options: AuditOptions) -> AuditReport:
     problems: list[str] = [p for lineage in lineages for p in lineage.problems]
     findings: list[Finding] = []
     verdicts: list[ModelVerdict] = []
-    scanned: dict[str, list[Match] | None] = {}
+    scanned: dict[str, Scanned] = {}
     with progress_bar(options.progress) as bar:
         index, bench_problems = load_benchmark_index(options, bar)
         problems.extend(bench_problems)
         for lineage in lineages:
             own: list[Finding] = []
-            read = 0
             model_problems = []
             for dataset in lineage.datasets:
                 if dataset.ref not in scanned:
-                    try:
-                        scanned[dataset.ref] = _scan(dataset.ref, index, options, bar)
-                    except MergeguardError as error:
-                        scanned[dataset.ref] = None
-                        problems.append(f"dataset {dataset.ref} (declared by {dataset.declared_by}): {error}")
-                matches = scanned[dataset.ref]
-                if matches is None:
-                    model_problems.append(f"dataset {dataset.ref} could not be read")
-                    continue
-                read += 1
-                own.extend(_findings(matches, dataset.ref, lineage.model, dataset.inherited_from, index))
+                    scanned[dataset.ref] = _scan(dataset.ref, index, options, bar)
+                    problem = _problem(scanned[dataset.ref], dataset.declared_by)
+                    problems.extend([problem] if problem else [])
+                scan = scanned[dataset.ref]
+                problem = _problem(scan, dataset.declared_by)
+                model_problems.extend([problem] if problem else [])
+                own.extend(_findings(scan.matches, dataset.ref, lineage.model, dataset.inherited_from, index))
             findings.extend(own)
             rates = benchmark_rates(own, _sizes(index), options.thresholds)
-            verdict = _verdict(rates) if read else UNDECLARED
+            scans = [scanned[d.ref] for d in lineage.datasets]
+            verdict = _verdict(rates, scans) if scans else UNDECLARED
             verdicts.append(
                 ModelVerdict(
                     model=lineage.model,
@@ -195,6 +276,7 @@ def audit_models(model_refs: list[str], options: AuditOptions) -> AuditReport:
                             "declared_by": d.declared_by,
                             "inherited_from": d.inherited_from,
                             "source": d.source,
+                            **scanned[d.ref].entry(),
                         }
                         for d in lineage.datasets
                     ],

@@ -9,6 +9,7 @@ from typing import Any
 
 DEFAULT_NGRAM = 5
 DEFAULT_CONTAINMENT = 0.5
+MAX_LINE = 16 << 20  # bytes of one dataset line, JSON array element or example text: a bound on memory
 
 
 @dataclass
@@ -24,9 +25,14 @@ class AuditOptions:
     threshold_rate: float = 0.01
     fail_on_verbatim: bool = True
     containment: float = DEFAULT_CONTAINMENT
-    text_field: str | None = None
+    text_field: str | None = None  # a field added to the default text fields
+    only_text_field: str | None = None  # the one field read instead of the defaults
     dataset_overrides: dict[str, list[str]] = field(default_factory=dict)
     progress: bool = False
+    # Bad rows or files of a dataset fail the audit (`incomplete`/`unreadable`) unless skipped on request;
+    # the choice is part of `thresholds`, so it is recorded with the report and keys audit reuse.
+    skip_bad_rows: bool = False
+    max_line: int = MAX_LINE
 
     @property
     def thresholds(self) -> dict[str, Any]:
@@ -36,4 +42,5 @@ class AuditOptions:
             "containment": self.containment,
             "ngram": self.ngram,
             "num_perm": self.num_perm,
+            "skip_bad_rows": self.skip_bad_rows,
         }

@@ -9,8 +9,17 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-SEVERITY_RANK = {"verbatim": 3, "partial": 2, "question_only": 1}
+# `passage`: only the shared source text an item quotes (a reading passage) is there: listed, never counted.
+SEVERITY_RANK = {"verbatim": 3, "partial": 2, "question_only": 1, "passage": 0}
+PASSAGE = "passage"
+# Verdicts, the one list (the guard, the CLI and the database take them from here). `incomplete`: a declared
+# dataset was read only in part; `unreadable`: one gave no text at all. Both fail closed: never clean.
 CLEAN, CONTAMINATED, UNDECLARED = "clean", "contaminated", "undeclared"
+INCOMPLETE, UNREADABLE = "incomplete", "unreadable"
+VERDICTS = (CLEAN, CONTAMINATED, UNDECLARED, INCOMPLETE, UNREADABLE)
+UNREAD = (INCOMPLETE, UNREADABLE)
+# A dataset's read status: all of it, all but the bad rows the user chose to skip, or one of UNREAD.
+COMPLETE, SKIPPED = "complete", "skipped"
 SCHEMA_VERSION = 1
 
 
@@ -26,7 +35,7 @@ class Finding:
     item: int  # 0-based row index in the benchmark split
     item_id: str | None
     score: float  # containment of the item's informative n-grams in the example, 0..1
-    severity: str  # verbatim | partial | question_only
+    severity: str  # verbatim | partial | question_only | passage (source text only: never counted)
     inherited_from: str | None  # the ancestor whose dataset holds it, None for the model's own
     evidence: str  # the matched span of the training text
     subset: str | None = None
@@ -56,8 +65,10 @@ class ModelVerdict:
     """The verdict on one model (or, for `audit --dataset`, one dataset: kind == "dataset")."""
 
     model: str
-    verdict: str  # clean | contaminated | undeclared
-    datasets: list[dict[str, Any]] = field(default_factory=list)  # {ref, declared_by, inherited_from}
+    verdict: str  # one of VERDICTS
+    # {ref, declared_by, inherited_from, source, status, examples, skipped, reasons}: status is complete,
+    # skipped (bad rows skipped with --skip-bad-rows, `skipped` counts them), incomplete or unreadable
+    datasets: list[dict[str, Any]] = field(default_factory=list)
     rates: list[BenchmarkRate] = field(default_factory=list)
     inherited_from: list[str] = field(default_factory=list)  # ancestors whose data is part of the verdict
     kind: str = "model"
@@ -66,7 +77,7 @@ class ModelVerdict:
 
 @dataclass
 class AuditReport:
-    """The whole audit. `contaminated` is what the exit status and the merge guard act on."""
+    """The whole audit. `contaminated` and `unread` are what the exit status and the merge guard act on."""
 
     findings: list[Finding]
     models: list[ModelVerdict]
@@ -83,6 +94,11 @@ class AuditReport:
     def undeclared(self) -> list[str]:
         return [model.model for model in self.models if model.verdict == UNDECLARED]
 
+    @property
+    def unread(self) -> list[str]:
+        """Models (or datasets) whose declared data could not be read completely: not auditable."""
+        return [model.model for model in self.models if model.verdict in UNREAD]
+
     def to_json(self) -> dict[str, Any]:
         return {
             "schema": SCHEMA_VERSION,
@@ -90,10 +106,17 @@ class AuditReport:
             "findings": [finding.to_json() for finding in self.findings],
             "models": [asdict(model) for model in self.models],
             "benchmark_rates": self.benchmark_rates,
+            "dataset_view": self.dataset_view(),
             "index_hash": self.index_hash,
             "thresholds": self.thresholds,
             "problems": self.problems,
         }
+
+    def dataset_view(self) -> list[dict[str, Any]]:
+        """Per dataset and benchmark: distinct items found and their share of the benchmark, so that a
+        dataset holding most of a test set reads as that, not as a list of findings (`passages`: items
+        whose quoted source text alone is there, not counted)."""
+        return dataset_view(self.findings, self.benchmark_rates)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> AuditReport:
@@ -136,7 +159,7 @@ def benchmark_rates(
     """One row per benchmark: distinct contaminated items among `findings` (of one subject)."""
     rows = []
     for name, (split, items) in sizes.items():
-        hits = [f for f in findings if f.benchmark == name]
+        hits = [f for f in findings if f.benchmark == name and f.severity != PASSAGE]
         distinct = len({f.item for f in hits})
         severities = [f.severity for f in hits]
         rows.append(
@@ -149,5 +172,45 @@ def benchmark_rates(
                 worst=worst(severities),
                 verdict=rate_verdict(distinct, items, severities, thresholds),
             )
+        )
+    return rows
+
+
+CONTAINS_BENCHMARK = 0.9  # share of a benchmark's items in one dataset: "this dataset contains the benchmark"
+CONTAINS_MOST = 0.5
+
+
+def dataset_view(findings: list[Finding], rates: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (dataset, benchmark) with findings: `found` distinct items (passages aside), `items` in
+    the benchmark, `share`, `passages`, and `summary`, a sentence such as "816/817 of truthfulqa_mc
+    (99.9%): this dataset contains the benchmark"."""
+    found: dict[tuple[str, str], set[int]] = {}
+    passages: dict[tuple[str, str], set[int]] = {}
+    for f in findings:
+        key = (f.dataset, f.benchmark)
+        (passages if f.severity == PASSAGE else found).setdefault(key, set()).add(f.item)
+        found.setdefault(key, set())
+    rows = []
+    for (dataset, benchmark), hit in found.items():
+        items = int(rates.get(benchmark, {}).get("items", 0))
+        share = len(hit) / items if items else 0.0
+        summary = f"{len(hit)}/{items} of {benchmark} ({share:.1%})"
+        if share >= CONTAINS_BENCHMARK:
+            summary += ": this dataset contains the benchmark"
+        elif share >= CONTAINS_MOST:
+            summary += ": this dataset contains most of the benchmark"
+        notes = len(passages.get((dataset, benchmark), ()))
+        if notes:
+            summary += f"; {notes} passage note{'s' if notes > 1 else ''} (source text only, not counted)"
+        rows.append(
+            {
+                "dataset": dataset,
+                "benchmark": benchmark,
+                "found": len(hit),
+                "items": items,
+                "share": round(share, 4),
+                "passages": notes,
+                "summary": summary,
+            }
         )
     return rows

@@ -251,3 +251,34 @@ def m003_guardrails(db: Database) -> None:
         ALTER TABLE merges ADD COLUMN guard TEXT
         """,
     )
+
+
+@migration
+def m004_unread_verdicts(db: Database) -> None:
+    """Audit verdicts `incomplete` and `unreadable` (declared data not read completely: the audit fails
+    closed). SQLite cannot change a CHECK constraint, so the table is rebuilt; views are made again."""
+    from mergeguard.db.views import create_views
+
+    views = [row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'view'").fetchall()]
+    for name in views:
+        db.execute(f'DROP VIEW "{name}"')
+    _script(
+        db,
+        """
+        CREATE TABLE audit_verdicts_new (
+            audit_id INTEGER NOT NULL REFERENCES audits(id) ON DELETE CASCADE,
+            model_id INTEGER NOT NULL REFERENCES models(id),
+            verdict TEXT NOT NULL
+                CHECK (verdict IN ('clean', 'contaminated', 'undeclared', 'incomplete', 'unreadable')),
+            inherited_from TEXT,
+            datasets TEXT,
+            PRIMARY KEY (audit_id, model_id)
+        );
+        INSERT INTO audit_verdicts_new SELECT audit_id, model_id, verdict, inherited_from, datasets
+            FROM audit_verdicts;
+        DROP TABLE audit_verdicts;
+        ALTER TABLE audit_verdicts_new RENAME TO audit_verdicts;
+        CREATE INDEX audit_verdicts_model ON audit_verdicts(model_id, audit_id)
+        """,
+    )
+    create_views(db)

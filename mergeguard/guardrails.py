@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from mergeguard import __version__
+from mergeguard.auditor.report import CLEAN, CONTAMINATED, INCOMPLETE, UNDECLARED, UNREAD, UNREADABLE
 from mergeguard.errors import MergeguardError
 
-CONTAMINATED, UNDECLARED, CLEAN, UNAUDITED = "contaminated", "undeclared", "clean", "unaudited"
+UNAUDITED = "unaudited"  # a merge's verdict under --no-audit (the auditor's verdicts are in auditor.report)
 
 
 @dataclass
@@ -54,6 +55,11 @@ class InputAudit:
     def undeclared(self) -> list[str]:
         return [model for model, verdict in self.verdicts().items() if verdict == UNDECLARED]
 
+    @property
+    def unread(self) -> list[str]:
+        """Inputs whose declared data could not be read completely: the audit cannot vouch for them."""
+        return [model for model, verdict in self.verdicts().items() if verdict in UNREAD]
+
 
 @dataclass
 class GuardedMerge:
@@ -78,6 +84,23 @@ class ContaminatedInputsError(MergeguardError):
             f"refusing to merge: contaminated input(s) {names}",
             hint="remove them from the config, or pass --allow-contaminated to merge anyway "
             "(the merge is then marked contaminated)",
+        )
+
+
+class UnreadableInputsError(MergeguardError):
+    """A merge refused because an input's declared data could not be read completely: the audit cannot
+    say it is clean (fail closed). Exit status 2, as `audit` gives for the same inputs."""
+
+    exit_code = 2
+
+    def __init__(self, audit: InputAudit) -> None:
+        self.audit = audit
+        verdicts = audit.verdicts()
+        names = ", ".join(f"{model} ({verdicts[model]})" for model in audit.unread)
+        super().__init__(
+            f"refusing to merge: the declared training data of {names} could not be read completely",
+            hint="repair the dataset files named above, or pass --skip-bad-rows to audit the readable rows "
+            "(recorded with the audit)",
         )
 
 
@@ -137,6 +160,8 @@ def audit_key(models: list[str], audit_options: Any) -> str:
     from mergeguard.db.fingerprint import weights_info
 
     parts: list[Any] = [__version__, audit_options.thresholds, audit_options.text_field]
+    if audit_options.only_text_field:
+        parts.append(audit_options.only_text_field)
     parts.append(_benchmark_state(audit_options))
     for ref in models:
         lineage = resolve_lineage(ref, audit_options.dataset_overrides)
@@ -170,14 +195,12 @@ def audit_inputs(config_path: Path, models: list[str], options: GuardOptions, db
 
 
 def merged_verdict(audit: InputAudit | None) -> str:
-    """A merge is as contaminated as its worst input, and undeclared if any input is."""
+    """A merge is as bad as its worst input: contaminated, then unreadable or incomplete data, then
+    undeclared, else clean."""
     if audit is None:
         return UNAUDITED
-    if audit.contaminated:
-        return CONTAMINATED
-    if audit.undeclared:
-        return UNDECLARED
-    return CLEAN
+    found = set(audit.verdicts().values())
+    return next((v for v in (CONTAMINATED, UNREADABLE, INCOMPLETE, UNDECLARED) if v in found), CLEAN)
 
 
 def inherited_report(output: str, audit: InputAudit) -> dict[str, Any]:
@@ -239,6 +262,15 @@ def card_section(verdict: str, audit: InputAudit | None) -> str:
         lines.append("No benchmark test items were found in the inputs' declared datasets.")
     if audit.undeclared:
         lines += ["", f"Undeclared training data (not auditable): {', '.join(audit.undeclared)}."]
+    skipped = {
+        d["ref"]: d["skipped"]
+        for entry in audit.report.get("models", [])
+        for d in entry.get("datasets", [])
+        if d.get("skipped")
+    }
+    if skipped:  # the audit saw only the readable rows: say so where the verdict is read
+        counts = ", ".join(f"{ref} ({n} skipped)" for ref, n in skipped.items())
+        lines += ["", f"Audited with `--skip-bad-rows`: unreadable rows or files were skipped in {counts}."]
     return "\n".join(lines) + "\n"
 
 
@@ -312,6 +344,8 @@ def _guarded_merge(
         timings["audit"] = time.perf_counter() - started
         if audit.contaminated and not guard.allow_contaminated:
             raise ContaminatedInputsError(audit)
+        if audit.unread:  # no override but --skip-bad-rows, which the audit itself records
+            raise UnreadableInputsError(audit)
     verdict = merged_verdict(audit)
     checked: dict[str, Any] = {}
 

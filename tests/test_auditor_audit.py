@@ -61,9 +61,9 @@ def clean(tmp_path: Path, shared_data: Path) -> Path:
     [
         ({"instruction": "I", "input": "N", "output": "O"}, "I\nN\nO"),
         ({"prompt": "P", "chosen": "C", "rejected": "R"}, "P\nC\nR"),
-        ({"prompt": "P", "completion": "X", "meta": "skip"}, "P\nX"),
+        ({"prompt": "P", "completion": "X", "meta": "kept"}, "P\nX\nkept"),
         ({"question": "Q", "answer": "A", "id": 3}, "Q\nA"),
-        ({"text": "T", "source": "web"}, "T"),
+        ({"text": "T", "source": "web", "choices": ["a", "b"]}, "T\nweb\na\nb"),
         ({"messages": [{"role": "user", "content": "U"}, {"role": "assistant", "content": "V"}]}, "U\nV"),
         ({"conversations": [{"from": "human", "value": "H"}, {"from": "gpt", "value": "G"}]}, "H\nG"),
         (
@@ -80,8 +80,8 @@ def test_schema_detection(row: dict, expected: str) -> None:
 def test_text_field_override_and_missing_field(tmp_path: Path) -> None:
     path = tmp_path / "d.jsonl"
     path.write_text(json.dumps({"a": {"b": "deep"}, "text": "top"}) + "\n")
-    assert list(dataset_texts(str(path), "a.b")) == ["deep"]
-    assert list(dataset_texts(str(path))) == ["top"]
+    assert list(dataset_texts(str(path), only_text_field="a.b")) == ["deep"]
+    assert list(dataset_texts(str(path))) == ["top\ndeep"]  # every string counts by default
     with pytest.raises(DatasetError, match="no field 'nope'"):
         list(dataset_texts(str(path), "nope"))
 
@@ -228,9 +228,9 @@ def test_cli_model_with_dataset_override(
         "--no-progress",
     ]
     assert main(["audit", "--model", str(model), *common, "--dataset", f"{model}={contaminated}"]) == 1
-    assert main(["audit", "--model", str(model), *common, "--json"]) == 0
+    assert main(["audit", "--model", str(model), *common, "--json"]) == 2  # declared, unreadable
     data = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert data["models"][-1]["verdict"] == "undeclared" and data["problems"]
+    assert data["models"][-1]["verdict"] == "unreadable" and data["problems"]
     config = tmp_path / "merge.yml"
     config.write_text(f"merge_method: linear\nmodels:\n  - model: {model}\n    parameters: {{weight: 1.0}}\n")
     assert main(["audit", str(config), *common, "--dataset", f"{model}={contaminated}"]) == 1

@@ -1,5 +1,6 @@
 """`mergeguard audit`: contamination audit of models' declared datasets (or datasets alone) against the
-benchmark test sets. Exit status: 0 clean, 1 contaminated, 2 on any error."""
+benchmark test sets. Exit status: 0 clean, 1 contaminated, 2 on any error, including declared data that
+could not be read completely (`incomplete`/`unreadable`: the audit fails closed)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,19 @@ from typing import Any
 
 import typer
 
-from mergeguard.cli.app import app
+from mergeguard.auditor.report import CLEAN, UNDECLARED, UNREAD
+from mergeguard.cli.app import app, print_error
 from mergeguard.errors import MergeguardError, UsageError
 
 TOP_EVIDENCE = 3
 
 # The audit's options, shared with `merge` (which audits its inputs first).
-TEXT_FIELD = typer.Option(None, "--text-field", help="The field holding an example's text.")
+TEXT_FIELD = typer.Option(
+    None, "--text-field", help="A field to read besides the defaults (every string field), dotted for nested."
+)
+ONLY_TEXT_FIELD = typer.Option(
+    None, "--only-text-field", help="Read only this field's strings as an example's text (dotted for nested)."
+)
 BENCHMARKS_DIR = typer.Option(None, "--benchmarks-dir", help="Local benchmark test sets.")
 BENCHMARK = typer.Option([], "--benchmark", "-b", help="Audit against these benchmarks only.")
 BENCHMARK_SPEC = typer.Option([], "--benchmark-spec", help="A custom benchmark YAML spec.")
@@ -24,6 +31,12 @@ ALLOW_VERBATIM = typer.Option(
     False, "--allow-verbatim", help="Do not fail on a single verbatim finding (only on the rate)."
 )
 CACHE_DIR = typer.Option(None, "--cache-dir", help="Where the benchmark index is cached.")
+SKIP_BAD_ROWS = typer.Option(
+    False,
+    "--skip-bad-rows",
+    help="Skip unreadable rows and files of a dataset (counted in the report) instead of failing.",
+)
+VERDICT_COLOURS = {CLEAN: "green", UNDECLARED: "yellow"}  # the others are red
 
 
 class AuditError(MergeguardError):
@@ -58,6 +71,8 @@ def audit_options(
     allow_verbatim: bool,
     cache_dir: Path | None,
     progress: bool,
+    skip_bad_rows: bool = False,
+    only_text_field: str | None = None,
 ) -> tuple[list[str], Any]:
     """The AuditOptions that `audit` and `merge` build from the same flags; also the `--dataset REF`
     values that name no model (audited alone by `audit`, an error for `merge`)."""
@@ -74,8 +89,10 @@ def audit_options(
         threshold_rate=threshold_rate,
         fail_on_verbatim=not allow_verbatim,
         text_field=text_field,
+        only_text_field=only_text_field,
         dataset_overrides=overrides,
         progress=progress,
+        skip_bad_rows=skip_bad_rows,
     )
     return plain, options
 
@@ -85,7 +102,7 @@ def print_report(report: Any, console: Any) -> None:
     from rich.table import Table
 
     for verdict in report.models:
-        colour = {"clean": "green", "contaminated": "red", "undeclared": "yellow"}[verdict.verdict]
+        colour = VERDICT_COLOURS.get(verdict.verdict, "red")
         title = f"{verdict.kind} {escape(verdict.model)}: [bold {colour}]{verdict.verdict}[/]"
         table = Table(title=title, title_justify="left")
         for column in ("benchmark", "items", "contaminated items", "rate", "worst severity", "verdict"):
@@ -107,13 +124,17 @@ def print_report(report: Any, console: Any) -> None:
         if verdict.datasets:
             for d in verdict.datasets:
                 via = f" (inherited from {d['inherited_from']})" if d.get("inherited_from") else ""
-                console.print(f"  dataset {escape(d['ref'])}{escape(via)}")
+                console.print(f"  dataset {escape(d['ref'])}{escape(via)}{_read_status(d)}")
         elif verdict.kind == "model":
             console.print("  no declared datasets in the model's card or lineage: [yellow]undeclared[/]")
         for problem in verdict.problems:
             console.print(f"  [yellow]warning:[/] {escape(problem)}")
+        refs = {d["ref"] for d in verdict.datasets} or {verdict.model}
+        for row in report.dataset_view():
+            if row["dataset"] in refs:
+                console.print(f"  {escape(row['dataset'])}: {escape(row['summary'])}")
         mine = [f for f in report.findings if (f.model or f.dataset) == verdict.model]
-        rank = {"verbatim": 0, "partial": 1, "question_only": 2}
+        rank = {"verbatim": 0, "partial": 1, "question_only": 2, "passage": 3}
         for finding in sorted(mine, key=lambda f: (rank[f.severity], -f.score))[:TOP_EVIDENCE]:
             where = f" via {finding.inherited_from}" if finding.inherited_from else ""
             console.print(
@@ -128,7 +149,12 @@ def print_report(report: Any, console: Any) -> None:
         console.print()
     for problem in report.problems:  # the first clause; --json has the whole message with its fix
         console.print(f"[yellow]warning:[/] {escape(problem.split(';')[0])}")
-    status = "[bold red]contamination found[/]" if report.contaminated else "[bold green]no contamination[/]"
+    if report.contaminated:
+        status = "[bold red]contamination found[/]"
+    elif report.unread:
+        status = f"[bold red]not auditable[/]: data not read completely ({escape(', '.join(report.unread))})"
+    else:
+        status = "[bold green]no contamination[/]"
     console.print(f"{status} ({len(report.findings)} findings; threshold {report.thresholds['rate']:.2%})")
 
 
@@ -140,6 +166,7 @@ def audit_command(
         [], "--dataset", "-d", help="A dataset to audit alone (REF), or MODEL=REF to set a model's datasets."
     ),
     text_field: str | None = TEXT_FIELD,
+    only_text_field: str | None = ONLY_TEXT_FIELD,
     benchmarks_dir: Path | None = BENCHMARKS_DIR,
     benchmark: list[str] = BENCHMARK,
     benchmark_spec: list[Path] = BENCHMARK_SPEC,
@@ -148,14 +175,17 @@ def audit_command(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
     cache_dir: Path | None = CACHE_DIR,
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
+    skip_bad_rows: bool = SKIP_BAD_ROWS,
 ) -> None:
-    """Audit models' declared fine-tune datasets against benchmark test sets (exit 1 when contaminated)."""
+    """Audit models' declared fine-tune datasets against benchmark test sets (exit 1 when contaminated,
+    2 when an error or a declared dataset could not be read completely)."""
     from mergeguard.auditor import audit_config, audit_datasets, audit_models
 
     try:
         plain, options = audit_options(
             dataset,
             text_field=text_field,
+            only_text_field=only_text_field,
             benchmarks_dir=benchmarks_dir,
             benchmark=benchmark,
             benchmark_spec=benchmark_spec,
@@ -163,6 +193,7 @@ def audit_command(
             allow_verbatim=allow_verbatim,
             cache_dir=cache_dir,
             progress=not (no_progress or as_json),
+            skip_bad_rows=skip_bad_rows,
         )
         if config is not None and (model or plain):
             raise UsageError("give a merge config or --model/--dataset, not both", hint="run two audits")
@@ -198,7 +229,38 @@ def audit_command(
             from mergeguard.cli.check import render_family
 
             console.print(render_family(family))
-    raise typer.Exit(1 if report.contaminated else 0)
+    if exit_status(report) == 2:
+        print_error(unread_error(report))
+    raise typer.Exit(exit_status(report))
+
+
+def exit_status(report: Any) -> int:
+    """1 contaminated (the evidence matters most), 2 data not read completely (fail closed), else 0."""
+    return 1 if report.contaminated else 2 if report.unread else 0
+
+
+def unread_error(report: Any) -> AuditError:
+    """The one-line error for an audit that could not read its data completely: the first problem."""
+    problem = next((p for m in report.models if m.verdict in UNREAD for p in m.problems), "")
+    message, _, hint = problem.partition("; ")
+    return AuditError(
+        f"cannot audit {', '.join(report.unread)}: {message or 'data not read completely'}",
+        hint=hint or "repair the data, or pass --skip-bad-rows to audit the readable rows",
+    )
+
+
+def _read_status(dataset: dict[str, Any]) -> str:
+    """How much of a dataset was read, for the text report (nothing when all of it was)."""
+    from rich.markup import escape
+
+    status = dataset.get("status")
+    if status in (None, "complete"):
+        return ""
+    reasons = dataset.get("reasons") or []
+    why = f": {escape(reasons[-1])}" if reasons else ""
+    if status == "skipped":
+        return f" ({dataset.get('examples', 0)} rows read, [yellow]{dataset['skipped']} skipped[/]{why})"
+    return f" [bold red]{status}[/] ({dataset.get('examples', 0)} rows read; the warning below says why)"
 
 
 def _family(config: Path) -> Any:
