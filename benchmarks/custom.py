@@ -29,26 +29,67 @@ from mergeguard.errors import BenchmarkError
 KEYS = {"name", "files", "split", "question", "choices", "answer", "id", "subset", "description"}
 FIELD_KEYS = ("question", "choices", "answer", "id", "subset")
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+MAX_SPEC_BYTES = 2**20  # a spec is a few hand-written lines; a bigger file is a mistake or an attack
+
+
+def _text(entry: Mapping[str, Any], key: str, where: str, default: str = "") -> str:
+    """An optional text value; a number, list or mapping is an error, never str()-ed into a name."""
+    value = entry.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, str):
+        raise BenchmarkError(
+            f"{where}: `{key}` must be text, not {_kind(value)}", hint=f"write `{key}: some text`"
+        )
+    return value
+
+
+def _kind(value: Any) -> str:
+    """How a YAML value reads to its author: a number, a list, a mapping (never a whole nested value)."""
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list" if value else "an empty list"
+    if isinstance(value, bool):
+        return f"the boolean {value}"
+    if isinstance(value, (int, float)):
+        return f"the number {value}"
+    if isinstance(value, str):
+        return f"the text {value[:40]!r}" if value.strip() else "an empty text"
+    return f"a {type(value).__name__}"
+
+
+def _files(entry: Mapping[str, Any], name: str, where: str) -> list[str]:
+    """`files:` as a list of non-empty paths: one path, or a list of them."""
+    files = entry.get("files")
+    hint = "write `files: data/eval.jsonl` or `files: [a.jsonl, b.jsonl]`"
+    if files is None:
+        raise BenchmarkError(f"{where}: `{name}` needs `files:` (a path or a list of paths)", hint=hint)
+    paths = [files] if isinstance(files, str) else files
+    if not isinstance(paths, list) or not paths:
+        raise BenchmarkError(
+            f"{where}: `files` must be a path or a list of paths, not {_kind(files)}", hint=hint
+        )
+    for item in paths:
+        if not isinstance(item, str) or not item.strip():
+            raise BenchmarkError(f"{where}: `files` holds {_kind(item)}, not a path", hint=hint)
+    return paths
 
 
 def _spec_from_mapping(entry: Any, base: Path, where: str) -> BenchmarkSpec:
     if not isinstance(entry, Mapping):
         raise BenchmarkError(f"{where}: each benchmark must be a mapping", hint="see `name:`, `files:` keys")
-    unknown = sorted(set(entry) - KEYS)
+    unknown = sorted(str(key) for key in set(entry) - KEYS)
     if unknown:
         raise BenchmarkError(f"{where}: unknown key(s) {', '.join(unknown)}", hint=f"allowed: {sorted(KEYS)}")
-    name = str(entry.get("name") or "")
+    name = _text(entry, "name", where)
     if not _NAME.match(name):
         raise BenchmarkError(f"{where}: missing or invalid `name`", hint="use letters, digits, _ . -")
     if name in REGISTRY:
         raise BenchmarkError(
             f"{where}: `{name}` is a built-in benchmark", hint="give the custom one its own name"
         )
-    files = entry.get("files")
-    if isinstance(files, str):
-        files = [files]
-    if not files or not all(isinstance(item, str) for item in files):
-        raise BenchmarkError(f"{where}: `{name}` needs `files:` (a path or a list of paths)")
+    files = _files(entry, name, where)
     if not entry.get("question"):
         raise BenchmarkError(f"{where}: `{name}` needs `question:` (the field holding the question text)")
     fields: list[tuple[str, str]] = []
@@ -66,14 +107,14 @@ def _spec_from_mapping(entry: Any, base: Path, where: str) -> BenchmarkSpec:
         name=name,
         hf_id="",
         configs=(),
-        split=str(entry.get("split") or "test"),
+        split=_text(entry, "split", where, "test") or "test",
         suites=("custom",),
         lm_eval_task="",
         metric="",
         num_fewshot=0,
         random_baseline=0.0,
         id_field=entry.get("id"),
-        description=str(entry.get("description") or f"custom benchmark from {where}"),
+        description=_text(entry, "description", where) or f"custom benchmark from {where}",
         row_format="custom",
         data_files=tuple(str((base / item).resolve()) for item in files),
         fields=tuple(fields),
@@ -86,11 +127,23 @@ def load_custom_spec(path: Path) -> tuple[BenchmarkSpec, ...]:
 
     path = Path(path)
     try:
+        if path.stat().st_size > MAX_SPEC_BYTES:
+            raise BenchmarkError(
+                f"benchmark spec {path} is over {MAX_SPEC_BYTES // 2**20} MiB", hint="a spec is a few lines"
+            )
         document = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as error:
         raise BenchmarkError(f"cannot read benchmark spec {path}: {error.strerror}") from None
+    except UnicodeDecodeError as error:
+        raise BenchmarkError(
+            f"benchmark spec {path} is not UTF-8 text (byte {error.start})", hint="save it as UTF-8"
+        ) from None
     except yaml.YAMLError as error:
         raise BenchmarkError(f"benchmark spec {path} is not valid YAML: {error}") from None
+    except RecursionError:
+        raise BenchmarkError(
+            f"benchmark spec {path} is nested too deeply", hint="a spec is a few lines"
+        ) from None
     if isinstance(document, Mapping) and "benchmarks" in document:
         entries = document["benchmarks"]
         if set(document) - {"benchmarks"}:

@@ -104,7 +104,17 @@ def _json_lines(data: bytes) -> list[Row]:
         rows = None
     if isinstance(rows, list) and len(rows) == len(lines):
         return rows
-    return [json.loads(line) for line in lines]
+    return [_json_line(number, line) for number, line in enumerate(data.split(b"\n"), 1) if line.strip()]
+
+
+def _json_line(number: int, line: bytes) -> Row:
+    """One JSON line; an error names the file's line, not the position inside the joined array."""
+    try:
+        return json.loads(line)
+    except UnicodeDecodeError as error:
+        raise ValueError(f"line {number} is not UTF-8 text (byte {error.start})") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"line {number} is not JSON ({error.msg} at column {error.colno})") from None
 
 
 def _decode(path: Path, data: bytes) -> list[Row]:
@@ -124,14 +134,16 @@ def _decode(path: Path, data: bytes) -> list[Row]:
                 return _json_lines(data)
             if isinstance(loaded, dict):
                 loaded = loaded.get("data", loaded.get("rows", [loaded]))
-            return list(loaded)
+            if not isinstance(loaded, list):
+                raise ValueError(f"it holds a JSON {type(loaded).__name__} where a list of rows belongs")
+            return loaded
         if name.endswith(".parquet"):
             import pyarrow.parquet as pq
 
             return pq.read_table(io.BytesIO(data)).to_pylist()
         if name.endswith(".csv"):
             return list(csv.DictReader(io.StringIO(data.decode("utf-8"))))
-    except (ValueError, OSError, UnicodeDecodeError) as error:
+    except (ValueError, OSError, EOFError) as error:  # EOFError: a truncated .gz
         raise BenchmarkError(
             f"cannot read {path}: {error}", hint="the file must be rows in the benchmark's hub schema"
         ) from None

@@ -22,6 +22,7 @@ from mergeguard.db.lm_eval_import import parse_results_file
 from mergeguard.db.queries import resolve_benchmarks
 from mergeguard.db.records import record_evaluations
 from mergeguard.errors import BenchmarkError, MergeguardError, ModelNotFoundError, UsageError
+from mergeguard.refs import require_no_custom_code
 
 
 @cache
@@ -283,11 +284,13 @@ def run_eval(
     num_fewshot: int | None = None,
     bootstrap_iters: int = 1000,
     custom_specs: Sequence[str | Path] = (),
+    trust_remote_code: bool = False,
 ) -> EvalSummary:
     """Evaluate a local model folder with lm-eval's HF backend and store the scores.
 
     With `benchmarks_dir` (or $MERGEGUARD_BENCHMARKS_DIR) every task reads local files; without it lm-eval
     loads its datasets from the hub. The results file lands in `output_dir` (default: the cache's evals/).
+    A model that needs its own code (auto_map) is refused unless `trust_remote_code`.
     """
     from mergeguard.paths import benchmarks_dir as default_benchmarks_dir
     from mergeguard.paths import cache_dir
@@ -297,6 +300,7 @@ def run_eval(
         raise ModelNotFoundError(
             f"{model_dir} is not a local model folder (no config.json)", hint="give the folder a merge wrote"
         )
+    require_no_custom_code(folder, trust_remote_code)  # lm-eval's own default would prompt or refuse later
     from mergeguard.benchmarks import load_custom_spec
 
     custom = {spec.name: spec for path in custom_specs for spec in load_custom_spec(Path(path))}
@@ -326,7 +330,7 @@ def run_eval(
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    model_args = {"pretrained": str(folder), "dtype": "auto"}
+    model_args = {"pretrained": str(folder), "dtype": "auto", "trust_remote_code": trust_remote_code}
     try:
         results = lm_eval.simple_evaluate(
             model="hf",

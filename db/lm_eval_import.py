@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -47,25 +48,25 @@ def parse_model_args(value: Any) -> dict[str, Any]:
 
 
 def _number(value: Any) -> float | None:
+    """A finite float, or None: "N/A", NaN and 1e999 (inf) are not scores a leaderboard can average."""
     if isinstance(value, bool) or value is None:
         return None
-    if isinstance(value, (int, float)):
-        return float(value)
     try:
-        return float(value)  # "0.5" in some hand-made files; "N/A" is not a number
-    except (TypeError, ValueError):
+        number = float(value)  # "0.5" in some hand-made files; "N/A" is not a number
+    except (TypeError, ValueError, OverflowError):
         return None
+    return number if math.isfinite(number) else None
 
 
 def _model_ref(data: dict[str, Any], path: Path) -> str:
     config = data.get("config") if isinstance(data.get("config"), dict) else {}
     args = parse_model_args(config.get("model_args"))
     for key in ("pretrained", "model", "peft"):
-        if args.get(key):
-            return str(args[key])
+        if args.get(key) and isinstance(args[key], str):
+            return args[key]
     for value in (config.get("model_name"), data.get("model_name")):
-        if value:
-            return str(value)
+        if value and isinstance(value, str):
+            return value
     raise MergeguardError(
         f"{path} does not say which model it scored (no pretrained= in config.model_args)",
         hint="name the model with --model",
@@ -76,7 +77,10 @@ def _date(value: Any) -> str | None:
     number = _number(value)
     if number is None:
         return None
-    return datetime.fromtimestamp(number, timezone.utc).isoformat(timespec="seconds")
+    try:
+        return datetime.fromtimestamp(number, timezone.utc).isoformat(timespec="seconds")
+    except (OverflowError, OSError, ValueError):  # a date beyond what a clock can show
+        return None
 
 
 def _task_rows(task: str, metrics: dict[str, Any], fewshot: int | None, n: int | None) -> list[EvaluationRow]:

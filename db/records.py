@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlite_utils import Database
 
+from mergeguard.auditor.report import VERDICTS
 from mergeguard.db.connection import now_iso, transaction
 from mergeguard.db.fingerprint import weights_info
 from mergeguard.db.scores import refresh_model_scores
@@ -24,7 +25,6 @@ from mergeguard.errors import DatabaseError
 from mergeguard.refs import looks_local
 
 RELATIONS = ("merge", "finetune", "base")
-VERDICTS = ("clean", "contaminated", "undeclared")
 CHECK_VERDICTS = ("ok", "degraded", "broken")
 
 

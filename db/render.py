@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import unicodedata
 from dataclasses import asdict
 from typing import Any
 
@@ -23,17 +24,32 @@ def _num(value: float | None, signed: bool = False) -> str:
     return f"{value:+.2f}" if signed else f"{value:.2f}"
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what a spreadsheet reads as the start of a formula
+
+
+def csv_cell(value: Any) -> Any:
+    """A cell a spreadsheet shows as text: one starting like a formula gets a leading `'` (OWASP's advice
+    against CSV injection), unless it is a plain number such as -1.5. Model names come from users."""
+    if not isinstance(value, str) or not value.startswith(FORMULA_STARTS):
+        return value
+    try:
+        float(value)
+    except ValueError:
+        return "'" + value
+    return value
+
+
 def _csv(headers: list[str], rows: list[list[Any]]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(headers)
-    writer.writerows(rows)
+    writer.writerow([csv_cell(h) for h in headers])
+    writer.writerows([csv_cell(v) for v in row] for row in rows)
     return buffer.getvalue()
 
 
 def _markdown(headers: list[str], rows: list[list[Any]]) -> str:
-    def cell(value: Any) -> str:
-        return str(value).replace("|", "\\|")
+    def cell(value: Any) -> str:  # one line per row: a newline in a name would end the table
+        return " ".join(str(value).splitlines()).replace("|", "\\|")
 
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
@@ -163,8 +179,23 @@ def _ids(graph: LineageGraph) -> dict[str, str]:
     return {node.model: f"n{i}" for i, node in enumerate(graph.nodes)}
 
 
+def _one_line(text: str) -> str:
+    """Control characters (newlines, tabs) as spaces: a label is one line in every diagram format."""
+    return "".join(" " if unicodedata.category(ch) == "Cc" else ch for ch in text)
+
+
 def _quote(text: str) -> str:
-    return text.replace("\\", "\\\\").replace('"', '\\"')
+    """Text inside a DOT double-quoted string: backslash and quote escaped, on one line."""
+    return _one_line(text).replace("\\", "\\\\").replace('"', '\\"')
+
+
+MERMAID_SAFE = set(" ._-/:,+@'")  # `%` (comments), `=`, `~`, `*` and the rest are encoded
+
+
+def mermaid_text(text: str) -> str:
+    """Text for a Mermaid label: anything but letters, digits and a few plain marks becomes an entity code
+    (`#34;`), so quotes, brackets, pipes, `#`, `<`, `;` and newlines cannot end the label or add markup."""
+    return "".join(ch if ch.isalnum() or ch in MERMAID_SAFE else f"#{ord(ch)};" for ch in _one_line(text))
 
 
 def lineage_mermaid(graph: LineageGraph) -> str:
@@ -172,12 +203,12 @@ def lineage_mermaid(graph: LineageGraph) -> str:
     ids = _ids(graph)
     lines = ["flowchart TD"]
     for node in graph.nodes:
-        lines.append(f'    {ids[node.model]}["{_quote(_node_text(node)).replace(chr(34), "#quot;")}"]')
+        lines.append(f'    {ids[node.model]}["{mermaid_text(_node_text(node))}"]')
     for edge in graph.edges:
         label = edge.method or edge.relation
         if edge.weight is not None:
             label += f" {edge.weight:g}"
-        lines.append(f"    {ids[edge.parent]} -->|{label}| {ids[edge.child]}")
+        lines.append(f"    {ids[edge.parent]} -->|{mermaid_text(label)}| {ids[edge.child]}")
     lines.append("    classDef contaminated fill:#fdd,stroke:#c00")
     bad = [ids[n.model] for n in graph.nodes if n.verdict == "contaminated"]
     if bad:

@@ -17,13 +17,17 @@ def apply_lora(base: Path, adapter: str, scratch: Path, *, allow_pickle: bool = 
         ) from None
     from transformers import AutoModelForCausalLM
 
-    from mergeguard.refs import resolve_model
+    from mergeguard.merge.io import tensor_files
+    from mergeguard.refs import require_no_custom_code, resolve_model
 
     adapter_path = resolve_model(adapter, allow_pickle=allow_pickle)
     out = scratch / f"{base.name}+{adapter_path.name}"
     if out.is_dir():
         return out
-    model = AutoModelForCausalLM.from_pretrained(base, dtype="auto")
+    require_no_custom_code(base)  # a merge has no --trust-remote-code: a model's own code never runs here
+    for folder in (base, adapter_path):  # checked before transformers and peft read them (one-line errors)
+        tensor_files(folder)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype="auto", trust_remote_code=False)
     model = peft.PeftModel.from_pretrained(model, adapter_path).merge_and_unload()
     model.save_pretrained(out, safe_serialization=True)
     from mergeguard.merge.output import TOKENIZER_FILES

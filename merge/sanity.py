@@ -160,14 +160,20 @@ def measure(
     max_tokens: int = 512,
     tokenizer_dir: Path | None = None,
     bar: Any = None,
+    trust_remote_code: bool = False,
 ) -> Measurement:
     """Load `model`, score perplexity on at most `max_tokens` tokens of the sample, generate from PROMPTS."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir or model)
+    from mergeguard.refs import require_no_custom_code
+
+    for folder in {Path(model), Path(tokenizer_dir or model)}:  # refused before transformers could prompt
+        require_no_custom_code(folder, trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir or model, trust_remote_code=trust_remote_code)
     try:
-        lm = AutoModelForCausalLM.from_pretrained(model, dtype="auto").to(device).eval()
+        lm = AutoModelForCausalLM.from_pretrained(model, dtype="auto", trust_remote_code=trust_remote_code)
+        lm = lm.to(device).eval()
     except (OSError, ValueError) as error:
         raise MergeguardError(
             f"transformers cannot load {model} ({type(error).__name__}: {str(error).splitlines()[0]})",
@@ -268,6 +274,7 @@ def sanity_check(
     device: str = "cpu",
     max_tokens: int = 512,
     progress: bool = False,
+    trust_remote_code: bool = False,
 ) -> SanityReport:
     """Check `model` (NaN/inf scan, perplexity, repetition) and compare it with the models in `against`.
 
@@ -285,10 +292,22 @@ def sanity_check(
             verdict, reasons = judge(math.inf, 0.0, {}, {}, vocab_size=0, nonfinite_tensors=nonfinite)
             return SanityReport(str(model), verdict, math.inf, {}, 0.0, nonfinite, [], reasons, device=device)
         tokenizer_dir = tokenizer_folder(model, parents)
-        mine = measure(model, device=device, max_tokens=max_tokens, tokenizer_dir=tokenizer_dir, bar=bar)
+        mine = measure(
+            model,
+            device=device,
+            max_tokens=max_tokens,
+            tokenizer_dir=tokenizer_dir,
+            bar=bar,
+            trust_remote_code=trust_remote_code,
+        )
         theirs = {
             str(p): measure(
-                p, device=device, max_tokens=max_tokens, tokenizer_dir=tokenizer_folder(p, [model]), bar=bar
+                p,
+                device=device,
+                max_tokens=max_tokens,
+                tokenizer_dir=tokenizer_folder(p, [model]),
+                bar=bar,
+                trust_remote_code=trust_remote_code,
             )
             for p in parents
         }

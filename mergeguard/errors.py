@@ -36,6 +36,10 @@ class ModelNotFoundError(MergeguardError):
     """A model reference that is neither a local folder nor a reachable hub repository."""
 
 
+class ModelCodeError(MergeguardError):
+    """A model that needs its own Python code to load (an `auto_map`) when the user did not allow it."""
+
+
 class ConfigError(MergeguardError):
     """A merge configuration that cannot be merged as written."""
 

@@ -8,12 +8,13 @@ reads (safetensors, json, tokenizer files, the card) and works from the local ca
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mergeguard.errors import MergeguardError, ModelNotFoundError
+from mergeguard.errors import MergeguardError, ModelCodeError, ModelNotFoundError
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 HUB_PATTERNS = [
@@ -55,10 +56,20 @@ class ModelCard:
 
 
 def looks_local(text: str) -> bool:
-    """A path rather than a hub id: absolute, relative with ./ or ~, a Windows path, or an existing path."""
-    if text.startswith(("/", "./", "../", "~", ".\\")) or "\\" in text or re.match(r"^[A-Za-z]:[\\/]", text):
+    """A path rather than a hub id, so it is never sent to the Hub: absolute, starting with `.` or `~`, a
+    Windows path, an existing path, or `a/b` whose first folder or parent folder exists here (a typo such as
+    `models/ft-mathh` next to `models/` is a missing folder, not a repository)."""
+    if text.startswith(("/", ".", "~")) or "\\" in text or re.match(r"^[A-Za-z]:[\\/]", text):
         return True
-    return Path(text).expanduser().exists()
+    return _exists(Path(text)) or ("/" in text and _exists(Path(Path(text).parts[0])))
+
+
+def _exists(path: Path) -> bool:
+    """`path` exists (a file, folder or link); False for names the OS refuses (too long, a NUL byte)."""
+    try:
+        return os.path.lexists(path.expanduser())  # a dangling or looping symlink is still a local path
+    except (OSError, ValueError):
+        return False
 
 
 def parse_model_ref(text: str, revision: str | None = None) -> ModelRef:
@@ -69,7 +80,7 @@ def parse_model_ref(text: str, revision: str | None = None) -> ModelRef:
             "empty model reference", hint="give a local folder or a hub id like org/name"
         )
     lora = None
-    if "+" in text and not Path(text).expanduser().exists():
+    if "+" in text and not _exists(Path(text)):
         text, lora = text.split("+", 1)
     if not looks_local(text) and "@" in text:
         text, revision = text.rsplit("@", 1)
@@ -90,7 +101,13 @@ def resolve_model(
     """Return a local folder holding the model `ref` (downloading from the hub only what mergeguard reads)."""
     parsed = ref if isinstance(ref, ModelRef) else parse_model_ref(ref, revision)
     if looks_local(parsed.name):
-        path = _normalise_local(parsed.name).resolve()
+        try:
+            path = _normalise_local(parsed.name).resolve()
+        except (OSError, RuntimeError) as error:  # a symlink loop, a name too long
+            raise ModelNotFoundError(
+                f"model folder {parsed.name} cannot be resolved ({error})",
+                hint="check the path and its links",
+            ) from error
         if not path.is_dir():
             raise ModelNotFoundError(
                 f"model folder {parsed.name} not found", hint="check the path, or give a hub id like org/name"
@@ -105,7 +122,7 @@ def resolve_model(
 
 
 def _snapshot(repo_id: str, revision: str | None, allow_pickle: bool, local_files_only: bool) -> Path:
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import constants, snapshot_download
 
     patterns = HUB_PATTERNS + (PICKLE_PATTERNS if allow_pickle else [])
     try:
@@ -113,9 +130,11 @@ def _snapshot(repo_id: str, revision: str | None, allow_pickle: bool, local_file
             snapshot_download(repo_id, revision=revision, allow_patterns=patterns, local_files_only=True)
         )
     except Exception as cached_error:
-        if local_files_only:
+        if local_files_only or constants.HF_HUB_OFFLINE:  # offline: answer now, never wait on the network
+            offline = " and HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else ""
             raise ModelNotFoundError(
-                f"model {repo_id} is not in the local Hugging Face cache ({type(cached_error).__name__})",
+                f"model {repo_id} is not in the local Hugging Face cache{offline} "
+                f"({type(cached_error).__name__})",
                 hint="download it once with network access, or give a local folder",
             ) from cached_error
     try:
@@ -129,15 +148,65 @@ def _snapshot(repo_id: str, revision: str | None, allow_pickle: bool, local_file
 
 def read_config(folder: Path) -> dict[str, Any]:
     """The model's config.json as a dict (empty when there is none)."""
-    path = Path(folder) / "config.json"
+    return _read_json_object(Path(folder) / "config.json")
+
+
+def _read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON object from `path` ({} when the file is absent); anything else is a one-line error."""
     if not path.is_file():
         return {}
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise MergeguardError(
+            f"{path} is not UTF-8 text (byte {error.start})", hint="fix or replace the file"
+        ) from error
     except json.JSONDecodeError as error:
         raise MergeguardError(
             f"{path} is not valid JSON ({error.msg} at line {error.lineno})", hint="fix or replace the file"
         ) from error
+    if not isinstance(value, dict):
+        raise MergeguardError(
+            f"{path} holds a JSON {type(value).__name__}, not an object", hint="fix or replace the file"
+        )
+    return value
+
+
+def custom_code(folder: Path) -> str | None:
+    """The file of `folder` that makes transformers run the model's own Python code (an `auto_map` for a
+    model or tokenizer class transformers does not ship), or None when the library's own classes load it.
+
+    transformers would ask "run the custom code? [y/N]" in a terminal; mergeguard refuses instead, before
+    any load, unless the user passed --trust-remote-code."""
+    config = read_config(folder)
+    if config.get("auto_map"):
+        from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+        model_type = config.get("model_type")
+        if not isinstance(model_type, str) or model_type not in CONFIG_MAPPING_NAMES:
+            return "config.json"
+    tokenizer = _read_json_object(Path(folder) / "tokenizer_config.json")
+    if tokenizer.get("auto_map"):
+        from transformers.models.auto.tokenization_auto import tokenizer_class_from_name
+
+        name = str(tokenizer.get("tokenizer_class") or "")
+        if not name or not (tokenizer_class_from_name(name) or tokenizer_class_from_name(name + "Fast")):
+            return "tokenizer_config.json"
+    return None
+
+
+def require_no_custom_code(folder: Path, trust_remote_code: bool = False) -> None:
+    """Refuse a model that needs its own code to load, unless the user trusts it (--trust-remote-code).
+    Callers still pass `trust_remote_code` to every transformers/peft/lm-eval load, so nothing prompts."""
+    if trust_remote_code:
+        return
+    where = custom_code(Path(folder))
+    if where is not None:
+        raise ModelCodeError(
+            f"model {folder} needs custom code to load (auto_map in its {where}); mergeguard runs no model "
+            "code unasked",
+            hint="read that code, then pass --trust-remote-code (check, eval) if you trust it",
+        )
 
 
 def _as_list(value: Any) -> list[str]:

@@ -252,7 +252,7 @@ def train_finetune(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     base, out = Path(base_dir), Path(out_dir)
-    tokenizer = AutoTokenizer.from_pretrained(base)
+    tokenizer = AutoTokenizer.from_pretrained(base, trust_remote_code=False)  # tiny models need no code
     eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
     ids: list[int] = []
     for text in texts:
@@ -260,7 +260,7 @@ def train_finetune(
     while len(ids) < block_size + 2:
         ids = ids * 2
     data = torch.tensor(ids, dtype=torch.long)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype="auto")
+    model = AutoModelForCausalLM.from_pretrained(base, dtype="auto", trust_remote_code=False)
     dtype = next(model.parameters()).dtype
     model = model.float().train()
     torch.manual_seed(seed)

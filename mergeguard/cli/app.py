@@ -24,7 +24,9 @@ def error_console() -> Any:
 
 def print_error(error: MergeguardError) -> None:
     """One line on stderr: `error: <problem>; <fix>`."""
-    error_console().print(f"[bold red]error:[/] {error}", markup=True, emoji=False)
+    from rich.markup import escape  # the message may hold [brackets] from the user's own input
+
+    error_console().print(f"[bold red]error:[/] {escape(str(error))}", markup=True, emoji=False)
 
 
 class GuardedGroup(TyperGroup):

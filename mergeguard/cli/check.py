@@ -81,6 +81,9 @@ def check_command(
     max_tokens: int = typer.Option(512, "--max-tokens", help="Tokens of the text sample to score."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
     db: Path | None = typer.Option(None, "--db", help="Database file (else $MERGEGUARD_DB)."),
+    trust_remote_code: bool = typer.Option(
+        False, "--trust-remote-code", help="Let a model's own code (auto_map) run: only code you trust."
+    ),
 ) -> None:
     """Sanity-check a model: NaN/inf weights, perplexity and repetition against its parents.
 
@@ -96,7 +99,14 @@ def check_command(
     store = open_db(db)
     parent_refs = list(against or []) or parents_of(store, str(folder))
     parents = [resolve_model(p) for p in parent_refs]
-    report = sanity_check(folder, parents, device=device, max_tokens=max_tokens, progress=not as_json)
+    report = sanity_check(
+        folder,
+        parents,
+        device=device,
+        max_tokens=max_tokens,
+        progress=not as_json,
+        trust_remote_code=trust_remote_code,
+    )
     record_check(store, folder, report.verdict, report.summary())
     if as_json:
         typer.echo(report.to_json())

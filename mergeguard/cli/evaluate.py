@@ -46,6 +46,9 @@ def eval_command(
         [], "--benchmark-spec", help="A custom benchmark YAML (multiple choice) to evaluate too; repeatable."
     ),
     db: Path | None = DB_OPTION,
+    trust_remote_code: bool = typer.Option(
+        False, "--trust-remote-code", help="Let a model's own code (auto_map) run: only code you trust."
+    ),
 ) -> None:
     """Evaluate a model with lm-eval and store its scores."""
     from rich.console import Console
@@ -66,6 +69,7 @@ def eval_command(
         batch_size=int(batch_size) if batch_size.isdigit() else batch_size,
         num_fewshot=num_fewshot,
         custom_specs=benchmark_spec,
+        trust_remote_code=trust_remote_code,
     )
     console = Console(highlight=False)
     for benchmark, value in summary.scores.items():

@@ -52,7 +52,9 @@ def leaderboard_command(
 
     _check(fmt, TABLE_FORMATS)
     tasks = [t for entry in task or [] for t in split_tasks(entry) or []]
-    board = leaderboard(open_db(db), suite=suite, clean_only=clean_only, tasks=tasks or None, limit=limit)
+    board = leaderboard(
+        open_db(db, write=False), suite=suite, clean_only=clean_only, tasks=tasks or None, limit=limit
+    )
     _emit(render_leaderboard(board, fmt))
 
 
@@ -67,7 +69,7 @@ def lineage_command(
     from mergeguard.db import lineage, open_db, render_lineage
 
     _check(fmt, LINEAGE_FORMATS)
-    _emit(render_lineage(lineage(open_db(db), model, suite=suite), fmt))
+    _emit(render_lineage(lineage(open_db(db, write=False), model, suite=suite), fmt))
 
 
 @app.command("history")
@@ -82,4 +84,4 @@ def history_command(
     from mergeguard.db import history, open_db, render_history
 
     _check(fmt, TABLE_FORMATS)
-    _emit(render_history(history(open_db(db), model, since=since, limit=limit), fmt))
+    _emit(render_history(history(open_db(db, write=False), model, since=since, limit=limit), fmt))
