@@ -53,7 +53,10 @@ def weights_info(folder: Path) -> WeightsInfo | None:
     digest = hashlib.sha256(VERSION.encode())
     params = 0
     dtypes: Counter[str] = Counter()
+    from mergeguard.merge.io import read_header
+
     for path in files:
+        read_header(path)  # checked first: a FIFO, a link loop or a malformed header is a one-line error
         size = path.stat().st_size
         digest.update(f"{path.name}\0{size}\0".encode())
         with path.open("rb") as handle:

@@ -3,7 +3,9 @@
 Reading the next tensor's inputs, computing the current one and writing the previous one overlap (a reader
 thread and a writer thread around the compute loop); at most a couple of tensors are in flight, so peak
 memory is bounded by the largest tensors, not by a shard or a model. Everything is written into a temporary
-folder beside OUT_DIR that is renamed at the very end, so a failed merge leaves no OUT_DIR behind.
+folder beside OUT_DIR that is renamed at the very end, so a failed merge leaves no OUT_DIR behind. OUT_DIR is
+checked before anything is written (`output.check_out_dir`): never an input, the working folder, or an
+existing folder other than an earlier merge.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import os
 import queue
-import shutil
 import sys
 import threading
 import time
@@ -24,7 +25,7 @@ from typing import Any
 from mergeguard.errors import ConfigError, MergeguardError
 from mergeguard.merge.arch import infer_architecture
 from mergeguard.merge.config import MergeConfig, config_models
-from mergeguard.merge.io import ModelReader, ShardWriter, parse_size
+from mergeguard.merge.io import ModelReader, ShardWriter, agreed_buffer, parse_size
 from mergeguard.merge.memory import tune_malloc
 from mergeguard.merge.plan import MergePlan, SourceModel, TensorTask, build_plan
 
@@ -90,8 +91,9 @@ def tensor_seed(seed: int, name: str) -> int:
 
 
 def _open_models(
-    config: MergeConfig, options: MergeOptions, scratch: Callable[[], Path]
+    config: MergeConfig, options: MergeOptions, scratch: Callable[[], Path], out_dir: Path
 ) -> dict[str, SourceModel]:
+    from mergeguard.merge.output import refuse_overlap
     from mergeguard.refs import parse_model_ref, read_config, resolve_model
 
     revisions = {m.model: m.revision for m in config.inputs() if m.revision}
@@ -103,6 +105,7 @@ def _open_models(
             allow_pickle=options.allow_pickle,
             local_files_only=options.local_files_only,
         )
+        refuse_overlap(out_dir, [path])  # a hub model's cache folder too, before the adapter is applied
         if parsed.lora:
             from mergeguard.merge.lora import apply_lora
 
@@ -115,18 +118,11 @@ def _open_models(
     return models
 
 
-def _check_out_dir(out_dir: Path, force: bool) -> None:
-    if out_dir.exists() and not force:
-        raise ConfigError(
-            f"output folder {out_dir} already exists", hint="choose a new folder or pass --force"
-        )
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"output path {out_dir} is a file", hint="choose a folder path")
-
-
 def preflight(config: MergeConfig, out_dir: str | Path, options: MergeOptions) -> None:
     """The cheap checks of a merge's options (output folder, --strict, device), before any other work."""
-    _check_out_dir(Path(out_dir).expanduser().absolute(), options.force)
+    from mergeguard.merge.output import check_out_dir, local_inputs
+
+    check_out_dir(Path(out_dir).expanduser().absolute(), local_inputs(config), options.force)
     if options.strict and config.warnings:
         raise ConfigError(f"{config.warnings[0]} (--strict)", hint="fix the config or drop --strict")
     if options.device.split(":")[0] not in ("cpu", "cuda", "mps"):
@@ -144,46 +140,43 @@ def run_merge(config: MergeConfig, out_dir: str | Path, options: MergeOptions | 
     """Merge `config` into `out_dir`; every config/model problem is raised before any weights are read."""
     from mergeguard.merge.methods import get_method
     from mergeguard.merge.numpy_stream import prestart_workers, release_workers
+    from mergeguard.merge.output import check_out_dir, discard, remove_stale_temps, replace_folder, temp_path
 
     options = options or MergeOptions()
     start = time.perf_counter()
     out_dir = Path(out_dir).expanduser().absolute()
     preflight(config, out_dir, options)
     method = get_method(config.merge_method)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.mergeguard-tmp-{os.getpid()}"
-    scratch_dir = out_dir.parent / f".{out_dir.name}.mergeguard-lora-{os.getpid()}"
+    tmp = temp_path(out_dir, "tmp")
+    scratch_dir = temp_path(out_dir, "lora")
 
     def scratch() -> Path:
-        scratch_dir.mkdir(exist_ok=True)
+        scratch_dir.mkdir(parents=True, exist_ok=True)
         return scratch_dir
 
     models: dict[str, SourceModel] = {}
     try:
         if options.backend != "torch":  # after the cheap checks (a refused merge starts none), inside the
             prestart_workers(config, options.device)  # try whose `finally` stops unused ones
-        models = _open_models(config, options, scratch)
+        models = _open_models(config, options, scratch, out_dir)
         plan = build_plan(config, method, models, allow_crimes=options.allow_crimes)
         from mergeguard.merge.output import check_tokenizer, finish_folder
 
         tokenizer_from = check_tokenizer(config, models, plan)
-        shutil.rmtree(tmp, ignore_errors=True)
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(out_dir.parent)  # left by runs that were killed (their process is gone)
+        discard(tmp)
         tmp.mkdir()
         written = _stream(config, method, models, plan, tmp, options)
         finish_folder(config, models, plan, tmp, tokenizer_from, options)
-        if out_dir.exists():
-            trash = out_dir.parent / f".{out_dir.name}.mergeguard-old-{os.getpid()}"
-            out_dir.rename(trash)
-            tmp.rename(out_dir)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            tmp.rename(out_dir)
+        check_out_dir(out_dir, (), options.force)  # again: OUT may have changed while the merge ran
+        replace_folder(tmp, out_dir)
     finally:
         release_workers()
         for model in models.values():
             model.reader.close()
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(scratch_dir, ignore_errors=True)
+        discard(tmp)
+        discard(scratch_dir)
     return MergeResult(
         out_dir=out_dir,
         method=method.name,
@@ -199,6 +192,9 @@ def run_merge(config: MergeConfig, out_dir: str | Path, options: MergeOptions | 
 
 def _apply(method: Any, inputs: Any, out_dtype: Any) -> Any:
     """Run the method on one tensor and bring the result to the CPU in the output dtype."""
+    if not inputs.tensors[0].is_floating_point():  # a buffer: copied when the inputs agree (as mergekit)
+        tensors = [*inputs.tensors, *([inputs.base] if inputs.base is not None else [])]
+        return agreed_buffer(inputs.name, tensors).to(device="cpu", dtype=out_dtype).contiguous()
     return method.fn(inputs).to(device="cpu", dtype=out_dtype).contiguous()
 
 

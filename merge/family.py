@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from mergeguard.errors import MergeguardError
-from mergeguard.merge.io import DTYPE_NAMES, read_header
+from mergeguard.merge.io import DTYPE_NAMES, FLOAT_DTYPES, read_header, tensor_files
 from mergeguard.merge.kernels.floats import STORAGE, widen
 
 # Calibrated on real training runs of the tiny fixtures (tests/conftest.py `trained`, README "Family check"):
@@ -91,24 +91,25 @@ class FamilyReport:
 
 
 def tensor_index(folder: Path) -> dict[str, Path]:
-    """Map each tensor name of a saved model to its safetensors file, reading headers only."""
-    folder = Path(folder)
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        return {name: folder / file for name, file in weight_map.items()}
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
+    """Map each tensor name of a saved model to its safetensors file, reading (and checking) headers only."""
+    return _weights(Path(folder))[0]
+
+
+def _weights(folder: Path) -> tuple[dict[str, Path], dict[Path, tuple[int, dict[str, Any]]]]:
+    """({tensor: file}, {file: checked header}) of a safetensors model; none is an error."""
+    index, headers = tensor_files(folder)
+    if not index:
         raise MergeguardError(
             f"no safetensors weights in {folder}", hint="give a model folder saved with safetensors"
         )
-    return {name: path for path in files for name in read_header(path)[1]}
+    return index, headers
 
 
 def _shapes(index: dict[str, Path]) -> dict[str, tuple[int, ...]]:
     shapes: dict[str, tuple[int, ...]] = {}
     for path in sorted(set(index.values())):
-        shapes.update({name: tuple(entry["shape"]) for name, entry in read_header(path)[1].items()})
+        header = read_header(path)[1]
+        shapes.update({name: tuple(header[name]["shape"]) for name in header if index.get(name) == path})
     return shapes
 
 
@@ -152,9 +153,13 @@ class _Sampler:
 
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
-        self.index = tensor_index(self.folder)
-        self.shapes = _shapes(self.index)
+        self.index, self._headers = _weights(self.folder)
+        self.shapes = {n: tuple(self._headers[p][1][n]["shape"]) for n, p in self.index.items()}
         self._cache: dict[tuple[str, int], Any] = {}
+
+    def floating(self, name: str) -> bool:
+        """Whether `name` is stored as floats (only those are compared: an integer tensor is no weight)."""
+        return DTYPE_NAMES[self._headers[self.index[name]][1][name]["dtype"]] in FLOAT_DTYPES
 
     def rows(self, name: str, rows: int) -> Any:
         import numpy as np
@@ -162,7 +167,7 @@ class _Sampler:
         key = (name, rows)
         if key not in self._cache:
             path = self.index[name]
-            start, header = read_header(path)
+            start, header = self._headers[path]  # checked: every row read below lies inside the file
             entry = header[name]
             dtype = entry["dtype"]
             storage = STORAGE.get(DTYPE_NAMES[dtype]) or np.dtype(DTYPE_NAMES[dtype])
@@ -197,7 +202,7 @@ def compare(a: _Sampler, b: _Sampler, names: list[str], threshold: float) -> Pai
     """
     per_tensor: dict[str, float] = {}
     for name in names:
-        if name not in a.shapes or name not in b.shapes:
+        if name not in a.shapes or name not in b.shapes or not (a.floating(name) and b.floating(name)):
             continue
         sa, sb = a.shapes[name], b.shapes[name]
         if sa[1:] != sb[1:] or (sa[0] != sb[0] and not _EMBEDDING.search(name) and "embed" not in name):

@@ -3,19 +3,27 @@
 The reader memory-maps safetensors files and hands out one tensor at a time; the writer appends each
 finished tensor to the current shard file and starts a new shard when `shard_size` would be exceeded, so
 peak memory is a few tensors, never a shard or a model.
+
+Nothing is read before it is checked (fail closed): only regular files (a FIFO would block), only files
+inside the model folder (a shard index entry such as `../../other/model.safetensors` or `/etc/passwd`, or a
+link out of the folder, is refused), and safetensors headers validated as the safetensors library does, so
+every offset used afterwards lies inside its file. Each problem is a `ModelFileError`: one line and a fix.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import mmap
 import os
+import re
+import stat
 import struct
 import threading
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
-from mergeguard.errors import MergeguardError
+from mergeguard.errors import ConfigError, MergeguardError, ModelFileError
 
 SAFE_INDEX = "model.safetensors.index.json"
 PICKLE_INDEX = "pytorch_model.bin.index.json"
@@ -34,6 +42,132 @@ _DTYPES = {
 
 DTYPE_NAMES = {v: k for k, v in _DTYPES.items()}
 """safetensors dtype codes (`F16`) -> torch dtype names (`float16`)."""
+
+ITEM_SIZES = {
+    "F64": 8,
+    "I64": 8,
+    "F32": 4,
+    "I32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "I16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+}
+"""Bytes per element of each dtype mergeguard reads (safetensors' other dtypes, e.g. F8_E4M3, are refused)."""
+
+FLOAT_DTYPES = frozenset({"float16", "bfloat16", "float32", "float64"})
+
+MAX_HEADER = 100_000_000
+"""The largest safetensors header accepted: the safetensors library's own limit (MAX_HEADER_SIZE)."""
+
+MAX_JSON = 64 * 2**20
+"""The largest JSON side file (a shard index) read: real ones are kilobytes."""
+
+
+def open_regular(path: Path) -> int:
+    """A read-only descriptor of `path`, refused unless it is a regular file.
+
+    Opened non-blocking and checked with fstat (not stat-then-open), so a FIFO, a device or a socket in
+    place of a weights file is refused at once instead of blocking forever or never ending.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as error:
+        raise ModelFileError(
+            f"cannot open {path} ({error.strerror or error})", hint="check the model folder's files and links"
+        ) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ModelFileError(f"{path} is not a regular file", hint="replace it with the model's real file")
+    return fd
+
+
+def _pread_all(fd: int, nbytes: int, offset: int) -> bytes:
+    """Up to `nbytes` bytes at `offset` (fewer only at the end of the file)."""
+    parts, done = [], 0
+    while done < nbytes:
+        chunk = os.pread(fd, min(nbytes - done, 1 << 26), offset + done)
+        if not chunk:
+            break
+        parts.append(chunk)
+        done += len(chunk)
+    return b"".join(parts)
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object hook: a key given twice is an error, not "the last one wins"."""
+    found: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in found:
+            raise ValueError(f"JSON with the key {key!r} twice")
+        found[key] = value
+    return found
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"not valid JSON ({name} is not a JSON value)")
+
+
+def parse_json(data: bytes) -> Any:
+    """Strict JSON: UTF-8, no duplicate keys, no NaN/Infinity. Raises ValueError with a short reason."""
+    try:
+        return json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+    except UnicodeDecodeError as error:
+        raise ValueError(f"not UTF-8 text (byte {error.start})") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(
+            f"not valid JSON ({error.msg} at line {error.lineno} column {error.colno})"
+        ) from None
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
+def read_json(path: Path, *, hint: str = "fix or replace the file") -> Any:
+    """A JSON side file of a model (shard index), read strictly and bounded; every problem is one line."""
+    fd = open_regular(path)
+    try:
+        size = os.fstat(fd).st_size
+        if size > MAX_JSON:
+            raise ModelFileError(f"{path} is {size} bytes, too large for a JSON side file", hint=hint)
+        data = _pread_all(fd, size, 0)
+    finally:
+        os.close(fd)
+    try:
+        return parse_json(data)
+    except ValueError as error:
+        raise ModelFileError(f"{path} is {error}", hint=hint) from None
+
+
+def weights_root(folder: Path) -> Path:
+    """The folder a model's weight files must resolve into: the model folder itself, or, for a Hugging Face
+    cache snapshot (`models--org--name/snapshots/<rev>`, whose files link to `../../blobs/`), its repo folder.
+    """
+    folder = folder.resolve()
+    if folder.parent.name == "snapshots" and folder.parent.parent.name.startswith("models--"):
+        return folder.parent.parent
+    return folder
+
+
+def confined(folder: Path, name: str, root: Path, source: Path) -> Path:
+    """`folder/name`, refused when `name` (a shard index entry or a file found in the folder) is absolute,
+    climbs out with `..`, or is a link that resolves outside `root` (another model, /etc/passwd)."""
+    hint = "keep the model's weight files inside its folder (copy them there rather than linking)"
+    parts = PurePosixPath(name.replace("\\", "/")).parts
+    if not name or name.startswith(("/", "\\")) or ".." in parts or re.match(r"^[A-Za-z]:", name):
+        raise ModelFileError(f"{source} names {name!r}, a file outside the model folder", hint=hint)
+    path = folder / name
+    try:
+        resolved = path.resolve()
+    except (OSError, RuntimeError) as error:  # a symlink loop
+        raise ModelFileError(
+            f"cannot resolve {path} ({error})", hint="check the model folder's links"
+        ) from None
+    if not resolved.is_relative_to(root):
+        raise ModelFileError(f"{path} links to {resolved}, outside the model folder", hint=hint)
+    return path
 
 
 class _LazyDtypes(dict):  # torch is imported only when a tensor is read
@@ -119,35 +253,27 @@ class ModelReader:
         self._pickled: dict[Path, dict[str, Any]] = {}
         self._lock = threading.Lock()
         self.pickled = False
-        index = folder / SAFE_INDEX
-        files = sorted(folder.glob("*.safetensors"))
-        if index.is_file():
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-            self._where = {name: folder / file for name, file in weight_map.items()}
-        elif files:
-            for path in files:
-                for name in self._header(path)[1]:
-                    self._where[name] = path
-        else:
-            bins = sorted(folder.glob("*.bin"))
-            if not bins:
+        bins = sorted(folder.glob("*.bin"))
+        if os.path.lexists(folder / SAFE_INDEX) or any(folder.glob("*.safetensors")) or not bins:
+            self._where, self._headers = tensor_files(folder)
+            if not self._where:
                 raise MergeguardError(
                     f"no weights (*.safetensors) in {folder}", hint="check the model folder"
                 )
-            if not allow_pickle:
-                raise MergeguardError(
-                    f"{folder} has only pickled .bin weights, which can run code when loaded",
-                    hint="convert them to safetensors, or pass --allow-pickle if you trust the source",
-                )
-            self.pickled = True
-            pickle_index = folder / PICKLE_INDEX
-            if pickle_index.is_file():
-                weight_map = json.loads(pickle_index.read_text(encoding="utf-8"))["weight_map"]
-                self._where = {name: folder / file for name, file in weight_map.items()}
-            else:
-                for path in bins:
-                    for name in self._load_pickle(path):
-                        self._where[name] = path
+            return
+        if not allow_pickle:
+            raise MergeguardError(
+                f"{folder} has only pickled .bin weights, which can run code when loaded",
+                hint="convert them to safetensors, or pass --allow-pickle if you trust the source",
+            )
+        self.pickled = True
+        if os.path.lexists(folder / PICKLE_INDEX):
+            self._where = read_index(folder, PICKLE_INDEX)
+        else:
+            for path in bins:
+                path = confined(folder, path.name, weights_root(folder), folder)
+                for name in self._load_pickle(path):
+                    self._where[name] = path
 
     def names(self) -> list[str]:
         """Tensor names in file order (the index's order for shards)."""
@@ -160,6 +286,7 @@ class ModelReader:
         if path not in self._pickled:
             import torch
 
+            os.close(open_regular(path))  # a FIFO would block torch.load
             self._pickled[path] = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         return self._pickled[path]
 
@@ -203,7 +330,7 @@ class ModelReader:
         path, offset, nbytes = self.locate(name)
         with self._lock:  # kernels in two threads ask at once
             if path not in self._handles:
-                self._handles[path] = os.open(path, os.O_RDONLY)
+                self._handles[path] = open_regular(path)
             fd = self._handles[path]
         if offset + nbytes > os.fstat(fd).st_size:
             raise MergeguardError(f"{path} is truncated at tensor {name}", hint="download the model again")
@@ -244,13 +371,165 @@ class ModelReader:
 
 
 def read_header(path: Path) -> tuple[int, dict[str, Any]]:
-    """(data start, {name: entry}) from a safetensors header, names in data order, without reading data."""
-    with path.open("rb") as handle:
-        (size,) = struct.unpack("<Q", handle.read(8))
-        header = json.loads(handle.read(size))
-    header.pop("__metadata__", None)
-    ordered = dict(sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]))
-    return 8 + size, ordered
+    """(data start, {name: entry}) from a safetensors header, names in data order, without reading data.
+
+    Checked as the safetensors library checks it, so that no malformed file is read past: the header's
+    length within the file and its limit, strict JSON (one object, no key twice), known dtypes, shapes, and
+    `data_offsets` that tile the data exactly (in order, no gaps or overlaps, each tensor's span its shape
+    times its dtype's size, ending at the end of the file).
+    """
+    fd = open_regular(path)
+    try:
+        size = os.fstat(fd).st_size
+        prefix = _pread_all(fd, 8, 0)
+        if len(prefix) < 8:
+            raise _invalid(path, f"{size} bytes, too short for a header")
+        (length,) = struct.unpack("<Q", prefix)
+        if length > MAX_HEADER or 8 + length > size:
+            raise _invalid(path, f"its header length {length} does not fit its {size} bytes")
+        raw = _pread_all(fd, length, 8)
+    finally:
+        os.close(fd)
+    if not raw.startswith(b"{"):
+        raise _invalid(path, "its header is not a JSON object")
+    try:
+        header = parse_json(raw)
+    except ValueError as error:
+        raise _invalid(path, f"its header is {error}") from None
+    if not isinstance(header, dict):
+        raise _invalid(path, "its header is not a JSON object")
+    metadata = header.pop("__metadata__", {})
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise _invalid(path, "its __metadata__ is not an object of strings")
+    for name, entry in header.items():
+        _check_entry(path, name, entry)
+    ordered = dict(sorted(header.items(), key=lambda kv: tuple(kv[1]["data_offsets"])))
+    end = 0
+    for name, entry in ordered.items():
+        begin, stop = entry["data_offsets"]
+        if begin != end:
+            raise _invalid(path, f"tensor {name}'s data_offsets {[begin, stop]} overlap or leave a gap")
+        if stop - begin != math.prod(entry["shape"]) * ITEM_SIZES[entry["dtype"]]:
+            raise _invalid(
+                path, f"tensor {name}'s data_offsets {[begin, stop]} do not match its shape and dtype"
+            )
+        end = stop
+    if 8 + length + end > size:
+        raise _invalid(path, f"truncated: its tensors need {8 + length + end} bytes, the file has {size}")
+    if 8 + length + end < size:
+        raise _invalid(path, f"{size - 8 - length - end} stray bytes follow its last tensor")
+    return 8 + length, ordered
+
+
+def _invalid(path: Path, problem: str) -> ModelFileError:
+    return ModelFileError(
+        f"{path} is not a valid safetensors file: {problem}",
+        hint="download the model again, or re-save it with safetensors",
+    )
+
+
+def _check_entry(path: Path, name: str, entry: Any) -> None:
+    """One tensor's header entry: {dtype: known code, shape: [ints >= 0], data_offsets: [begin <= end]}."""
+    if not isinstance(entry, dict):
+        raise _invalid(path, f"tensor {name}'s entry is not an object")
+    dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+
+    def counts(value: Any, length: int | None = None) -> bool:
+        return (
+            isinstance(value, list)
+            and (length is None or len(value) == length)
+            and all(type(v) is int and v >= 0 for v in value)
+        )
+
+    if not isinstance(dtype, str):
+        raise _invalid(path, f"tensor {name} has no dtype")
+    if dtype not in ITEM_SIZES:
+        raise ModelFileError(
+            f"{path}: tensor {name} has dtype {dtype}, which mergeguard does not merge",
+            hint=f"convert the model to one of {', '.join(sorted(ITEM_SIZES))} (e.g. F16, BF16 or F32)",
+        )
+    if not counts(shape):
+        raise _invalid(path, f"tensor {name}'s shape {shape!r} is not a list of sizes")
+    if not counts(offsets, 2) or offsets[0] > offsets[1]:
+        raise _invalid(path, f"tensor {name}'s data_offsets {offsets!r} are not [begin, end]")
+
+
+def read_index(folder: Path, name: str = SAFE_INDEX) -> dict[str, Path]:
+    """A shard index's `weight_map` as {tensor: file}, every file confined to the model folder."""
+    path = folder / name
+    hint = "fix the index, or download the model again"
+    data = read_json(path, hint=hint)
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise ModelFileError(f"{path} has no `weight_map` object of tensor names to files", hint=hint)
+    root = weights_root(folder)
+    files: dict[str, Path] = {}
+    for tensor, file in weight_map.items():
+        if not isinstance(file, str):
+            raise ModelFileError(f"{path}: `weight_map` entry {tensor!r} is not a file name", hint=hint)
+        files[tensor] = confined(folder, file, root, path)
+    return files
+
+
+def tensor_files(folder: Path) -> tuple[dict[str, Path], dict[Path, tuple[int, dict[str, Any]]]]:
+    """({tensor: file}, {file: header}) of a safetensors model, every header read and checked.
+
+    From the shard index when there is one (each tensor must be in the file it names), else from the
+    folder's `*.safetensors` files (a tensor in two files is an error, not "the last file wins").
+    """
+    root = weights_root(folder)
+    headers: dict[Path, tuple[int, dict[str, Any]]] = {}
+    if os.path.lexists(folder / SAFE_INDEX):
+        where = read_index(folder)
+        for path in dict.fromkeys(where.values()):
+            headers[path] = read_header(path)
+        for tensor, path in where.items():
+            if tensor not in headers[path][1]:
+                raise ModelFileError(
+                    f"{folder / SAFE_INDEX} puts tensor {tensor} in {path.name}, which does not hold it",
+                    hint="fix the index, or download the model again",
+                )
+        return where, headers
+    where = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        path = confined(folder, path.name, root, folder)
+        headers[path] = read_header(path)
+        for tensor in headers[path][1]:
+            if tensor in where:
+                raise ModelFileError(
+                    f"tensor {tensor} is in both {where[tensor].name} and {path.name} in {folder}",
+                    hint="remove the stray weights file",
+                )
+            where[tensor] = path
+    return where, headers
+
+
+def check_input_dtypes(name: str, dtypes: dict[str, str]) -> None:
+    """Refuse one output tensor whose inputs mix integer (or bool) storage with another dtype.
+
+    An I32 tensor where another model has F32 is a corrupt or foreign file, not something to average;
+    mergekit refuses it too (without `dtype:`; with it, mergekit casts it and merges, which we do not).
+    """
+    if len(set(dtypes.values())) > 1 and not set(dtypes.values()) <= FLOAT_DTYPES:
+        listing = ", ".join(f"{ref}: {dtype}" for ref, dtype in dtypes.items())
+        raise ConfigError(
+            f"tensor {name} is stored as integers in some inputs and not in others ({listing})",
+            hint="every input must store it the same way; fix or replace the odd model's weights",
+        )
+
+
+def agreed_buffer(name: str, tensors: list[Any]) -> Any:
+    """The one value of a non-float tensor (a buffer such as position ids): copied as is when every input
+    holds the same bytes, as mergekit does, and an error when they differ (integers cannot be averaged)."""
+    import torch
+
+    first = tensors[0]
+    if any(t.dtype != first.dtype or not torch.equal(t, first) for t in tensors[1:]):
+        raise ConfigError(
+            f"non-float tensor {name} ({str(first.dtype).replace('torch.', '')}) differs between inputs",
+            hint="integer tensors are copied only when every input agrees; make them equal before merging",
+        )
+    return first
 
 
 class ShardWriter:

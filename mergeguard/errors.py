@@ -40,6 +40,10 @@ class ModelCodeError(MergeguardError):
     """A model that needs its own Python code to load (an `auto_map`) when the user did not allow it."""
 
 
+class ModelFileError(MergeguardError):
+    """A model file that is not a regular file, is malformed, or lies outside its model folder."""
+
+
 class ConfigError(MergeguardError):
     """A merge configuration that cannot be merged as written."""
 
