@@ -153,10 +153,18 @@ def read_config(folder: Path) -> dict[str, Any]:
 
 def _read_json_object(path: Path) -> dict[str, Any]:
     """A JSON object from `path` ({} when the file is absent); anything else is a one-line error."""
-    if not path.is_file():
+    if not os.path.lexists(path):
         return {}
     try:
+        if not path.is_file():  # a FIFO, a device, a folder, a dangling or looping link: never read it
+            raise MergeguardError(
+                f"{path} is not a regular file", hint="replace it with the model's JSON file"
+            )
         value = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise MergeguardError(
+            f"{path} cannot be read ({error.strerror or error})", hint="fix or replace the file"
+        ) from error
     except UnicodeDecodeError as error:
         raise MergeguardError(
             f"{path} is not UTF-8 text (byte {error.start})", hint="fix or replace the file"

@@ -443,3 +443,19 @@ def test_database_in_a_read_only_folder(tmp_path: Path, capsys) -> None:
         assert "team.db cannot be opened" in line and "make its folder writable" in line
     finally:
         _make_writable(locked)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "loop", "folder"])
+def test_config_json_that_is_not_a_regular_file_is_named(tmp_path: Path, kind: str) -> None:
+    """A FIFO would block a read forever; a loop or a folder used to pass as 'no config'."""
+    from mergeguard.refs import read_config
+
+    config = tmp_path / "config.json"
+    if kind == "fifo":
+        os.mkfifo(config)
+    elif kind == "loop":
+        config.symlink_to(config)
+    else:
+        config.mkdir()
+    with pytest.raises(MergeguardError, match=r"config\.json is not a regular file; replace it"):
+        read_config(tmp_path)
