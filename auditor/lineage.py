@@ -47,11 +47,11 @@ def config_inputs(path: Path) -> list[str]:
         pass
     except MergeguardError:
         pass
-    import yaml
+    from mergeguard.merge.config import read_yaml  # bounded: size, nesting, aliases, UTF-8
 
     try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as error:
+        raw = read_yaml(Path(path))
+    except OSError as error:
         raise MergeguardError(f"cannot read merge config {path} ({error})", hint="fix the YAML") from error
     refs: list[str] = []
 

@@ -1,7 +1,9 @@
 """The mergekit YAML config: parse it as people write it, validate it fully before any weights are read.
 
-`load_config` checks everything the text alone can tell (keys, method, parameter names, types, dtypes,
-layer ranges); `merge.plan` checks what needs the models' headers (architectures, layer counts, tensors).
+`load_config` checks everything the text alone can tell (keys, method, parameter names, types, finite values
+in their declared ranges, dtypes, layer ranges); `merge.plan` checks what needs the models' headers
+(architectures, layer counts, tensors). Reading is bounded (file size, nesting, alias expansion, entries), so
+a hostile file costs a one-line error, not memory or a traceback.
 Mistakes mergekit silently ignores are errors (unknown keys) or warnings (keys in the wrong place, known
 parameters the method does not use); `strict=True` turns the warnings into errors.
 """
@@ -17,6 +19,7 @@ from typing import Any
 import yaml
 
 from mergeguard.errors import ConfigError
+from mergeguard.merge.params import cast, shown
 
 TOP_KEYS = (
     "models",
@@ -48,6 +51,15 @@ DTYPES = {
     "bf16": "bfloat16",
     "float64": "float64",
 }
+MAX_CONFIG_BYTES = 1 << 20
+"""A config is a few KiB: a bigger file is a mistake (or an attack), refused before it is read."""
+MAX_YAML_NODES = 1_000_000
+"""Nodes after alias expansion: a billion-laughs config is refused before anything is built from it."""
+MAX_YAML_DEPTH = 64
+"""Nesting depth: mergekit's deepest form (a filtered gradient under a slice source) needs about 12."""
+MAX_REF_CHARS = 4096
+MAX_INPUTS = 1024
+"""Model entries (or slice sources) in one config: far above real merges, far below a file-handle limit."""
 
 
 @dataclass
@@ -95,14 +107,8 @@ class MergeConfig:
 
 def config_models(config: MergeConfig) -> list[str]:
     """Every input model reference (base included), each once, in config order."""
-    refs: list[str] = []
-    for ref in [config.base_model, *[s.base_model for s in config.slices or []]]:
-        if ref and ref not in refs:
-            refs.append(ref)
-    for item in config.inputs():
-        if item.model not in refs:
-            refs.append(item.model)
-    return refs
+    refs = [config.base_model, *[s.base_model for s in config.slices or []]]
+    return list(dict.fromkeys(ref for ref in [*refs, *(i.model for i in config.inputs())] if ref))
 
 
 def _methods() -> Any:
@@ -117,36 +123,152 @@ def _suggest(word: str, choices: Any) -> str | None:
 
 
 def _unknown(word: str, where: str, choices: Any) -> ConfigError:
-    guess = _suggest(word, choices)
+    guess = _suggest(word[:100], choices)
     hint = f"did you mean `{guess}`?" if guess else f"known keys: {', '.join(sorted(choices))}"
-    return ConfigError(f"unknown key `{word}` in {where}", hint=hint)
+    return ConfigError(f"unknown key `{_clip(word)}` in {where}", hint=hint)
+
+
+def _clip(text: str, limit: int = 80) -> str:
+    """A name for an error message: a config's key or reference can be megabytes long."""
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _read_text(source: str | Path) -> str:
+    """The config's text: from a path (or a one-line string naming a .yml or existing file), else as given."""
     if isinstance(source, Path):
-        if not source.is_file():
-            raise ConfigError(f"config file {source} not found", hint="check the path")
-        return source.read_text(encoding="utf-8")
+        return _read_file(source)
     text = str(source)
     if "\n" not in text and len(text) < 4096:
-        path = Path(text).expanduser()
+        try:
+            path = Path(text).expanduser()
+        except RuntimeError:  # `~nobody/x.yml`: no such user
+            path = Path(text)
         if path.suffix.lower() in (".yml", ".yaml") or path.is_file():
-            if not path.is_file():
-                raise ConfigError(f"config file {text} not found", hint="check the path")
-            return path.read_text(encoding="utf-8")
+            return _read_file(path)
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"config is larger than {MAX_CONFIG_BYTES >> 20} MiB", hint="a merge config is a few KiB"
+        )
     return text
 
 
-def _parse_yaml(text: str) -> dict[str, Any]:
-    text = textwrap.dedent(text.expandtabs(2)).strip("\n")
+def _read_file(path: Path) -> str:
+    """A regular file of at most MAX_CONFIG_BYTES, decoded as UTF-8 (a FIFO or a device is never opened)."""
+    if not path.exists():
+        raise ConfigError(f"config file {path} not found", hint="check the path")
+    if not path.is_file():
+        raise ConfigError(f"config {path} is not a regular file", hint="give the path of a YAML file")
     try:
-        data = yaml.safe_load(text)
+        with path.open("rb") as handle:
+            data = handle.read(MAX_CONFIG_BYTES + 1)
+    except OSError as error:  # unreadable: permissions, an I/O error
+        raise ConfigError(
+            f"config file {path} cannot be read ({error.strerror})", hint="check its permissions"
+        ) from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"config file {path} is larger than {MAX_CONFIG_BYTES >> 20} MiB",
+            hint="a merge config is a few KiB; check the path",
+        )
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise ConfigError(
+            f"config file {path} is not valid UTF-8 (line {line})", hint="save it as UTF-8 text"
+        ) from None
+
+
+def _check_tree(root: yaml.Node) -> None:
+    """Check the composed YAML before anything is built from it, without expanding its aliases.
+
+    Refuses duplicate keys (YAML keeps the last one silently), alias cycles (`&a [*a]`), nesting deeper than
+    MAX_YAML_DEPTH and more than MAX_YAML_NODES nodes once aliases are expanded (the billion-laughs attack).
+    An alias is the very node it names, so sizes are computed once per node: linear in the file's size.
+    """
+    size: dict[int, tuple[int, int]] = {}  # id(node) -> (nodes, depth), aliases expanded
+    open_nodes: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        children = _children(node)
+        if done:
+            open_nodes.discard(key)
+            nodes = 1 + sum(size[id(child)][0] for child in children)
+            depth = 1 + max((size[id(child)][1] for child in children), default=0)
+            size[key] = (nodes, depth)
+            line = node.start_mark.line + 1
+            if nodes > MAX_YAML_NODES:
+                raise ConfigError(
+                    f"config expands to more than {MAX_YAML_NODES:,} YAML nodes (line {line})",
+                    hint="write the config without nested `&anchor`/`*alias` repetition",
+                )
+            if depth > MAX_YAML_DEPTH:
+                raise ConfigError(
+                    f"config is nested more than {MAX_YAML_DEPTH} levels deep (line {line})",
+                    hint="a merge config is a few levels deep; check the brackets and the aliases",
+                )
+        elif key not in size:
+            if key in open_nodes:
+                raise ConfigError(
+                    f"config contains itself through an alias (line {node.start_mark.line + 1})",
+                    hint="an `*alias` cannot point into its own `&anchor`",
+                )
+            open_nodes.add(key)
+            _check_duplicates(node)
+            stack.append((node, True))
+            stack.extend((child, False) for child in children)
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
+
+
+def _check_duplicates(node: yaml.Node) -> None:
+    if not isinstance(node, yaml.MappingNode):
+        return
+    seen: set[tuple[str, str]] = set()
+    for key, _ in node.value:
+        if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
+            continue  # `<<: *defaults` may be overridden by the keys beside it
+        if (key.tag, key.value) in seen:
+            raise ConfigError(
+                f"duplicate key `{_clip(key.value)}` at line {key.start_mark.line + 1} of the config",
+                hint="keep one of them (YAML would silently keep the last)",
+            )
+        seen.add((key.tag, key.value))
+
+
+def _parse_yaml(text: str) -> dict[str, Any]:
+    """Safe YAML (libyaml when present: ~4x faster), bounded: see `_check_tree`."""
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(textwrap.dedent(text.expandtabs(2)))
+    try:
+        node = loader.get_single_node()
+        if node is not None:
+            _check_tree(node)
+        data = None if node is None else loader.construct_document(node)
+    except yaml.reader.ReaderError as error:  # binary data: NUL and other control characters
+        line = text.count("\n", 0, error.position) + 1
+        raise ConfigError(
+            f"config is not valid YAML at line {line}: {error.reason}", hint="a merge config is plain text"
+        ) from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or ""
         raise ConfigError(
-            f"config is not valid YAML{where}", hint="check the indentation and the colons"
-        ) from error
+            f"config is not valid YAML{where}" + (f": {_clip(problem)}" if problem else ""),
+            hint="check the indentation and the colons",
+        ) from None
+    except RecursionError:  # PyYAML's pure-Python composer recurses once per level of nesting
+        raise ConfigError("config is nested too deeply", hint="a merge config is a few levels deep") from None
+    finally:
+        loader.dispose()
     if not isinstance(data, dict):
         raise ConfigError("config must be a YAML mapping", hint="start with `merge_method:` and `models:`")
     return data
@@ -158,7 +280,35 @@ def _ref(value: Any, where: str) -> str:
         value = inner.get("path") if isinstance(inner, dict) else inner
     if value is None or (isinstance(value, str) and not value.strip()):
         raise ConfigError(f"{where} has no model", hint="write `model: <folder or org/name>`")
-    return str(value).strip()
+    if not isinstance(value, str) or len(value) > MAX_REF_CHARS:
+        raise ConfigError(
+            f"the model of {where} is {shown(value)}, not a folder or hub id",
+            hint="write `model: <folder or org/name>`",
+        )
+    return value.strip()
+
+
+def _string(value: Any, key: str) -> str | None:
+    """A top-level setting that must be text (or absent): `chat_template: 123` is refused here, not later."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ConfigError(f"`{key}` must be a string, not {shown(value)}", hint=f"write `{key}: <text>`")
+    return value
+
+
+def _chat_template(value: Any) -> str | None:
+    """`auto`, a known template name, or a Jinja template: checked before any weights are read."""
+    from mergeguard.merge.output import CHAT_TEMPLATES
+
+    template = _string(value, "chat_template")
+    named = template in ("auto", *CHAT_TEMPLATES)
+    if template and not named and "{{" not in template and "{%" not in template:
+        raise ConfigError(
+            f"chat_template `{_clip(template)}` is neither a Jinja template nor a known name",
+            hint=f"write the template itself, or one of: auto, {', '.join(CHAT_TEMPLATES)}",
+        )
+    return template
 
 
 class _Validator:
@@ -199,31 +349,37 @@ class _Validator:
                     " put it under the slice's or the top-level `parameters:`"
                 )
                 continue
-            self.check_value(name, value, param.kind, where)
+            self.check_value(param, value, where)
             out[name] = value
         return out
 
-    def check_value(self, name: str, value: Any, kind: type, where: str) -> None:
-        """Cast every leaf once now, so a bad value fails before any weights are read."""
-        from mergeguard.merge.params import cast
-
+    def check_value(self, param: Any, value: Any, where: str) -> None:
+        """Cast every leaf once now, so a bad value (wrong type, NaN, out of the declared range) fails before
+        any weights are read. A gradient interpolates between its leaves, so checked leaves suffice."""
+        name = param.name
         if isinstance(value, dict):
             value = [value]
         if isinstance(value, list):
             for entry in value:
                 if isinstance(entry, dict):
-                    extra = set(entry) - {"filter", "value"}
+                    extra = sorted(map(str, set(entry) - {"filter", "value"}))
                     if extra:
-                        raise _unknown(
-                            sorted(extra)[0], f"`{name}` filter entry in {where}", ["filter", "value"]
-                        )
+                        raise _unknown(extra[0], f"`{name}` filter entry in {where}", ["filter", "value"])
                     if "value" not in entry:
-                        raise ConfigError(f"`{name}` filter entry in {where} has no `value`")
-                    self.check_value(name, entry["value"], kind, where)
+                        raise ConfigError(
+                            f"`{name}` filter entry in {where} has no `value`",
+                            hint="write `{filter: <part of a tensor name>, value: <number>}`",
+                        )
+                    if entry.get("filter") is not None and not isinstance(entry["filter"], str):
+                        raise ConfigError(
+                            f"`{name}` filter {shown(entry['filter'])} in {where} is not a string",
+                            hint="write part of a tensor name, e.g. `filter: self_attn`",
+                        )
+                    self.check_value(param, entry["value"], where)
                 else:
-                    cast(entry, kind, name)
+                    cast(entry, param.kind, name, param.valid)
         elif value is not None:
-            cast(value, kind, name)
+            cast(value, param.kind, name, param.valid)
 
     def misplaced(self, raw: dict[str, Any], allowed: tuple[str, ...], where: str) -> None:
         for key in raw:
@@ -238,15 +394,25 @@ class _Validator:
             raise _unknown(key, where, allowed)
 
     def model(self, raw: Any, where: str, *, slice_source: bool) -> InputModel:
-        if isinstance(raw, str):
-            return InputModel(model=raw.strip())
+        if isinstance(raw, str) and not slice_source:
+            return InputModel(model=_ref(raw, where))
         if not isinstance(raw, dict):
-            raise ConfigError(f"{where} must be a mapping with `model:`")
+            raise ConfigError(
+                f"{where} must be a mapping with `model:`",
+                hint="write `- model: <folder or org/name>`"
+                + (" with `layer_range: [start, end]`" if slice_source else ""),
+            )
         self.misplaced(raw, SOURCE_KEYS if slice_source else MODEL_KEYS, where)
+        revision = raw.get("revision")
+        if revision is not None and not isinstance(revision, (str, int)):
+            raise ConfigError(
+                f"`revision` in {where} must be a branch, tag or commit, not {shown(revision)}",
+                hint="write `revision: main` or a commit hash",
+            )
         item = InputModel(
             model=_ref(raw.get("model"), where),
             parameters=self.params(raw.get("parameters"), where, per_model=True),
-            revision=str(raw["revision"]) if raw.get("revision") is not None else None,
+            revision=None if revision is None else str(revision),
         )
         if slice_source:
             item.layer_range = _layer_range(raw.get("layer_range"), where)
@@ -254,12 +420,19 @@ class _Validator:
 
 
 def _layer_range(raw: Any, where: str) -> tuple[int, int]:
+    """Two integers `[start, end)`: `[0.5, 1.5]` is refused, not truncated (the plan checks the end)."""
     if raw is None:
         raise ConfigError(f"{where} has no `layer_range`", hint="write `layer_range: [start, end]`")
-    try:
-        start, end = (int(v) for v in raw)
-    except (TypeError, ValueError):
-        raise ConfigError(f"`layer_range` in {where} must be two integers [start, end]") from None
+    if not (
+        isinstance(raw, list)
+        and len(raw) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in raw)
+    ):
+        raise ConfigError(
+            f"`layer_range: {shown(raw)}` in {where} must be two integers [start, end]",
+            hint="write whole layer numbers, e.g. `layer_range: [0, 16]`",
+        )
+    start, end = raw
     if start < 0 or end <= start:
         raise ConfigError(
             f"`layer_range: [{start}, {end}]` in {where} is empty or negative",
@@ -281,6 +454,12 @@ def _dtype(value: Any, key: str) -> str | None:
     return DTYPES[name]
 
 
+def read_yaml(source: str | Path) -> dict[str, Any]:
+    """The config's raw mapping, read with every bound of `load_config` but none of its validation (for
+    readers such as lineage that only need the model names of a config mergeguard cannot merge)."""
+    return _parse_yaml(_read_text(source))
+
+
 def load_config(source: str | Path, *, strict: bool = False) -> MergeConfig:
     """Parse and validate a mergekit config (a path or the YAML text). Raises ConfigError on the first error.
 
@@ -292,9 +471,11 @@ def load_config(source: str | Path, *, strict: bool = False) -> MergeConfig:
     for key in raw:
         if str(key) not in TOP_KEYS and str(key) not in methods.ALL_PARAM_NAMES:
             raise _unknown(str(key), "the config", TOP_KEYS)
+    for key in ("merge_method", "dtype", "out_dtype", "tokenizer_source", "name"):
+        _string(raw.get(key), key)
     if not raw.get("merge_method"):
         raise ConfigError("config has no `merge_method`", hint=f"choose one of {', '.join(methods.METHODS)}")
-    method = methods.get_method(str(raw["merge_method"]).strip())
+    method = methods.get_method(_clip(raw["merge_method"].strip()))
     check = _Validator(method, methods)
     check.misplaced(raw, TOP_KEYS, "the config")
 
@@ -315,26 +496,34 @@ def load_config(source: str | Path, *, strict: bool = False) -> MergeConfig:
                 hint="merge multi-module models one module at a time",
             )
         ((module_name, body),) = modules.items()
-        where = f"module `{module_name}`"
+        where = f"module `{_clip(str(module_name))}`"
         if not isinstance(body, dict):
-            raise ConfigError(f"{where} must be a mapping with `slices:` or `models:`")
+            raise ConfigError(
+                f"{where} must be a mapping with `slices:` or `models:`", hint="list the models under it"
+            )
         check.misplaced(body, MODULE_KEYS, where)
         module_params = check.params(body.get("parameters"), where, per_model=False)
         inner = [k for k in ("models", "slices") if body.get(k)]
         if len(inner) != 1:
-            raise ConfigError(f"{where} needs exactly one of `models` or `slices`")
+            raise ConfigError(
+                f"{where} needs exactly one of `models` or `slices`", hint="keep one of them under the module"
+            )
 
     config = MergeConfig(merge_method=method.name, module_parameters=module_params, text=text)
     if body.get("models"):
         if not isinstance(body["models"], list):
-            raise ConfigError("`models` must be a list of `- model: ...` entries")
+            raise ConfigError("`models` must be a list", hint="write one `- model: ...` entry per model")
+        _check_count(len(body["models"]))
         config.models = [
             check.model(m, f"models[{i}]", slice_source=False) for i, m in enumerate(body["models"])
         ]
+        _listed_once(config.models, "models")
     else:
         if not isinstance(body["slices"], list):
-            raise ConfigError("`slices` must be a list of `- sources: ...` entries")
+            raise ConfigError("`slices` must be a list", hint="write one `- sources: [...]` entry per slice")
         config.slices = []
+        sources = [sl.get("sources") for sl in body["slices"] if isinstance(sl, dict)]
+        _check_count(sum(len(s) for s in sources if isinstance(s, list)))
         for i, sl in enumerate(body["slices"]):
             where = f"slices[{i}]"
             if not isinstance(sl, dict) or not sl.get("sources"):
@@ -342,10 +531,17 @@ def load_config(source: str | Path, *, strict: bool = False) -> MergeConfig:
                     f"{where} has no `sources`", hint="write `- sources: [{model, layer_range}]`"
                 )
             check.misplaced(sl, SLICE_KEYS, where)
+            if not isinstance(sl["sources"], list):
+                raise ConfigError(
+                    f"`sources` of {where} must be a list", hint="write `- sources: [{model, layer_range}]`"
+                )
+            if sl.get("residual_weight") is not None:
+                cast(sl["residual_weight"], float, "residual_weight")
             sources = [
                 check.model(s, f"{where}.sources[{j}]", slice_source=True)
                 for j, s in enumerate(sl["sources"])
             ]
+            _listed_once(sources, f"the sources of {where}")
             lengths = {s.layer_range[1] - s.layer_range[0] for s in sources if s.layer_range}
             if len(lengths) > 1:
                 raise ConfigError(
@@ -365,7 +561,7 @@ def load_config(source: str | Path, *, strict: bool = False) -> MergeConfig:
     config.parameters = check.params(raw.get("parameters"), "the top-level parameters", per_model=False)
     config.dtype = _dtype(raw.get("dtype"), "dtype")
     config.out_dtype = _dtype(raw.get("out_dtype"), "out_dtype")
-    config.chat_template = raw.get("chat_template")
+    config.chat_template = _chat_template(raw.get("chat_template"))
     config.tokenizer_source = _tokenizer_source(raw, check)
     _check_method_needs(config, method)
     config.warnings = check.warnings
@@ -374,22 +570,41 @@ def load_config(source: str | Path, *, strict: bool = False) -> MergeConfig:
     return config
 
 
+def _check_count(entries: int) -> None:
+    if entries > MAX_INPUTS:
+        raise ConfigError(
+            f"config lists {entries} model entries; mergeguard merges at most {MAX_INPUTS}",
+            hint="merge in stages: merge groups of models, then merge the results",
+        )
+
+
+def _listed_once(items: list[InputModel], where: str) -> None:
+    """mergekit keys a slice's inputs by model, so a model listed twice counts once there: refuse it."""
+    seen: set[str] = set()
+    for item in items:
+        if item.model in seen:
+            raise ConfigError(
+                f"model {_clip(item.model)} is listed twice in {where}",
+                hint="list each model once (mergekit would silently count it once)",
+            )
+        seen.add(item.model)
+
+
 def _tokenizer_source(raw: dict[str, Any], check: _Validator) -> str | None:
     if raw.get("tokenizer_source") is not None and raw.get("tokenizer") is not None:
         raise ConfigError("config sets both `tokenizer_source` and `tokenizer`", hint="keep one of them")
     if raw.get("tokenizer") is not None:
         section = raw["tokenizer"]
         if not isinstance(section, dict):
-            raise ConfigError("`tokenizer` must be a mapping with `source:`")
+            raise ConfigError("`tokenizer` must be a mapping", hint="write `tokenizer: {source: base}`")
         check.misplaced(section, TOKENIZER_KEYS, "the tokenizer section")
         if section.get("tokens") or section.get("pad_to_multiple_of"):
             raise ConfigError(
                 "`tokenizer.tokens` and `tokenizer.pad_to_multiple_of` are not supported yet",
                 hint="remove them, or merge with mergekit",
             )
-        return str(section.get("source", "union"))
-    source = raw.get("tokenizer_source")
-    return None if source is None else str(source)
+        return _string(section.get("source", "union"), "tokenizer.source")
+    return _string(raw.get("tokenizer_source"), "tokenizer_source")
 
 
 def _check_method_needs(config: MergeConfig, method: Any) -> None:
@@ -408,12 +623,14 @@ def _check_method_needs(config: MergeConfig, method: Any) -> None:
         if count < method.min_models:
             raise ConfigError(
                 f"merge_method `{method.name}` needs at least {method.min_models} models"
-                f" in {where}, got {count}"
+                f" in {where}, got {count}",
+                hint="list more models (with `base_model:`, the base counts too)",
             )
         if method.max_models is not None and count > method.max_models:
             raise ConfigError(
                 f"merge_method `{method.name}` takes at most {method.max_models} models"
-                f" in {where}, got {count}"
+                f" in {where}, got {count}",
+                hint="list fewer models, or choose a method that merges more",
             )
         from mergeguard.merge.methods.base import REQUIRED
 

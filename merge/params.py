@@ -8,41 +8,82 @@ mergekit's documented semantics so that its configs produce the same weights her
 from __future__ import annotations
 
 import math
+import reprlib
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from mergeguard.errors import ConfigError
 
 MISSING = object()
+MAX_MAGNITUDE = 1e6
+"""No parameter means anything beyond this: `weight: 1e308` overflows float32 into a NaN model."""
 
 
-def cast(value: Any, kind: type, name: str) -> Any:
-    """Cast a YAML value to the parameter's kind: `"1e-8"` -> 1e-08, `normalize: 1.0` -> True."""
+@dataclass(frozen=True)
+class Interval:
+    """The values a parameter may take, declared beside it: `Interval(0, 1, low_open=True)` is (0, 1]."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def __str__(self) -> str:
+        low = "(-inf" if self.low is None else f"{'(' if self.low_open else '['}{self.low:g}"
+        high = "inf)" if self.high is None else f"{self.high:g}{')' if self.high_open else ']'}"
+        return f"{low}, {high}"
+
+
+def shown(value: Any) -> str:
+    """A value for an error message, cut short: a config's value can be megabytes long."""
+    return reprlib.repr(value)
+
+
+def cast(value: Any, kind: type, name: str, valid: Interval | None = None) -> Any:
+    """Cast a YAML value to the parameter's kind: `"1e-8"` -> 1e-08, `normalize: 1.0` -> True.
+
+    Numbers must be finite (a NaN or infinite weight makes an all-NaN model) and inside `valid`.
+    """
     try:
         if kind is bool:
-            if isinstance(value, str):
-                low = value.strip().lower()
-                if low in ("true", "yes", "on", "1", "1.0"):
-                    return True
-                if low in ("false", "no", "off", "0", "0.0"):
-                    return False
-                raise ValueError(value)
-            return bool(value)
-        if kind is int:
-            number = float(value)
-            if not number.is_integer():
-                raise ValueError(value)
-            return int(number)
-        if kind is float:
             if isinstance(value, bool):
-                return float(value)
-            return float(value)
-    except (TypeError, ValueError):
+                return value
+            low = str(value).strip().lower() if isinstance(value, (str, int, float)) else None
+            if low in ("true", "yes", "on", "1", "1.0"):
+                return True
+            if low in ("false", "no", "off", "0", "0.0"):
+                return False
+            raise ValueError(value)
+        if kind not in (int, float) or not isinstance(value, (int, float, str)):
+            raise TypeError(value)  # YAML's !!binary, dates, sets and containers are not numbers
+        number = float(value)
+        if kind is int and not number.is_integer():
+            raise ValueError(value)
+    except (TypeError, ValueError, OverflowError):
         raise ConfigError(
-            f"parameter `{name}` = {value!r} is not a {kind.__name__}",
+            f"parameter `{name}` = {shown(value)} is not a {kind.__name__}",
             hint=f"write a {kind.__name__} value",
         ) from None
-    return value
+    if not math.isfinite(number):
+        raise ConfigError(
+            f"parameter `{name}` = {shown(value)} is not a finite number", hint="write a finite number"
+        )
+    if valid is not None and number not in valid:
+        raise ConfigError(
+            f"parameter `{name}` = {shown(value)} is out of range", hint=f"use a value in {valid}"
+        )
+    if abs(number) > MAX_MAGNITUDE:
+        raise ConfigError(
+            f"parameter `{name}` = {shown(value)} is out of range",
+            hint=f"use a value between -{MAX_MAGNITUDE:g} and {MAX_MAGNITUDE:g}",
+        )
+    return int(number) if kind is int else number
 
 
 def _is_number(value: Any) -> bool:
@@ -79,7 +120,10 @@ def evaluate(setting: Any, *, tensor_name: str, t: float, kind: type, name: str)
             pattern = entry.get("filter")
             if pattern is None or pattern == "*" or str(pattern) in tensor_name:
                 if "value" not in entry:
-                    raise ConfigError(f"parameter `{name}` has a filter entry without `value`")
+                    raise ConfigError(
+                        f"parameter `{name}` has a filter entry without `value`",
+                        hint="write `{filter: <part of a tensor name>, value: <number>}`",
+                    )
                 return evaluate(entry["value"], tensor_name=tensor_name, t=t, kind=kind, name=name)
         return MISSING
     if setting is None:

@@ -14,7 +14,7 @@ from typing import Any
 from mergeguard.errors import ConfigError
 from mergeguard.merge.arch import Architecture
 from mergeguard.merge.config import InputModel, MergeConfig, OutputSlice
-from mergeguard.merge.io import ModelReader
+from mergeguard.merge.io import ModelReader, check_input_dtypes
 from mergeguard.merge.params import MISSING, resolve
 
 
@@ -92,7 +92,7 @@ def _resolve_task(
     sl: OutputSlice,
     base: str | None,
     task: TensorTask,
-    from_base_extra: bool,
+    own_parameters: dict[str, dict[str, Any]],
 ) -> None:
     """Fill `task.params` and `task.options` (precedence: per-model > slice > module > global)."""
     from mergeguard.merge.methods.base import REQUIRED
@@ -114,7 +114,7 @@ def _resolve_task(
     task.options = options
     params: list[dict[str, Any]] = []
     for ref, in_name in task.inputs:
-        own = [s.parameters for s in sl.sources if s.model == ref]
+        own = [own_parameters[ref]] if ref in own_parameters else []  # an unlisted base has none
         values: dict[str, Any] = {}
         for param in method.params:
             if not param.per_model or (ref == base and getattr(param, "non_base", False)):
@@ -129,6 +129,8 @@ def _resolve_task(
                 value = param.default
             values[param.name] = value
         params.append(values)
+    if method.check is not None:
+        method.check(params)
     task.params = params
 
 
@@ -157,6 +159,8 @@ def build_plan(
     out = models[out_ref]
     _check_compatible(models, out, allow_crimes)
     plan = MergePlan(out_model=out_ref)
+    # each source's `parameters:` by model (listed once per slice, see config): a lookup, not a scan per input
+    own_parameters = {id(sl): {src.model: src.parameters for src in sl.sources} for sl in slices}
 
     def add(sl: OutputSlice, name: str, inputs: list[tuple[str, str]], t: float, layer: int | None) -> None:
         base = sl.base_model or config.base_model
@@ -182,6 +186,9 @@ def build_plan(
                     hint="the models differ in architecture; pass --allow-crimes only if they match",
                 )
             shapes[ref] = reader.shape(in_name)
+        check_input_dtypes(
+            name, {r: models[r].reader.dtype(n) for r, n in [*inputs, *filter(None, [base_pair])]}
+        )
         if len(set(shapes.values())) > 1:
             listing = ", ".join(f"{r}: {list(s)}" for r, s in shapes.items())
             raise ConfigError(
@@ -199,7 +206,7 @@ def build_plan(
             shape=next(iter(shapes.values())),
             layer=layer,
         )
-        _resolve_task(config, method, sl, base, task, False)
+        _resolve_task(config, method, sl, base, task, own_parameters[id(sl)])
         plan.tasks.append(task)
 
     first, last = slices[0], slices[-1]

@@ -11,8 +11,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from mergeguard.merge.params import Interval
+
 if TYPE_CHECKING:
     import torch
+
+FRACTION = Interval(0, 1, low_open=True)
+"""(0, 1]: a density or a kept fraction (0 keeps nothing, and DARE's rescale would divide by it)."""
 
 REQUIRED: Any = object()
 """Sentinel default: the config must give a value."""
@@ -30,6 +35,7 @@ class Param:
     non_base: bool = (
         False  # per-model parameter that the base model does not need (mergekit's NON_BASE scope)
     )
+    valid: Interval | None = None  # the values it may take (numbers are always finite)
 
     @property
     def required(self) -> bool:
@@ -78,6 +84,9 @@ class MergeMethod:
     min_models: int = 1
     max_models: int | None = None
     description: str = ""
+    check: Callable[[list[dict[str, Any]]], None] | None = None
+    """Checks one tensor's resolved per-model parameters together (the plan calls it before any weights are
+    read): for rules no single value's range can say, such as DELLA's density +/- epsilon inside (0, 1)."""
 
     def param(self, name: str) -> Param | None:
         return next((p for p in self.params if p.name == name), None)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .base import MergeInputs, MergeMethod, Param, work_dtype
+from .base import Interval, MergeInputs, MergeMethod, Param, work_dtype
 
 if TYPE_CHECKING:
     import torch
@@ -62,8 +62,8 @@ KARCHER = MergeMethod(
     name="karcher",
     fn=karcher,
     params=(
-        Param("max_iter", int, 10, help="iterations of the fixed-point update"),
-        Param("tol", float, 1e-5, help="stop when the tangent step is below this"),
+        Param("max_iter", int, 10, help="iterations of the fixed-point update", valid=Interval(0, 1000)),
+        Param("tol", float, 1e-5, help="stop when the tangent step is below this", valid=Interval(0)),
     ),
     requires_base=False,
     description="Riemannian (Karcher) mean of directions, scaled by the mean norm",

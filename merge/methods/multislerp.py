@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from mergeguard.errors import ConfigError
 
-from .base import MergeInputs, MergeMethod, Param
+from .base import Interval, MergeInputs, MergeMethod, Param
 
 if TYPE_CHECKING:
     import torch
@@ -62,7 +62,7 @@ MULTISLERP = MergeMethod(
     params=(
         Param("weight", float, per_model=True, non_base=True, help="barycentric weight of this model"),
         Param("normalize_weights", bool, True, help="divide the weights by their sum"),
-        Param("eps", float, 1e-8, help="numerical floor for norms"),
+        Param("eps", float, 1e-8, help="numerical floor for norms", valid=Interval(0, low_open=True)),
     ),
     requires_base=False,
     description="spherical barycentre of any number of models (task vectors with a base)",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .base import MergeInputs, MergeMethod, Param, require_base
+from .base import FRACTION, MergeInputs, MergeMethod, Param, require_base
 from .sparsify import EXACT_TIES_MAX_NUMEL, _first_by_index, _kth_smallest
 
 if TYPE_CHECKING:
@@ -80,7 +80,7 @@ SCE = MergeMethod(
     name="sce",
     fn=sce,
     params=(
-        Param("select_topk", float, 1.0, help="fraction of highest-variance entries kept"),
+        Param("select_topk", float, 1.0, help="fraction of highest-variance entries kept", valid=FRACTION),
         Param("int8_mask", bool, False, help="mergekit memory option; no effect on the result"),
     ),
     requires_base=True,

@@ -334,6 +334,15 @@ def _l1(t: torch.Tensor) -> torch.Tensor:
     return t.abs().sum()
 
 
+def check_della(density: float, epsilon: float) -> None:
+    """DELLA's keep probabilities span density +/- epsilon: both ends inside (0, 1) when it prunes."""
+    if 0 < density < 1 and (density + epsilon >= 1 or density - epsilon <= 0):
+        raise ConfigError(
+            f"della: density {density} +/- epsilon {epsilon} must stay inside (0, 1)",
+            hint="lower `epsilon` or move `density` away from 0 and 1",
+        )
+
+
 def della_(
     delta: torch.Tensor,
     density: float,
@@ -353,11 +362,7 @@ def della_(
     if density <= 0:
         delta.zero_()
         return delta
-    if density + epsilon >= 1 or density - epsilon <= 0:
-        raise ConfigError(
-            f"della: density {density} +/- epsilon {epsilon} must stay inside (0, 1)",
-            hint="lower `epsilon` or move `density` away from 0 and 1",
-        )
+    check_della(density, epsilon)
     work = _work(delta)
     rows = work if work.dim() >= 2 else work.unsqueeze(0)
     ncols = rows.shape[1]

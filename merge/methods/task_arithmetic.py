@@ -14,14 +14,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from .base import MergeInputs, MergeMethod, Param, require_base
+from .base import FRACTION, Interval, MergeInputs, MergeMethod, Param, require_base
 from .sparsify import (
     EXACT_TIES_MAX_NUMEL,
     Cut,
     apply_cut_,
     breadcrumbs_,
+    check_della,
     della_,
     magnitude_,
     magnitude_cut,
@@ -193,18 +194,38 @@ def _elect(deltas: torch.Tensor, method: str | None) -> torch.Tensor:
 def _params(variant: Variant) -> tuple[Param, ...]:
     params = [
         Param("weight", float, per_model=True, non_base=True, help="scale of this model's task vector"),
-        Param("density", float, 1.0, per_model=True, non_base=True, help="fraction of the delta kept"),
+        Param(
+            "density",
+            float,
+            1.0,
+            per_model=True,
+            non_base=True,
+            help="fraction of the delta kept",
+            valid=FRACTION,
+        ),
     ]
     if variant.sparsification == "breadcrumbs":
         params.append(
             Param(
-                "gamma", float, 0.01, per_model=True, non_base=True, help="fraction of largest deltas dropped"
+                "gamma",
+                float,
+                0.01,
+                per_model=True,
+                non_base=True,
+                help="fraction of largest deltas dropped",
+                valid=Interval(0, 1),
             )
         )
     if variant.sparsification == "della":
         params.append(
             Param(
-                "epsilon", float, 0.15, per_model=True, non_base=True, help="keep-probability spread by rank"
+                "epsilon",
+                float,
+                0.15,
+                per_model=True,
+                non_base=True,
+                help="keep-probability spread by rank",
+                valid=Interval(0, 1, high_open=True),
             )
         )
     params += [
@@ -257,7 +278,14 @@ def _method(v: Variant) -> MergeMethod:
         requires_base=True,
         randomized=v.sparsification in ("random", "della"),
         description=v.description,
+        check=_check_della if v.sparsification == "della" else None,
     )
+
+
+def _check_della(params: list[dict[str, Any]]) -> None:
+    for p in params:
+        if "epsilon" in p:  # the base has no density or epsilon
+            check_della(float(p["density"]), float(p["epsilon"]))
 
 
 FAMILY = tuple(_method(v) for v in VARIANTS)
