@@ -70,6 +70,8 @@ class Scanned:
     examples: int = 0  # rows read
     texts: int = 0  # rows that hold text
     error: str | None = None  # what stopped the read
+    paraphrases: list[Any] = field(default_factory=list)  # the semantic stage's matches (when asked)
+    semantic: dict[str, Any] | None = None  # its cost on this dataset
 
     @property
     def status(self) -> str:
@@ -121,7 +123,7 @@ def _texts(scanned: Scanned, options: AuditOptions) -> Iterator[str]:
         scanned.error = f"dataset {scanned.ref} holds no text ({scanned.examples} rows, none with a string)"
 
 
-def _scan(ref: str, index: BenchmarkIndex, options: AuditOptions, bar: Any) -> Scanned:
+def _scan(ref: str, index: BenchmarkIndex, options: AuditOptions, bar: Any, stage: Any = None) -> Scanned:
     task = bar.add_task(f"hashing {ref}", total=None) if bar else None
 
     def advance(n: int) -> None:
@@ -131,7 +133,46 @@ def _scan(ref: str, index: BenchmarkIndex, options: AuditOptions, bar: Any) -> S
     scanned = Scanned(ref, ReadLog(ref, skip_bad_rows=options.skip_bad_rows, max_line=options.max_line))
     result = scan_examples(_texts(scanned, options), index, containment=options.containment, progress=advance)
     scanned.matches = result.matches
+    if stage is not None:  # the semantic stage, on what the lexical one did not explain
+        from mergeguard.auditor.semantic import scan_dataset
+
+        explained = {match.example for match in result.matches}
+        scanned.paraphrases, stats = scan_dataset(stage, ref, options, explained, bar)
+        scanned.semantic = stats.to_json()
     return scanned
+
+
+def _stage(index: BenchmarkIndex, options: AuditOptions) -> Any:
+    """The semantic stage when asked for (its modules, torch included, are imported only then)."""
+    if not options.semantic:
+        return None
+    from mergeguard.auditor.semantic import open_stage
+
+    return open_stage(index, options)
+
+
+def _all_findings(
+    scan: Scanned, dataset: str, model: str | None, inherited_from: str | None, index: BenchmarkIndex
+) -> list[Finding]:
+    found = _findings(scan.matches, dataset, model, inherited_from, index)
+    if scan.paraphrases:
+        from mergeguard.auditor.semantic import paraphrase_findings
+
+        found += paraphrase_findings(scan.paraphrases, dataset, model, inherited_from, index)
+    return found
+
+
+def _semantic_report(scans: list[Scanned], options: AuditOptions) -> dict[str, Any] | None:
+    """The stage's model and cost per dataset, and in all (None when it did not run)."""
+    if not options.semantic:
+        return None
+    per = {scan.ref: scan.semantic for scan in scans if scan.semantic is not None}
+    return {
+        "model": options.embedding_model or "default",
+        "judge": options.judge,
+        "seconds": round(sum(s["seconds"] for s in per.values()), 3),
+        "datasets": per,
+    }
 
 
 def _findings(
@@ -205,11 +246,14 @@ def audit_datasets(dataset_refs: list[str], options: AuditOptions) -> AuditRepor
         raise MergeguardError("nothing to audit", hint="give --dataset REF, --model REF or a merge config")
     with progress_bar(options.progress) as bar:
         index, problems = load_benchmark_index(options, bar)
+        stage = _stage(index, options)
         findings: list[Finding] = []
         verdicts = []
+        scans = []
         for ref in dataset_refs:
-            scan = _scan(ref, index, options, bar)
-            own = _findings(scan.matches, ref, None, None, index)
+            scan = _scan(ref, index, options, bar, stage)
+            scans.append(scan)
+            own = _all_findings(scan, ref, None, None, index)
             findings.extend(own)
             rates = benchmark_rates(own, _sizes(index), options.thresholds)
             problem = _problem(scan, None)
@@ -231,6 +275,7 @@ def audit_datasets(dataset_refs: list[str], options: AuditOptions) -> AuditRepor
         index_hash=index.index_hash,
         thresholds=options.thresholds,
         problems=problems,
+        semantic=_semantic_report(scans, options),
     )
 
 
@@ -249,19 +294,20 @@ def audit_models(model_refs: list[str], options: AuditOptions) -> AuditReport:
     scanned: dict[str, Scanned] = {}
     with progress_bar(options.progress) as bar:
         index, bench_problems = load_benchmark_index(options, bar)
+        stage = _stage(index, options)
         problems.extend(bench_problems)
         for lineage in lineages:
             own: list[Finding] = []
             model_problems = []
             for dataset in lineage.datasets:
                 if dataset.ref not in scanned:
-                    scanned[dataset.ref] = _scan(dataset.ref, index, options, bar)
+                    scanned[dataset.ref] = _scan(dataset.ref, index, options, bar, stage)
                     problem = _problem(scanned[dataset.ref], dataset.declared_by)
                     problems.extend([problem] if problem else [])
                 scan = scanned[dataset.ref]
                 problem = _problem(scan, dataset.declared_by)
                 model_problems.extend([problem] if problem else [])
-                own.extend(_findings(scan.matches, dataset.ref, lineage.model, dataset.inherited_from, index))
+                own.extend(_all_findings(scan, dataset.ref, lineage.model, dataset.inherited_from, index))
             findings.extend(own)
             rates = benchmark_rates(own, _sizes(index), options.thresholds)
             scans = [scanned[d.ref] for d in lineage.datasets]
@@ -292,6 +338,7 @@ def audit_models(model_refs: list[str], options: AuditOptions) -> AuditReport:
         index_hash=index.index_hash,
         thresholds=options.thresholds,
         problems=problems,
+        semantic=_semantic_report(list(scanned.values()), options),
     )
 
 

@@ -4,7 +4,11 @@ Per batch of examples: normalize, hash words and n-grams, keep the examples that
 informative n-grams with the benchmarks (an exact prefilter: fewer can never pass verification), slide
 windows sized to each item class over them, query that class's `MinHashLSH`, then verify every candidate
 exactly (containment of the item's informative n-grams in the example). Items too short for n-grams are
-matched as exact word sequences.
+matched as exact word sequences. An example, or one line of it, that is exactly an item's question is that
+item whatever its length. Each item is indexed twice: its question, and its whole text (question, choices,
+answer), so that a copy cut in half or broken by typos still holds most of one of them. An item whose source
+text (a quoted passage) is all an example shares with it is a `passage` finding: listed, never contamination
+by itself.
 """
 
 from __future__ import annotations
@@ -26,6 +30,12 @@ VERBATIM_SCORE = 0.8  # containment at or above which the question counts as cop
 # of their words with each other's siblings outside the test set, differing only in the slot.
 QUESTION_ONLY_SCORE = 0.7
 SHORT_ANSWER_SCORE = 0.6  # ... and with a one-word answer, somewhat more than half
+# An item's whole text (question, choices, answer) found in part: a contiguous half of it (a truncated
+# copy) holds about half its n-grams less the few across the cut, and its siblings' whole texts differ in
+# their choices and answers, so a lower share is specific enough.
+WHOLE_TEXT_SCORE = 0.4
+SIBLING_TAIL = 3  # n-grams ending a question: a whole-text match holds one, or none of the question, ...
+SIBLING_WORDS = 2  # ... or one of its last words (a typo there breaks the n-grams, not the other words)
 ANSWER_REACH = 48  # words after the matched question in which the answer is looked for
 EXAMPLE_BOILERPLATE_MIN = 50  # an n-gram in this many examples (and >= 1% of them) is the dataset's template
 EXAMPLE_BOILERPLATE_SHARE = 0.01
@@ -36,7 +46,8 @@ MIN_QUESTION_ONLY = 8  # words: a shorter exact question needs its answer or its
 MIN_RARE_WORDS = 2  # ... and so does one with fewer words that few items use
 CHOICES_PRESENT = 0.6  # share of a short multiple-choice item's choice words that must follow its stem
 
-SEVERITIES = ("verbatim", "partial", "question_only")
+SEVERITIES = ("verbatim", "partial", "question_only", "passage")
+RANK = {severity: len(SEVERITIES) - k for k, severity in enumerate(SEVERITIES)}
 
 
 @dataclass
@@ -44,7 +55,7 @@ class Match:
     """One verified benchmark item inside one training example."""
 
     example: int
-    item: int  # row in the index
+    item: int  # the item (a row of `index.refs`; a unit of the index while scanning)
     score: float
     severity: str
     start: int  # word positions of the matched span in the example
@@ -112,6 +123,7 @@ class _Scanner:
             self._windows(chosen, pairs, starts, lens, sh, hit, candidates)
         candidates_exact: dict[int, dict[int, list[int]]] = {}
         self._exact(wh, starts, lens, example_of, candidates_exact)
+        self._whole(buf, wh, word_starts, example_of, starts, lens, texts, offset)
         for e, items in candidates.items():
             self._verify_ngram(e, offset, texts[e], wh[starts[e] : starts[e] + lens[e]], items)
         for e, items in candidates_exact.items():
@@ -243,15 +255,85 @@ class _Scanner:
             if np.array_equal(wh[p : p + m], data[ptr[item] : ptr[item] + m]):
                 out.setdefault(e, {}).setdefault(item, []).append(p - int(starts[e]))
 
+    def _whole(
+        self,
+        buf: np.ndarray,
+        wh: np.ndarray,
+        word_starts: np.ndarray,
+        example_of: np.ndarray,
+        starts: np.ndarray,
+        lens: np.ndarray,
+        texts: list[str],
+        offset: int,
+    ) -> None:
+        """Examples, and user turns of examples (the first line, or a line labelled "Q:", "Human:", "User:"
+        and the like, the label left out), whose whole text is an item's question: found by the hash of each
+        run of words, whatever the question's length. The severity comes from what else the example holds
+        (the answer anywhere in it)."""
+        idx = self.index
+        if not len(idx.whole_hashes) or not len(wh):
+            return
+        breaks = np.flatnonzero((buf == 10) | (buf == 0))
+        line_of = np.searchsorted(breaks, word_starts)
+        first = np.flatnonzero(np.diff(line_of, prepend=-1))
+        length = np.diff(np.append(first, len(wh)))
+        # The user's turn: an example's first line, or a line labelled as one ("Q:", "Human:", "User:").
+        opening = np.isin(first, starts)
+        labelled = (length > 1) & np.isin(wh[first], idx.labels)
+        whole = lens > 0
+        run_start = np.concatenate([first[opening], first[labelled] + 1, starts[whole]])
+        run_len = np.concatenate([length[opening], length[labelled] - 1, lens[whole]])
+        fits = np.isin(run_len, idx.whole_lengths)
+        run_start, run_len = run_start[fits], run_len[fits]
+        if not len(run_start):
+            return
+        got = sig.run_hashes(wh, run_start, run_len)
+        lo = np.searchsorted(idx.whole_hashes, got, side="left")
+        hi = np.searchsorted(idx.whole_hashes, got, side="right")
+        counts = hi - lo
+        if not counts.any():
+            return
+        at = np.repeat(np.arange(len(got)), counts)
+        row = np.repeat(lo - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
+        same = idx.whole_lengths[row] == run_len[at]
+        at, items = at[same], idx.whole_items[row[same]]
+        seen: set[tuple[int, int]] = set()
+        for a, item in zip(at.tolist(), items.tolist(), strict=True):
+            e = int(example_of[run_start[a]])
+            if (e, item) in seen:
+                continue
+            seen.add((e, item))
+            words = wh[starts[e] : starts[e] + lens[e]]
+            answer = self._answer_in(item, words, words, whole=True)
+            if idx.whole_shared[item] and not answer:
+                continue
+            start = int(run_start[a] - starts[e])
+            severity = "verbatim" if answer else "question_only"
+            self.matches.append(
+                Match(e + offset, item, 1.0, severity, start, start + int(run_len[a]), answer, text=texts[e])
+            )
+
     # ---------------------------------------------------------------- verification
     def _answer(self, item: int, words: np.ndarray, start: int, end: int) -> bool:
         """Whether the gold answer appears near the matched question more often than the choices hold it."""
         idx = self.index
         answer = idx.row(idx.answer_words, item)
-        if len(answer) == 0 or idx.answer_in_key[item]:
-            return True
         choices = idx.row(idx.choice_words, item)
         region = words[start : min(len(words), end + ANSWER_REACH + len(answer) + 3 * len(choices))]
+        return self._answer_in(item, region, words)
+
+    def _answer_in(
+        self, item: int, region: np.ndarray, words: np.ndarray | None = None, whole: bool = False
+    ) -> bool:
+        """Whether the gold answer is in `region` more often than the choices listed there hold it (a worked
+        solution, reworded, counts when most of its n-grams are in `words`). A key matched with its answer
+        holds it, unless the match was of the question alone (`whole`)."""
+        idx = self.index
+        answer = idx.row(idx.answer_words, item)
+        if len(answer) == 0 or (idx.answer_in_key[item] and not whole):
+            return True
+        words = region if words is None else words
+        choices = idx.row(idx.choice_words, item)
         listed = len(choices) and np.isin(choices, region).mean() >= CHOICES_PRESENT
         # With the choices listed, the answer must appear once more than they hold it (an "Answer:" line).
         if _count(region, answer) >= (idx.prompt_answer_count[item] + 1 if listed else 1):
@@ -263,9 +345,9 @@ class _Scanner:
         return False
 
     def _own_question(self, item: int, uniq: np.ndarray, words: np.ndarray, start: int, end: int) -> bool:
-        """Whether the item's own question is there, not just the reading passage it shares with others
-        (MMLU's history items: dev rows ask other questions about the same passages). Items without a
-        passage have no stem n-grams and pass; the choices listed after the match also count."""
+        """Whether the item's test part is there, not just its source text (MMLU's reading passages: dev
+        rows ask other questions about the same passages; IFEval's quoted passages). Items without source
+        text have no stem n-grams and pass; the choices listed after the match also count."""
         idx = self.index
         stem = idx.row(idx.stem, item)
         if not len(stem) or np.isin(stem, uniq).mean() >= self.containment:
@@ -274,9 +356,43 @@ class _Scanner:
         region = words[start : end + ANSWER_REACH + 3 * len(choices)]
         return bool(len(choices)) and np.isin(choices, region).mean() >= CHOICES_PRESENT
 
+    def _sibling(self, item: int, uniq: np.ndarray, words: np.ndarray) -> bool:
+        """Whether an example matched on an item's whole text holds another question beside the item's
+        choices, one that starts like the item's and ends otherwise (MMLU dev asks other questions with
+        the same options): a piece of the item holds the question's end wherever the cut fell."""
+        key = self.index.row(self.index.key_words, item).astype(np.uint64)
+        question = sig.shingle_hashes(key, self.n)
+        if len(question) <= 2 * SIBLING_TAIL:
+            return False
+        present = np.isin(question, uniq)
+        ends_otherwise = not present[-SIBLING_TAIL:].any() and not np.isin(key[-SIBLING_WORDS:], words).any()
+        return bool(present[:SIBLING_TAIL].any() and ends_otherwise)
+
+    def _opening(self, item: int, uniq: np.ndarray, words: np.ndarray, end: int) -> bool:
+        """Whether the example holds the question's opening words as one piece and nothing of the rest (a
+        copy cut short): the informative n-grams present are the first ones in the question's order, at
+        least `containment` of them, and the item's choices do not follow (a sibling that opens like it
+        and asks otherwise lists the same choices after its own ending)."""
+        idx = self.index
+        if item >= len(idx.refs) or idx.twin[item]:
+            return False
+        ordered = sig.shingle_hashes(idx.row(idx.key_words, item).astype(np.uint64), self.n)
+        ordered = ordered[np.isin(ordered, idx.row(idx.informative, item))]
+        present = np.isin(ordered, uniq)
+        k = int(np.argmin(present)) if not present.all() else len(present)
+        if k < self.containment * len(present) or present[k:].any():
+            return False
+        choices = idx.row(idx.choice_words, item)
+        region = words[end : end + ANSWER_REACH + 3 * len(choices)]
+        return not (len(choices) and np.isin(choices, region).mean() >= CHOICES_PRESENT)
+
     def _floor(self, item: int, answer: bool) -> float:
         """The containment a match needs: more without the answer, or with a one-word answer ("7", "Paris")
-        that a template sibling shares by chance."""
+        that a template sibling shares by chance; less of an item's whole text (see WHOLE_TEXT_SCORE)."""
+        if item >= len(self.index.refs):
+            return min(self.containment, WHOLE_TEXT_SCORE)
+        if self.index.twin[item]:  # its template sibling is its twin, in the index: `_drop_shadowed`
+            return self.containment
         if not answer:
             return max(self.containment, QUESTION_ONLY_SCORE)
         if len(self.index.row(self.index.answer_words, item)) < 2:
@@ -297,21 +413,22 @@ class _Scanner:
             info = idx.row(idx.informative, item)
             present = np.isin(info, uniq, assume_unique=True)
             score = float(present.mean()) if len(info) else 0.0
-            if score < self.containment or present.sum() < min(VERIFY_MIN, len(info)):
+            if score < self._floor(item, True) or present.sum() < min(VERIFY_MIN, len(info)):
                 continue
             matched = info[present]
             where = np.flatnonzero(np.isin(ex, matched))
             start, end = int(where.min()), int(where.max()) + self.n
-            if not self._own_question(item, uniq, words, start, end):
+            if item >= len(idx.refs) and (
+                not np.isin(idx.row(idx.beyond, item), matched).any()
+                or self._sibling(int(idx.unit_item[item]), uniq, words)
+            ):
+                continue  # matched on its question alone (the question unit judges that), or a sibling
+            own = self._own_question(item, uniq, words, start, end)
+            answer = own and self._answer(item, words, start, end)
+            if score < self._floor(item, answer) and not self._opening(item, uniq, words, end):
                 continue
-            answer = self._answer(item, words, start, end)
-            if score < self._floor(item, answer):
-                continue
-            self.matches.append(
-                Match(
-                    e + offset, item, score, self._severity(score, answer), start, end, answer, matched, text
-                )
-            )
+            severity = self._severity(score, answer) if own else "passage"
+            self.matches.append(Match(e + offset, item, score, severity, start, end, answer, matched, text))
 
     def _verify_exact(
         self, e: int, offset: int, text: str, words: np.ndarray, items: dict[int, list[int]]
@@ -358,9 +475,30 @@ class _Scanner:
                 continue
             match.score = len(matched) / len(info)
             match.matched = matched
-            match.severity = self._severity(match.score, match.answer_present)
+            if match.severity != "passage":
+                match.severity = self._severity(match.score, match.answer_present)
             kept.append(match)
         return kept
+
+
+def _drop_shadowed(matches: list[Match]) -> list[Match]:
+    """Drop a match whose matched n-grams are all another, higher-scoring match's in the same example: the
+    twin of a WinoGrande item, or a template sibling, shares that evidence without being what was copied."""
+    by_example: dict[int, list[Match]] = {}
+    for match in matches:
+        by_example.setdefault(match.example, []).append(match)
+    kept = []
+    for group in by_example.values():
+        for match in group:
+            shadowed = len(match.matched) and any(
+                other.score > match.score
+                and len(other.matched)
+                and np.isin(match.matched, other.matched).all()
+                for other in group
+            )
+            if not shadowed:
+                kept.append(match)
+    return kept
 
 
 def scan_examples(
@@ -380,6 +518,11 @@ def scan_examples(
         offset += len(batch)
         if progress:
             progress(len(batch))
-    matches = scanner.finish()
-    matches.sort(key=lambda m: (m.example, m.item))
+    best: dict[tuple[int, int], Match] = {}  # one match per (example, item): the strongest evidence
+    for match in _drop_shadowed(scanner.finish()):
+        match.item = int(index.unit_item[match.item])  # a whole-text unit names its item
+        other = best.get((match.example, match.item))
+        if other is None or (RANK[match.severity], match.score) > (RANK[other.severity], other.score):
+            best[(match.example, match.item)] = match
+    matches = sorted(best.values(), key=lambda m: (m.example, m.item))
     return ScanResult(matches, scanner.examples, scanner.prefiltered, scanner.windows, scanner.candidates)

@@ -1,7 +1,9 @@
-"""The benchmark index: per-item MinHash signatures in datasketch `MinHashLSH` tables (one per item-size
-class, so that training text is queried with windows sized to the items) plus the hashed n-grams that
-verification needs. Persisted in the cache folder, keyed by the benchmark data's content hash and the
-hashing scheme; the cache holds hashes and item coordinates, never benchmark text.
+"""The benchmark index: per-unit MinHash signatures in datasketch `MinHashLSH` tables (one per size class,
+so that training text is queried with windows sized to the units) plus the hashed n-grams that
+verification needs. Each item has up to two units, its question and its whole text (`FullText`), and a hash
+of its whole question (an example or a user turn that is exactly the question). Persisted in the cache
+folder, keyed by the benchmark data's content hash and the hashing scheme; the cache holds hashes and item
+coordinates, never benchmark text.
 """
 
 from __future__ import annotations
@@ -23,20 +25,55 @@ from mergeguard.auditor.normalize import NORMALIZE_VERSION, word_bytes
 from mergeguard.auditor.options import DEFAULT_NGRAM
 from mergeguard.errors import MergeguardError
 
-INDEX_VERSION = "8"  # bump whenever what the index holds changes
+INDEX_VERSION = "11"  # bump whenever what the index holds changes
 MIN_SHINGLES = 3  # fewer informative n-grams than this: the question is matched as exact text instead
 MIN_EXACT_WORDS = 4  # exact-text keys shorter than this are too common to mean anything
 EXACT_KEY_WORDS = 4  # exact-text items are looked up by the hash of their first 4 words
 BOILERPLATE_ITEMS = 10  # an n-gram in this many items is template text ("which of the following is")
-SHARED_IN_BENCHMARK = 2  # an n-gram in two items of one benchmark is shared context (a passage)
+SHARED_IN_BENCHMARK = 2  # an n-gram in two items of one benchmark is shared context (a passage) ...
+# ... unless the registry says the benchmark's items are twins (WinoGrande: pairs differing in a word)
 COMMON_CHOICE_WORD = 100  # a word in the choices of this many items is not evidence of any one item
-STEM_PASSAGE_WORDS = 30  # a question whose lines before its last hold this many words has a passage
+# A line's leading label ("Q:", "Human:", "User:") is not part of the question it introduces.
+LINE_LABELS = ("q", "question", "human", "user", "instruction", "input", "prompt", "problem")
 ROWS_PER_BAND = 2
 # Window sizes (in shingles), a factor of about sqrt(2) apart: an item of k shingles goes to the smallest
 # class >= k, so a window holding the whole item has Jaccard >= 0.7 with it.
 CLASSES = (4, 6, 8, 11, 16, 23, 32, 45, 64, 91, 128, 181, 256, 362, 512, 724, 1024)
 
 NGRAM_MODE, EXACT_MODE, SKIPPED = 1, 2, 0
+FULL_TEXT_EXTRA = 2  # words that choices and answer must add to a question for a whole-text unit
+
+
+@dataclass(frozen=True)
+class FullText:
+    """An item's whole text (question, choices, answer) as a second unit of the index, beside its question:
+    a leak that keeps only part of the item (its second half, the choices and answer, a question broken
+    by typos or split over two turns) still holds most of the whole text's n-grams."""
+
+    benchmark: str
+    question: str  # the item's whole text
+    choices: tuple[str, ...]
+    answer: str
+    source: str
+    prompt: str  # the item's question and choices: where the answer occurs without being given
+    question_words: int  # the item's question is the first this many words of `question`
+
+
+def full_texts(items: Sequence[Any]) -> tuple[list[Any], list[int]]:
+    """The index's units: every item's question (unit i is item i), then the whole text of each item whose
+    choices and answer add FULL_TEXT_EXTRA words or more to it; and the item of each unit."""
+    units: list[Any] = list(items)
+    owners = list(range(len(items)))
+    for i, item in enumerate(items):
+        text = item.text()
+        asked = len(word_bytes(item.question or ""))
+        if len(word_bytes(text)) - asked >= FULL_TEXT_EXTRA:
+            prompt = "\n".join([item.question or "", *item.choices])
+            units.append(
+                FullText(item.benchmark, text, item.choices, item.answer, item.source, prompt, asked)
+            )
+            owners.append(i)
+    return units, owners
 
 
 @dataclass(frozen=True)
@@ -59,16 +96,20 @@ def _csr(rows: Sequence[np.ndarray], dtype: Any) -> tuple[np.ndarray, np.ndarray
 
 @dataclass
 class BenchmarkIndex:
-    """Everything detection needs about the benchmark items, as arrays (item i is row i everywhere)."""
+    """Everything detection needs about the benchmark items, as arrays. Rows are units: unit i < len(refs)
+    is item i's question, the units after them are items' whole texts (`unit_item` names their item)."""
 
     refs: list[ItemRef]
     num_perm: int
     seed: int
     ngram: int
+    unit_item: np.ndarray  # int64: the item of each unit
+    twin: np.ndarray  # bool per unit: its benchmark's items come in twins (registry `twin_items`)
     mode: np.ndarray  # int8: NGRAM_MODE, EXACT_MODE or SKIPPED
     klass: np.ndarray  # int16: index into CLASSES (ngram items)
     informative: tuple[np.ndarray, np.ndarray]  # CSR of sorted unique non-boilerplate shingle hashes
-    stem: tuple[np.ndarray, np.ndarray]  # CSR: informative hashes touching the question's own last line
+    stem: tuple[np.ndarray, np.ndarray]  # CSR: n-grams touching the test part (items with source text)
+    beyond: tuple[np.ndarray, np.ndarray]  # CSR: a whole-text unit's informative n-grams past its question
     key_words: tuple[np.ndarray, np.ndarray]  # CSR of the key's word hashes (question, blank filled)
     answer_words: tuple[np.ndarray, np.ndarray]  # CSR of the gold answer's word hashes
     choice_words: tuple[np.ndarray, np.ndarray]  # CSR of the distinct word hashes of the choices
@@ -76,6 +117,11 @@ class BenchmarkIndex:
     answer_in_key: np.ndarray  # bool: the key already holds the answer (a short question with its answer)
     answer_required: np.ndarray  # bool: exact text shared with other items, so only question + answer counts
     rare_words: np.ndarray  # int32: key words used by fewer than COMMON_CHOICE_WORD items
+    whole_hashes: np.ndarray  # uint64, sorted: `sig.run_hashes` of each item's whole question
+    whole_items: np.ndarray  # int64: the item of each whole_hashes entry
+    whole_lengths: np.ndarray  # int32: its question's length in words
+    whole_shared: np.ndarray  # bool per item: another item (with another answer) has the same question
+    labels: np.ndarray  # uint64: word hashes of LINE_LABELS
     bench_hashes: np.ndarray  # sorted unique informative hashes of all items (the prefilter)
     postings: tuple[np.ndarray, np.ndarray]  # CSR: the items holding each bench_hashes entry
     exact_keys: np.ndarray  # sorted hashes of the first words of exact-mode items
@@ -192,8 +238,11 @@ def cache_key(benchmarks: Sequence[tuple[str, str]], num_perm: int, seed: int, n
         "rows_per_band": ROWS_PER_BAND,
         "boilerplate_items": BOILERPLATE_ITEMS,
         "shared_in_benchmark": SHARED_IN_BENCHMARK,
+        "twins": sorted(b for b, _ in benchmarks if _twin_items(b)),
         "min_shingles": MIN_SHINGLES,
         "classes": CLASSES,
+        "labels": LINE_LABELS,
+        "units": ["question", "full_text", FULL_TEXT_EXTRA],
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 
@@ -212,24 +261,31 @@ def _unique(values: np.ndarray) -> np.ndarray:
     return np.array(sorted(set(values.tolist())), dtype=values.dtype)
 
 
-def _stem_shingles(question: str, key: np.ndarray, ngram: int) -> np.ndarray:
-    """The n-grams of a question that touch its last line, when the lines before it are a passage.
+def _test_shingles(key: np.ndarray, source: np.ndarray, ngram: int) -> np.ndarray:
+    """The n-grams of a question that touch its test part, i.e. are not wholly inside its source text.
 
-    Several questions can ask about one reading passage; the passage alone (in a training example with
-    another question about it) is not this item. Empty when there is no passage: no constraint then.
-    """
-    lines = [line for line in question.splitlines() if line.strip()]
-    if len(lines) < 2:
-        return np.empty(0, np.uint32)
-    own = len(word_bytes(lines[-1]))
-    if own == 0 or len(key) - own < STEM_PASSAGE_WORDS:
+    Several MMLU questions ask about one reading passage, and IFEval prompts quote passages that other
+    datasets quote too: the passage alone in a training example is not the test. Empty when the item has
+    no source text (no constraint then)."""
+    if not len(source) or len(key) < ngram:
         return np.empty(0, np.uint32)
     shingles = sig.shingle_hashes(key, ngram)
-    return _unique(shingles[max(0, len(key) - own - ngram + 1) :])
+    at = next(
+        (p for p in np.flatnonzero(key == source[0]) if np.array_equal(key[p : p + len(source)], source)),
+        None,
+    )
+    if at is None:
+        return np.empty(0, np.uint32)
+    starts = np.arange(len(shingles))
+    inside = (starts >= at) & (starts + ngram <= at + len(source))
+    return _unique(shingles[~inside])
 
 
-def _prepare(items: Sequence[Any], ngram: int, hasher: sig.WordHashes) -> dict[str, Any]:
-    """Hash every item's key and answer; find template n-grams (in BOILERPLATE_ITEMS items or more)."""
+def _prepare(
+    items: Sequence[Any], owners: Sequence[int], ngram: int, hasher: sig.WordHashes
+) -> dict[str, Any]:
+    """Hash every unit's key and answer; find template n-grams (in BOILERPLATE_ITEMS items or more: an
+    item's two units count once)."""
     keys, answers, prompt_counts, in_key, all_shingles, choice_words = [], [], [], [], [], []
     stems: list[np.ndarray] = []
     for item in items:
@@ -238,18 +294,16 @@ def _prepare(items: Sequence[Any], ngram: int, hasher: sig.WordHashes) -> dict[s
         # sentence appears in data built from the benchmark's own files.
         key = hasher.array(word_bytes(item.question or ""))
         ans = hasher.array(word_bytes(answer))
-        prompt = hasher.array(word_bytes("\n".join([item.question or "", *item.choices])))
+        prompt = getattr(item, "prompt", None) or "\n".join([item.question or "", *item.choices])
+        prompt = hasher.array(word_bytes(prompt))
         choice_words.append(_unique(hasher.array(word_bytes(" ".join(item.choices)))).astype(np.uint32))
         keys.append(key)
         answers.append(ans)
         prompt_counts.append(_count(prompt, ans))
         in_key.append(False)
         all_shingles.append(_unique(sig.shingle_hashes(key, ngram)))
-        # Only multiple-choice items ask several questions about one passage (a math problem's last line
-        # is part of its one question).
-        stems.append(
-            _stem_shingles(item.question or "", key, ngram) if item.choices else np.empty(0, np.uint32)
-        )
+        source = getattr(item, "source", "")
+        stems.append(_test_shingles(key, hasher.array(word_bytes(source)), ngram) if source else key[:0])
     # Choice words that many items use ("the", "of", "not") tell no item's choices apart.
     words_flat = np.concatenate(choice_words) if choice_words else np.empty(0, np.uint32)
     word_ids, word_counts = np.unique(words_flat, return_counts=True)
@@ -258,18 +312,30 @@ def _prepare(items: Sequence[Any], ngram: int, hasher: sig.WordHashes) -> dict[s
     bounds = np.cumsum([len(w) for w in choice_words])[:-1]
     choice_words = [w[k] for w, k in zip(choice_words, np.split(kept, bounds), strict=True)]
     flat = np.concatenate(all_shingles) if all_shingles else np.empty(0, np.uint32)
-    uniq, inverse, counts = np.unique(flat, return_inverse=True, return_counts=True)
-    common = (counts >= BOILERPLATE_ITEMS)[inverse]
+    sizes = [len(x) for x in all_shingles]
+    # An item's two units count once, and so do items that ask the very same question (MMLU repeats a few
+    # questions word for word): copies are one text, not a passage that several questions share.
+    first_asking: dict[bytes, int] = {}
+    canonical = [first_asking.setdefault(keys[owner].astype(np.uint32).tobytes(), owner) for owner in owners]
+    item_of = np.repeat(np.asarray(canonical, dtype=np.uint64), sizes)
+    held = np.unique((item_of << np.uint64(32)) | flat.astype(np.uint64))  # (item, n-gram), once each
+    held_hash = (held & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+    uniq, counts = np.unique(held_hash, return_counts=True)
+    common = counts[np.searchsorted(uniq, flat)] >= BOILERPLATE_ITEMS
     # Context shared by items of one benchmark (a reading passage several questions ask about, a task's
     # instructions) identifies none of them: only what sets an item apart from its siblings counts.
     bench_ids = {name: k for k, name in enumerate(dict.fromkeys(item.benchmark for item in items))}
-    owner = np.repeat([bench_ids[item.benchmark] for item in items], [len(x) for x in all_shingles])
-    pairs = (owner.astype(np.uint64) << np.uint64(32)) | flat.astype(np.uint64)
-    _, pair_inverse, pair_counts = np.unique(pairs, return_inverse=True, return_counts=True)
-    common |= (pair_counts >= SHARED_IN_BENCHMARK)[pair_inverse]
-    bounds = np.cumsum([len(x) for x in all_shingles])[:-1]
+    bench_of_item = np.zeros(max(owners, default=-1) + 1, dtype=np.uint64)
+    for unit, owner in zip(items, owners, strict=True):
+        bench_of_item[owner] = bench_ids[unit.benchmark]
+    held_pairs = (bench_of_item[(held >> np.uint64(32)).astype(np.int64)] << np.uint64(32)) | held_hash
+    pair_keys, pair_counts = np.unique(held_pairs, return_counts=True)
+    flat_pairs = (bench_of_item[item_of.astype(np.int64)] << np.uint64(32)) | flat.astype(np.uint64)
+    shared = pair_counts[np.searchsorted(pair_keys, flat_pairs)] >= SHARED_IN_BENCHMARK
+    twins = np.array([_twin_items(name) for name in bench_ids], dtype=bool)
+    common |= shared & ~twins[bench_of_item[item_of.astype(np.int64)].astype(np.int64)]
+    bounds = np.cumsum(sizes)[:-1]
     informative = [x[~m] for x, m in zip(all_shingles, np.split(common, bounds), strict=True)]
-    stems = [st[np.isin(st, info)] for st, info in zip(stems, informative, strict=True)]
     return {
         "stems": stems,
         "keys": keys,
@@ -279,7 +345,39 @@ def _prepare(items: Sequence[Any], ngram: int, hasher: sig.WordHashes) -> dict[s
         "choice_words": choice_words,
         "shingles": all_shingles,
         "informative": informative,
-        "boiler": uniq[counts >= BOILERPLATE_ITEMS],
+    }
+
+
+def _twin_items(benchmark: str) -> bool:
+    """Whether the registry says a benchmark's items come in twins (custom benchmarks do not)."""
+    from mergeguard.benchmarks.registry import REGISTRY
+
+    spec = REGISTRY.get(benchmark)
+    return bool(spec is not None and spec.twin_items)
+
+
+def _whole_questions(keys: list[np.ndarray], answers: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """Hashes of every item's whole question: a training example, or one line of it, that is exactly a
+    question is that item whatever the question's length. A question text that items with different
+    answers share (BBH's bracket-only Dyck prompts) names none of them without its answer."""
+    have = [i for i, key in enumerate(keys) if len(key)]
+    lengths = np.array([len(keys[i]) for i in have], dtype=np.int32)
+    flat = np.concatenate([keys[i] for i in have]).astype(np.uint64) if have else np.empty(0, np.uint64)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    hashes = sig.run_hashes(flat, starts, lengths.astype(np.int64))
+    order = np.argsort(hashes, kind="stable")
+    answers_of: dict[int, set[bytes]] = {}
+    for h, i in zip(hashes.tolist(), have, strict=True):
+        answers_of.setdefault(h, set()).add(answers[i].astype(np.uint32).tobytes())
+    shared = np.zeros(len(keys), dtype=bool)
+    for h, i in zip(hashes.tolist(), have, strict=True):
+        shared[i] = len(answers_of[h]) > 1
+    return {
+        "whole_hashes": hashes[order],
+        "whole_items": np.array(have, dtype=np.int64)[order],
+        "whole_lengths": lengths[order],
+        "whole_shared": shared,
+        "labels": np.array([sig.word_hash(w) for w in LINE_LABELS], dtype=np.uint64),
     }
 
 
@@ -296,19 +394,35 @@ def build_from_items(
     if num_perm < 2 * ROWS_PER_BAND:
         raise MergeguardError(f"num_perm {num_perm} is too small", hint="use 128 (the default) or more")
     hasher = sig.WordHashes()
-    prep = _prepare(items, ngram, hasher)
-    n_items = len(items)
-    mode = np.zeros(n_items, dtype=np.int8)
-    klass = np.zeros(n_items, dtype=np.int16)
+    units, unit_item = full_texts(items)
+    prep = _prepare(units, unit_item, ngram, hasher)
+    n_units = len(units)
+    mode = np.zeros(n_units, dtype=np.int8)
+    klass = np.zeros(n_units, dtype=np.int16)
     keys: list[np.ndarray] = []
     informative: list[np.ndarray] = []
     stems: list[np.ndarray] = []
     in_key = np.array(prep["in_key"], dtype=bool)
+    beyond: list[np.ndarray] = [np.empty(0, np.uint32)] * len(items)
     sets: list[np.ndarray] = []
     set_items: list[int] = []
-    for i in range(n_items):
+    for i in range(n_units):
         key, ans = prep["keys"][i], prep["answers"][i]
         shingles, info = prep["shingles"][i], prep["informative"][i]
+        if i >= len(items):  # a whole-text unit: n-grams only (its question unit covers exact text)
+            keys.append(key)
+            past = sig.shingle_hashes(key, ngram)[max(0, units[i].question_words - ngram + 1) :]
+            beyond.append(np.sort(info[np.isin(info, past)]).astype(np.uint32))
+            # Without informative n-grams past the question it adds nothing to the question's own unit.
+            ok = len(info) >= MIN_SHINGLES and len(beyond[-1]) > 0
+            mode[i] = NGRAM_MODE if ok else SKIPPED
+            informative.append(np.sort(info) if ok else np.empty(0, np.uint32))
+            stems.append(np.sort(prep["stems"][i]).astype(np.uint32) if ok else np.empty(0, np.uint32))
+            if ok:
+                klass[i] = min(int(np.searchsorted(CLASSES, len(shingles))), len(CLASSES) - 1)
+                sets.append(shingles)
+                set_items.append(i)
+            continue
         if len(info) < MIN_SHINGLES and len(key) < MIN_EXACT_WORDS:
             # "Who are you?" is nothing without its answer
             key, in_key[i] = np.concatenate([key, ans]), True
@@ -316,7 +430,7 @@ def build_from_items(
         if len(info) >= MIN_SHINGLES:
             mode[i] = NGRAM_MODE
             informative.append(np.sort(info))
-            stems.append(np.sort(prep["stems"][i]))
+            stems.append(np.sort(prep["stems"][i]).astype(np.uint32))
             klass[i] = min(int(np.searchsorted(CLASSES, len(shingles))), len(CLASSES) - 1)
             sets.append(shingles)
             set_items.append(i)
@@ -327,7 +441,7 @@ def build_from_items(
     # Exact-text items whose words are those of other items too (BBH's Dyck prompts, once the brackets are
     # dropped, are 250 copies of one sentence) say nothing alone: their answer must be there as well, and
     # with no answer left after normalization they cannot be told apart at all.
-    answer_required = np.zeros(n_items, dtype=bool)
+    answer_required = np.zeros(n_units, dtype=bool)
     exact_keys_seen: dict[bytes, list[int]] = {}
     for i in np.flatnonzero(mode == EXACT_MODE):
         exact_keys_seen.setdefault(keys[i].astype(np.uint32).tobytes(), []).append(int(i))
@@ -343,10 +457,11 @@ def build_from_items(
         np.concatenate(uniq_keys) if uniq_keys else np.empty(0), return_counts=True
     )
     common_words = all_words[word_df >= COMMON_CHOICE_WORD]
-    owners = np.repeat(np.arange(n_items), [len(k) for k in uniq_keys])
+    owners = np.repeat(np.arange(n_units), [len(k) for k in uniq_keys])
     flat_words = np.concatenate(uniq_keys) if uniq_keys else np.empty(0)
     rare = ~np.isin(flat_words, common_words)
-    rare_words = np.bincount(owners[rare], minlength=n_items).astype(np.int32)
+    rare_words = np.bincount(owners[rare], minlength=n_units).astype(np.int32)
+    whole = _whole_questions(prep["keys"][: len(items)], prep["answers"][: len(items)])
     perms = sig.permutations(num_perm, seed)
     sig_items = np.array(set_items, dtype=np.int64)
     signatures = np.empty((0, num_perm), dtype=np.uint32)
@@ -366,15 +481,15 @@ def build_from_items(
             order = np.argsort(flat_keys, kind="stable")
             tables[int(c)] = (flat_keys[order], flat_items[order])
     if progress:
-        progress(n_items)
-    exact = [i for i in range(n_items) if mode[i] == EXACT_MODE]
+        progress(len(items))
+    exact = [i for i in range(n_units) if mode[i] == EXACT_MODE]
     exact_keys = np.array(
         [int(sig.shingle_hashes(keys[i][:EXACT_KEY_WORDS], EXACT_KEY_WORDS)[0]) for i in exact],
         dtype=np.uint32,
     )
     exact_order = np.argsort(exact_keys, kind="stable")
     info_ptr, info_data = _csr(informative, np.uint32)
-    owners = np.repeat(np.arange(n_items, dtype=np.int64), np.diff(info_ptr))
+    owners = np.repeat(np.arange(n_units, dtype=np.int64), np.diff(info_ptr))
     order = np.argsort(info_data, kind="stable")
     bench, first = np.unique(info_data[order], return_index=True)
     postings = (np.append(first, len(order)).astype(np.int64), owners[order])
@@ -388,10 +503,13 @@ def build_from_items(
         num_perm=num_perm,
         seed=seed,
         ngram=ngram,
+        unit_item=np.asarray(unit_item, dtype=np.int64),
+        twin=np.array([_twin_items(unit.benchmark) for unit in units], dtype=bool),
         mode=mode,
         klass=klass,
         informative=(info_ptr, info_data),
         stem=_csr(stems, np.uint32),
+        beyond=_csr(beyond, np.uint32),
         key_words=_csr(keys, np.uint32),
         answer_words=_csr(prep["answers"], np.uint32),
         choice_words=_csr(prep["choice_words"], np.uint32),
@@ -399,6 +517,7 @@ def build_from_items(
         answer_in_key=in_key,
         answer_required=answer_required,
         rare_words=rare_words,
+        **whole,
         bench_hashes=bench.astype(np.uint32),
         postings=postings,
         exact_keys=exact_keys[exact_order],
@@ -413,19 +532,26 @@ def build_from_items(
 
 
 _ARRAYS = (
+    "unit_item",
+    "twin",
     "mode",
     "klass",
     "prompt_answer_count",
     "answer_in_key",
     "answer_required",
     "rare_words",
+    "whole_hashes",
+    "whole_items",
+    "whole_lengths",
+    "whole_shared",
+    "labels",
     "bench_hashes",
     "exact_keys",
     "exact_items",
     "signatures",
     "sig_items",
 )
-_CSRS = ("informative", "stem", "key_words", "answer_words", "choice_words", "postings")
+_CSRS = ("informative", "stem", "beyond", "key_words", "answer_words", "choice_words", "postings")
 
 
 def save_index(index: BenchmarkIndex, folder: Path) -> None:

@@ -37,10 +37,11 @@ def word_bytes(text: str) -> list[bytes]:
     return [word.encode("utf-8") for word in tokens(text)]
 
 
-# Batch table: ASCII letters lowercased, digits kept, other ASCII (NUL aside: it separates texts) a space;
+# Batch table: ASCII letters lowercased, digits kept, other ASCII a space, except NUL (it separates texts)
+# and newline (it separates the lines of one: a line that is a whole question is evidence by itself);
 # bytes >= 128 are kept (they are UTF-8 of already normalized words).
 def _batch_byte(c: int) -> int:
-    if c >= 128 or c == 0:
+    if c >= 128 or c in (0, 10):
         return c
     return ord(chr(c).lower()) if chr(c).isalnum() else 32
 
@@ -53,7 +54,8 @@ def batch_bytes(texts: list[str]) -> bytes:
 
     ASCII texts (the common case) are only encoded; the non-ASCII ones are folded together, and one
     `bytes.translate` lowercases and blanks the ASCII punctuation of the whole batch. Splitting the
-    buffer on whitespace and NUL gives exactly the `word_bytes` of each text.
+    buffer on whitespace and NUL gives exactly the `word_bytes` of each text; newlines are kept (as word
+    separators that also mark the texts' lines).
     """
     parts = list(texts)
     odd = [k for k, part in enumerate(parts) if not part.isascii()]

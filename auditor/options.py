@@ -33,10 +33,21 @@ class AuditOptions:
     # the choice is part of `thresholds`, so it is recorded with the report and keys audit reuse.
     skip_bad_rows: bool = False
     max_line: int = MAX_LINE
+    # The semantic stage (paraphrases, translations): off unless asked; see auditor/semantic.py.
+    semantic: bool = False
+    embedding_model: str | None = None  # sentence-transformers folder or hub id; None: the default model
+    judge: str | None = None  # a local causal LM that confirms close candidates the evidence leaves open
+    device: str = "cpu"
+    semantic_min_chars: int = 30  # shorter examples are not embedded
 
     @property
     def thresholds(self) -> dict[str, Any]:
+        semantic: dict[str, Any] = {}
+        if self.semantic:  # absent otherwise: a lexical-only audit's thresholds are as before
+            model = self.embedding_model or "default"
+            semantic = {"semantic": model, "judge": self.judge, "min_chars": self.semantic_min_chars}
         return {
+            **semantic,
             "rate": self.threshold_rate,
             "fail_on_verbatim": self.fail_on_verbatim,
             "containment": self.containment,

@@ -10,8 +10,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 # `passage`: only the shared source text an item quotes (a reading passage) is there: listed, never counted.
-SEVERITY_RANK = {"verbatim": 3, "partial": 2, "question_only": 1, "passage": 0}
+SEVERITY_RANK = {"verbatim": 4, "partial": 3, "question_only": 2, "paraphrase": 1, "passage": 0}
 PASSAGE = "passage"
+# `paraphrase`: the semantic stage's finding (reworded or translated item, confirmed by evidence); counted.
+PARAPHRASE = "paraphrase"
 # Verdicts, the one list (the guard, the CLI and the database take them from here). `incomplete`: a declared
 # dataset was read only in part; `unreadable`: one gave no text at all. Both fail closed: never clean.
 CLEAN, CONTAMINATED, UNDECLARED = "clean", "contaminated", "undeclared"
@@ -42,6 +44,8 @@ class Finding:
     item_text: str = ""  # the benchmark item (question, choices, answer), for display
     context_before: str = ""
     context_after: str = ""
+    # a paraphrase's evidence: reason, cosine, retrieval, numbers, answer, choices, gold_choice, rare_words
+    semantic: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -85,6 +89,7 @@ class AuditReport:
     index_hash: str
     thresholds: dict[str, Any]
     problems: list[str] = field(default_factory=list)
+    semantic: dict[str, Any] | None = None  # the semantic stage's model, cost and timing (when it ran)
 
     @property
     def contaminated(self) -> bool:
@@ -110,6 +115,7 @@ class AuditReport:
             "index_hash": self.index_hash,
             "thresholds": self.thresholds,
             "problems": self.problems,
+            **({"semantic": self.semantic} if self.semantic is not None else {}),
         }
 
     def dataset_view(self) -> list[dict[str, Any]]:
@@ -137,6 +143,7 @@ class AuditReport:
             index_hash=data.get("index_hash", ""),
             thresholds=data.get("thresholds", {}),
             problems=list(data.get("problems", [])),
+            semantic=data.get("semantic"),
         )
 
 

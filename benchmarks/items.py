@@ -17,7 +17,9 @@ from typing import Any
 from mergeguard.errors import BenchmarkError
 
 # Bump when a converter changes what it produces: the auditor's cache is keyed on a hash that includes it.
-ITEMS_VERSION = "1"
+ITEMS_VERSION = "2"
+SOURCE_WORDS = 30  # lines before a question's last holding this many words are a reading passage
+SOURCE_PARAGRAPH_WORDS = 60  # a paragraph after an instruction holding this many words is quoted text
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,7 @@ class Item:
     answer: str
     subset: str | None = None
     short_answer: str = ""  # the bare final answer where the gold text is a worked solution (gsm8k, math)
+    source: str = ""  # the part of `question` that is shared source text, not the test (`source_text`)
 
     def text(self) -> str:
         """Question, choices and answer joined by newlines (the answer once, even when it is a choice)."""
@@ -61,6 +64,37 @@ class RowContext:
 Converter = Callable[[Mapping[str, Any], RowContext], Item]
 
 
+def _lines_before_last(question: str) -> str:
+    """MMLU: the lines before the question's last one, when they hold a reading passage (several items
+    ask about one passage; the last line is the item's own question)."""
+    lines = [line for line in question.splitlines() if line.strip()]
+    if len(lines) < 2 or len(" ".join(lines[:-1]).split()) < SOURCE_WORDS:
+        return ""
+    return "\n".join(lines[:-1])
+
+
+def _paragraphs(question: str) -> str:
+    """IFEval: the long paragraphs after the first (the instruction), i.e. the text the prompt quotes to be
+    summarised or rewritten."""
+    paragraphs = [p for p in re.split(r"\n\s*\n", question) if p.strip()]
+    return "\n\n".join(p for p in paragraphs[1:] if len(p.split()) >= SOURCE_PARAGRAPH_WORDS)
+
+
+SOURCE_RULES: dict[str, Callable[[str], str]] = {
+    "lines_before_last": _lines_before_last,
+    "paragraphs": _paragraphs,
+}
+
+
+def source_text(benchmark: str, question: str) -> str:
+    """The shared source text inside an item's question, by the registry's `source_text` rule ("" none)."""
+    from mergeguard.benchmarks.registry import REGISTRY
+
+    spec = REGISTRY.get(benchmark)
+    rule = SOURCE_RULES.get(spec.source_text) if spec is not None else None
+    return rule(question) if rule else ""
+
+
 def _str(value: Any) -> str:
     return "" if value is None else str(value)
 
@@ -75,16 +109,18 @@ def _item(
     subset: str | None = None,
     short_answer: Any = "",
 ) -> Item:
+    question = _str(question)
     return Item(
         benchmark=ctx.benchmark,
         split=ctx.split,
         index=ctx.index,
         item_id=None if item_id is None or item_id == "" else str(item_id),
-        question=_str(question),
+        question=question,
         choices=tuple(_str(choice) for choice in choices),
         answer=_str(answer),
         subset=subset if subset is not None else ctx.subset,
         short_answer=_str(short_answer),
+        source=source_text(ctx.benchmark, question),
     )
 
 

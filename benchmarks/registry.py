@@ -27,6 +27,12 @@ class BenchmarkSpec:
     """What a benchmark is, where its rows live, and how the leaderboard scored it.
 
     `configs` are the hub configs (for BBH, one per subtask); `split` is the split that is scored.
+    `source_text` says which part of an item is shared source material rather than the test itself (a
+    rule of `items.SOURCE_RULES`: IFEval's quoted passages, MMLU's reading passages); a training example
+    that holds only that part quotes the same source, it has not seen the test. HellaSwag contexts and ARC
+    questions are the test's own question (the gold ending / answer completes them): no source text.
+    `twin_items`: the items come in pairs built to differ in a trigger word or two (WinoGrande), so the
+    text two items share is test text of both, not a passage that identifies neither.
     `subsets`/`subsets_from` describe benchmarks stored as one file per subtask: BBH's subtasks are hub
     configs (`"config"`), MuSR's are hub splits (`"split"`). `row_filter` keeps only rows whose fields equal
     the given values (MATH-hard: Level 5). `data_files`/`fields` serve custom YAML benchmarks.
@@ -51,6 +57,8 @@ class BenchmarkSpec:
     subset_baselines: tuple[tuple[str, float], ...] = ()
     data_files: tuple[str, ...] = ()
     fields: tuple[tuple[str, str], ...] = ()
+    source_text: str = ""
+    twin_items: bool = False
 
     @property
     def format(self) -> str:
@@ -172,6 +180,7 @@ _SPECS: tuple[BenchmarkSpec, ...] = (
         metric="acc",
         num_fewshot=5,
         random_baseline=0.25,
+        source_text="lines_before_last",
         description="MMLU: 57 subjects of four-choice questions.",
     ),
     BenchmarkSpec(
@@ -196,6 +205,7 @@ _SPECS: tuple[BenchmarkSpec, ...] = (
         metric="acc",
         num_fewshot=5,
         random_baseline=0.5,
+        twin_items=True,
         description="WinoGrande: fill the blank with one of two options.",
     ),
     BenchmarkSpec(
@@ -222,6 +232,7 @@ _SPECS: tuple[BenchmarkSpec, ...] = (
         num_fewshot=0,
         random_baseline=0.0,
         id_field="key",
+        source_text="paragraphs",
         description="IFEval: prompts with verifiable instructions; the leaderboard averages "
         "prompt_level_strict_acc and inst_level_strict_acc. No gold answer. (lm-eval 0.4.13 reads the "
         "same rows from wis-k/instruction-following-eval.)",

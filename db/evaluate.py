@@ -9,7 +9,8 @@ writes a normal lm-eval results file, which is then imported like any other.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache, partial
 from pathlib import Path
@@ -251,12 +252,144 @@ def custom_task_config(spec: Any, out_dir: Path) -> dict[str, Any]:
 
 @dataclass
 class EvalSummary:
-    """What an evaluation stored: the model, the results file, and each benchmark's primary score (0..1)."""
+    """What an evaluation stored: the model, the results file, each benchmark's primary score (0..1),
+    lm-eval's own results table (as `lm_eval` prints it), and the tasks that failed (their error line)."""
 
     model: str
     results_file: str
     scores: dict[str, float] = field(default_factory=dict)
     evaluations: int = 0
+    table: str = ""
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class LmEvalExtras:
+    """lm-eval's own run options, passed through as `lm_eval run` takes them (its spellings on `eval`)."""
+
+    model_args: dict[str, Any] = field(default_factory=dict)
+    max_batch_size: int | None = None
+    apply_chat_template: bool | str = False
+    system_instruction: str | None = None
+    fewshot_as_multiturn: bool | None = None
+    gen_kwargs: str | None = None
+    log_samples: bool = False
+    seeds: tuple[int, int, int, int] | None = None  # python, numpy, torch, fewshot
+    include_path: str | None = None
+    use_cache: str | None = None
+    cache_requests: str | None = None  # true | refresh | delete
+    check_integrity: bool = False
+    write_out: bool = False
+    predict_only: bool = False
+    verbosity: str | None = None
+    confirm_run_unsafe_code: bool = False
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def evaluate_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of `lm_eval.simple_evaluate` for these options."""
+        out: dict[str, Any] = {
+            "max_batch_size": self.max_batch_size,
+            "apply_chat_template": self.apply_chat_template,
+            "system_instruction": self.system_instruction,
+            "gen_kwargs": self.gen_kwargs,
+            "use_cache": self.use_cache,
+            "cache_requests": self.cache_requests in ("true", "refresh"),
+            "rewrite_requests_cache": self.cache_requests == "refresh",
+            "delete_requests_cache": self.cache_requests == "delete",
+            "check_integrity": self.check_integrity,
+            "write_out": self.write_out,
+            "predict_only": self.predict_only,
+            "confirm_run_unsafe_code": self.confirm_run_unsafe_code,
+        }
+        if self.fewshot_as_multiturn is not None:
+            out["fewshot_as_multiturn"] = self.fewshot_as_multiturn
+        if self.verbosity:
+            out["verbosity"] = self.verbosity
+        if self.metadata:
+            out["metadata"] = self.metadata
+        if self.seeds is not None:
+            python, numpy, torch, fewshot = self.seeds
+            out.update(
+                random_seed=python,
+                numpy_random_seed=numpy,
+                torch_random_seed=torch,
+                fewshot_random_seed=fewshot,
+            )
+        return out
+
+
+def parse_seed(text: str) -> tuple[int, int, int, int]:
+    """lm-eval's `--seed`: one integer for all four generators, or `python,numpy,torch,fewshot`."""
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        values = [int(p) for p in parts]
+    except ValueError as error:
+        raise UsageError(f"--seed {text!r} is not a number", hint="give 1234 or 0,1234,1234,1234") from error
+    if len(values) == 1:
+        values *= 4
+    if len(values) != 4:
+        raise UsageError(f"--seed {text!r} needs 1 or 4 numbers", hint="give 1234 or 0,1234,1234,1234")
+    return values[0], values[1], values[2], values[3]
+
+
+def parse_key_values(text: str, flag: str) -> dict[str, Any]:
+    """lm-eval's `key=value,key=value` (`--model_args`, `--metadata`), values as numbers when they are."""
+    out: dict[str, Any] = {}
+    for piece in (p.strip() for p in text.split(",")):
+        if not piece:
+            continue
+        key, sep, value = piece.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"{flag} {piece!r} is not key=value", hint=f"write {flag} key=value,key=value")
+        out[key.strip()] = _number_or_text(value.strip())
+    return out
+
+
+def _number_or_text(value: str) -> Any:
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            continue
+    return {"true": True, "false": False}.get(value.lower(), value)
+
+
+def default_output_dir(db: Database) -> Path:
+    """Where results files go: beside the database (`<db folder>/evals`) when it lives in a project folder,
+    the user cache's evals/ when it is the user-wide default database (or in memory)."""
+    from mergeguard.paths import _xdg, cache_dir
+
+    row = db.execute("PRAGMA database_list").fetchone()
+    file = Path(row[2]).resolve() if row and row[2] else None
+    user_wide = (_xdg("XDG_DATA_HOME", ".local/share") / "mergeguard" / "mergeguard.db").resolve()
+    if file is None or file == user_wide:
+        return cache_dir() / "evals"
+    return file.parent / "evals"
+
+
+@contextmanager
+def _no_git_noise() -> Iterator[None]:
+    """lm-eval asks `git describe` for a commit hash; outside a repository git prints `fatal: not a git
+    repository` on our stderr. Ask quietly for the call's duration, then put lm-eval's function back."""
+    import subprocess
+
+    import lm_eval.evaluator as evaluator
+
+    def quiet_hash() -> str | None:
+        done = subprocess.run(
+            ["git", "describe", "--always"],
+            capture_output=True,
+            text=True,
+            check=False,  # noqa: S607
+        )
+        return done.stdout.strip() or None if done.returncode == 0 else None
+
+    saved = evaluator.get_git_commit_hash
+    evaluator.get_git_commit_hash = quiet_hash
+    try:
+        yield
+    finally:
+        evaluator.get_git_commit_hash = saved
 
 
 def _benchmarks(tasks: Sequence[str] | None, suite: str | None, custom: Sequence[str] = ()) -> list[str]:
@@ -285,16 +418,20 @@ def run_eval(
     bootstrap_iters: int = 1000,
     custom_specs: Sequence[str | Path] = (),
     trust_remote_code: bool = False,
+    extras: LmEvalExtras | None = None,
 ) -> EvalSummary:
     """Evaluate a local model folder with lm-eval's HF backend and store the scores.
 
     With `benchmarks_dir` (or $MERGEGUARD_BENCHMARKS_DIR) every task reads local files; without it lm-eval
-    loads its datasets from the hub. The results file lands in `output_dir` (default: the cache's evals/).
-    A model that needs its own code (auto_map) is refused unless `trust_remote_code`.
+    loads its datasets from the hub. The results file lands in `output_dir` (default: beside the database
+    when it lives in a project folder, else the cache's evals/). A task that fails does not take the
+    others' results with it: they are stored and the failure is named in `failed`. The model is recorded
+    with its card's `base_model:` as its parent. A model that needs its own code (auto_map) is refused
+    unless `trust_remote_code`.
     """
     from mergeguard.paths import benchmarks_dir as default_benchmarks_dir
-    from mergeguard.paths import cache_dir
 
+    extras = extras or LmEvalExtras()
     folder = Path(model_dir).expanduser().resolve()
     if not folder.is_dir() or not (folder / "config.json").is_file():
         raise ModelNotFoundError(
@@ -307,22 +444,22 @@ def run_eval(
     wanted_custom = [t.strip() for t in tasks or [] if t.strip() in custom] if tasks else list(custom)
     names = _benchmarks(tasks, suite, tuple(custom)) if (tasks or suite or not custom) else []
     local = default_benchmarks_dir(benchmarks_dir)
-    import lm_eval
     from lm_eval.loggers import EvaluationTracker
     from lm_eval.tasks import TaskManager
 
     plans: list[GroupPlan] = []
+    include = {"include_path": extras.include_path} if extras.include_path else {}
     if local is not None or not names:
         specs: list[Any] = []
         for name in names:
             configs, plan = task_configs(name, local, num_fewshot=num_fewshot)
             specs += configs
             plans += [plan] if plan else []
-        manager = TaskManager(include_defaults=False)
+        manager = TaskManager(include_defaults=False, **include)
     else:
         specs = [REGISTRY[name].lm_eval_task for name in names]
-        manager = TaskManager()
-    out = Path(output_dir) if output_dir else cache_dir() / "evals"
+        manager = TaskManager(**include)
+    out = Path(output_dir).expanduser() if output_dir else default_output_dir(db)
     if wanted_custom:
         specs += [custom_task_config(custom[name], out / "custom") for name in wanted_custom]
     tracker = EvaluationTracker(output_path=str(out))
@@ -330,21 +467,127 @@ def run_eval(
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    model_args = {"pretrained": str(folder), "dtype": "auto", "trust_remote_code": trust_remote_code}
+    model_args = {
+        "pretrained": str(folder),
+        "dtype": "auto",
+        **extras.model_args,
+        "trust_remote_code": trust_remote_code,
+    }
+    run = partial(
+        _evaluate,
+        folder=folder,
+        model_args=model_args,
+        limit=limit,
+        device=device,
+        batch_size=batch_size,
+        manager=manager,
+        bootstrap_iters=bootstrap_iters,
+        tracker=tracker,
+        extras=extras,
+    )
+    failed: dict[str, str] = {}
     try:
-        results = lm_eval.simple_evaluate(
-            model="hf",
-            model_args=model_args,
-            tasks=specs,
-            limit=limit,
-            device=device,
-            batch_size=batch_size,
-            task_manager=manager,
-            bootstrap_iters=bootstrap_iters,
-            log_samples=False,
-            evaluation_tracker=tracker,
-            num_fewshot=None,
-        )
+        results = run(specs)
+    except MergeguardError as error:
+        if len(specs) < 2:
+            raise
+        results, failed = _one_task_at_a_time(run, specs, error)
+    for plan in plans:
+        aggregate_group(results, plan)
+    from lm_eval.utils import make_table
+
+    table = make_table(results) + (make_table(results, "groups") if "groups" in results else "")
+    tracker.save_results_aggregated(
+        results=results, samples=results.get("samples") if extras.log_samples else None
+    )
+    if extras.log_samples:
+        for task_name in results.get("configs", {}):
+            samples = (results.get("samples") or {}).get(task_name)
+            if samples is not None:
+                tracker.save_results_samples(task_name=task_name, samples=samples)
+    sanitized = tracker.general_config_tracker.model_name_sanitized
+    written = out / str(sanitized) / f"results_{tracker.date_id}.json"
+    if not written.is_file():  # lm-eval moved its files: take the newest one it wrote
+        written = sorted(out.rglob("results_*.json"), key=lambda p: p.stat().st_mtime)[-1]
+    from mergeguard.db.records import register_model
+
+    register_model(db, folder)  # the card's base_model: the evaluated fine-tune has its parent
+    parsed = parse_results_file(written, model=str(folder))
+    parsed.source = "eval"
+    record_evaluations(db, parsed)
+    scores = {
+        r.benchmark: r.value for r in parsed.rows if r.is_primary and r.benchmark and r.value is not None
+    }
+    return EvalSummary(
+        model=str(folder),
+        results_file=str(written),
+        scores=scores,
+        evaluations=len(parsed.rows),
+        table=table,
+        failed=failed,
+    )
+
+
+def _task_name(spec: Any) -> str:
+    return str(spec.get("task")) if isinstance(spec, dict) else str(spec)
+
+
+def _one_task_at_a_time(
+    run: Any, specs: list[Any], first: MergeguardError
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """After a run of several tasks failed: each task alone, the good results merged into one dict, the
+    failures named. When every task fails, the first error stands."""
+    merged: dict[str, Any] = {}
+    failed: dict[str, str] = {}
+    for spec in specs:
+        try:
+            results = run([spec])
+        except MergeguardError as error:
+            failed[_task_name(spec)] = error.message
+            continue
+        if not merged:
+            merged = results
+            continue
+        for key in ("results", "configs", "versions", "n-shot", "higher_is_better", "n-samples", "samples"):
+            if isinstance(results.get(key), dict):
+                merged.setdefault(key, {}).update(results[key])
+    if not merged:
+        raise first
+    return merged, failed
+
+
+def _evaluate(
+    specs: list[Any],
+    *,
+    folder: Path,
+    model_args: dict[str, Any],
+    limit: int | float | None,
+    device: str,
+    batch_size: int | str,
+    manager: Any,
+    bootstrap_iters: int,
+    tracker: Any,
+    extras: LmEvalExtras,
+) -> dict[str, Any]:
+    """One `lm_eval.simple_evaluate` call, its many exception kinds as one MergeguardError line."""
+    import lm_eval
+
+    try:
+        with _no_git_noise():
+            results = lm_eval.simple_evaluate(
+                model="hf",
+                model_args=model_args,
+                tasks=specs,
+                limit=limit,
+                device=device,
+                batch_size=batch_size,
+                task_manager=manager,
+                bootstrap_iters=bootstrap_iters,
+                log_samples=extras.log_samples,
+                evaluation_tracker=tracker,
+                num_fewshot=None,
+                **extras.evaluate_kwargs(),
+            )
     except MergeguardError:
         raise
     except Exception as error:  # lm-eval raises many kinds; the user needs the one line
@@ -354,19 +597,4 @@ def run_eval(
         ) from error
     if results is None:
         raise MergeguardError("lm-eval returned no results", hint="run on a single process")
-    for plan in plans:
-        aggregate_group(results, plan)
-    tracker.save_results_aggregated(results=results, samples=None)
-    sanitized = tracker.general_config_tracker.model_name_sanitized
-    written = out / str(sanitized) / f"results_{tracker.date_id}.json"
-    if not written.is_file():  # lm-eval moved its files: take the newest one it wrote
-        written = sorted(out.rglob("results_*.json"), key=lambda p: p.stat().st_mtime)[-1]
-    parsed = parse_results_file(written, model=str(folder))
-    parsed.source = "eval"
-    record_evaluations(db, parsed)
-    scores = {
-        r.benchmark: r.value for r in parsed.rows if r.is_primary and r.benchmark and r.value is not None
-    }
-    return EvalSummary(
-        model=str(folder), results_file=str(written), scores=scores, evaluations=len(parsed.rows)
-    )
+    return dict(results)

@@ -18,7 +18,13 @@ from typing import Any
 from sqlite_utils import Database
 
 from mergeguard.db.connection import transaction
-from mergeguard.db.records import EvaluationRow, ResultsFile, canonical_ref, record_evaluations
+from mergeguard.db.records import (
+    EvaluationRow,
+    ResultsFile,
+    canonical_ref,
+    record_evaluations,
+    register_model,
+)
 from mergeguard.db.scores import benchmark_for_task, primary_metric
 from mergeguard.errors import MergeguardError
 
@@ -207,4 +213,6 @@ def import_results(db: Database, paths: list[str | Path], *, model: str | None =
                 summary.already_imported += 1
             if results.model_ref not in summary.models:
                 summary.models.append(results.model_ref)
+            if Path(results.model_ref).is_dir():  # its card's base_model: the imported model's parent
+                register_model(db, results.model_ref)
     return summary

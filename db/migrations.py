@@ -282,3 +282,27 @@ def m004_unread_verdicts(db: Database) -> None:
         """,
     )
     create_views(db)
+
+
+@migration
+def m005_probes(db: Database) -> None:
+    """Model-side probe results (`mergeguard probe`, `audit --probe`): one row per model and benchmark."""
+    _script(
+        db,
+        """
+        CREATE TABLE probes (
+            id INTEGER PRIMARY KEY,
+            model_id INTEGER NOT NULL REFERENCES models(id),
+            reference TEXT,
+            benchmark TEXT NOT NULL,
+            split TEXT,
+            verdict TEXT NOT NULL CHECK (verdict IN ('suspect', 'no_signal', 'inconclusive')),
+            p_value REAL,
+            effect REAL,
+            items INTEGER NOT NULL,
+            alpha REAL NOT NULL,
+            created_at TEXT NOT NULL
+        );
+        CREATE INDEX probes_model ON probes(model_id, benchmark)
+        """,
+    )

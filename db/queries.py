@@ -101,6 +101,9 @@ class LeaderboardRow:
     is_merge: bool
     parents: list[str] = field(default_factory=list)
     check: str | None = None  # the latest sanity check verdict: ok | degraded | broken
+    probe: str | None = None  # the latest model-side probe: `suspect: BENCH, ...` | no_signal | inconclusive
+    scored: bool = True  # False: a merge with no scores yet (listed after the ranked models)
+    limited: list[str] = field(default_factory=list)  # benchmarks scored on a --limit subset only
 
 
 @dataclass
@@ -257,7 +260,7 @@ def leaderboard(
         benchmarks = [b for b in benchmarks if b in suite_names(suite)] or benchmarks
     want = limit if limit and limit > 0 else None
     page = want if want and not clean_only else max((want or 0) * 2, 200)
-    picked: list[tuple[int, float, int]] = []
+    picked: list[tuple[int, float | None, int]] = []
     verdicts: dict[int, Contamination] = {}
     offset = 0
     fast: list[tuple[int, float, int]] = []
@@ -276,6 +279,10 @@ def leaderboard(
         if len(batch) < page:
             break
     picked = picked[:want] if want else picked
+    if not benchmarks and (want is None or len(picked) < want):
+        unscored = _unscored_merges(db, (want - len(picked)) if want else None)
+        verdicts.update(contamination(db, unscored))
+        picked += [(i, None, 0) for i in unscored if not clean_only or verdicts[i].verdict == "clean"]
     ids = [r[0] for r in picked]
     names, scores, parents, merged = _details(db, ids)
     if benchmarks:
@@ -287,6 +294,8 @@ def leaderboard(
     use_normalized = suite == "v2"
     rows = []
     checks = latest_checks(db, [row[0] for row in picked])
+    probes = latest_probes(db, [row[0] for row in picked])
+    limited = limited_scores(db, ids)
     for rank, (model_id, average, n_scores) in enumerate(picked, start=1):
         verdict = verdicts[model_id]
         rows.append(
@@ -307,11 +316,24 @@ def leaderboard(
                 verdict=verdict.verdict,
                 contaminated_via=verdict.via,
                 check=checks.get(model_id),
+                probe=probes.get(model_id),
                 is_merge=model_id in merged,
-                parents=[p[0] for p in parents[model_id]],
+                parents=list(dict.fromkeys(p[0] for p in parents[model_id])),
+                scored=n_scores > 0,
+                limited=sorted(b for b in limited.get(model_id, ()) if b in columns),
             )
         )
     return Leaderboard(suite=suite, columns=columns, rows=rows)
+
+
+def _unscored_merges(db: Database, limit: int | None) -> list[int]:
+    """Models a merge wrote that have no scores yet, newest first: a merge is on the board from the start."""
+    rows = db.execute(
+        "SELECT output_model_id FROM merges WHERE status = 'ok' AND output_model_id NOT IN "
+        "(SELECT model_id FROM model_scores) GROUP BY output_model_id ORDER BY max(id) DESC LIMIT ?",
+        [limit if limit else -1],
+    ).fetchall()
+    return [int(r[0]) for r in rows]
 
 
 # ---------------------------------------------------------------- lineage
@@ -334,6 +356,7 @@ class LineageNode:
     contaminated_via: str | None
     scores: dict[str, float] = field(default_factory=dict)
     check: str | None = None  # the latest sanity check verdict: ok | degraded | broken
+    probe: str | None = None  # the latest model-side probe (see LeaderboardRow.probe)
 
 
 @dataclass
@@ -440,6 +463,7 @@ def lineage(
         edges_raw = [e for e in edges_raw if e[0] in keep and e[1] in keep]
     verdicts = contamination(db, ids)
     checks = latest_checks(db, ids)
+    probes = latest_probes(db, ids)
     only = set(suite_names(suite)) if suite else None
     nodes = []
     for model_id in sorted(ids, key=lambda i: (depth[i], names[i][0])):
@@ -470,6 +494,7 @@ def lineage(
                 contaminated_via=verdict.via,
                 scores={b: v[0] * 100 for b, v in own.items() if only is None or b in only},
                 check=checks.get(model_id),
+                probe=probes.get(model_id),
             )
         )
     edges = [
@@ -485,7 +510,7 @@ def lineage(
 @dataclass
 class HistoryEvent:
     at: str
-    kind: str  # merge | audit | eval | import | check
+    kind: str  # merge | audit | eval | import | check | probe
     model: str
     detail: str
 
@@ -506,11 +531,16 @@ def parse_since(text: str) -> str:
 HISTORY_SQL = """
 SELECT g.created_at AS at, 'merge' AS kind, m.name AS model,
        coalesce(g.method, '?') || ' of ' || coalesce((SELECT group_concat(p.name, ', ')
-           FROM lineage_edges e JOIN models p ON p.id = e.parent_id WHERE e.merge_id = g.id), '?')
-           || ' [' || g.status || ']' AS detail
+           FROM lineage_edges e JOIN models p ON p.id = e.parent_id WHERE e.merge_id = g.id),
+           (SELECT group_concat(coalesce(p.name, j.value), ', ')
+            FROM json_each(coalesce(g.guard, '{}'), '$.inputs') j LEFT JOIN models p ON p.ref = j.value),
+           '?') || ' [' || g.status || coalesce(': ' || json_extract(g.guard, '$.refused'), '') || ']'
+           AS detail
 FROM merges g JOIN models m ON m.id = g.output_model_id
 WHERE (:model IS NULL OR g.output_model_id = :model
-       OR EXISTS (SELECT 1 FROM lineage_edges e WHERE e.merge_id = g.id AND e.parent_id = :model))
+       OR EXISTS (SELECT 1 FROM lineage_edges e WHERE e.merge_id = g.id AND e.parent_id = :model)
+       OR EXISTS (SELECT 1 FROM json_each(coalesce(g.guard, '{}'), '$.inputs') j
+                  JOIN models p ON p.ref = j.value WHERE p.id = :model))
   AND (:since IS NULL OR g.created_at >= :since)
 UNION ALL
 SELECT a.created_at, 'audit', m.name,
@@ -532,6 +562,12 @@ UNION ALL
 SELECT c.created_at, 'check', m.name, c.verdict || coalesce(': ' || c.detail, '')
 FROM checks c JOIN models m ON m.id = c.model_id
 WHERE (:model IS NULL OR c.model_id = :model) AND (:since IS NULL OR c.created_at >= :since)
+UNION ALL
+SELECT p.created_at, 'probe', m.name,
+       p.benchmark || ' ' || p.verdict || coalesce(' p=' || printf('%.2g', p.p_value), '')
+       || coalesce(' vs ' || p.reference, '')
+FROM probes p JOIN models m ON m.id = p.model_id
+WHERE (:model IS NULL OR p.model_id = :model) AND (:since IS NULL OR p.created_at >= :since)
 ORDER BY at DESC
 LIMIT :limit
 """
@@ -560,6 +596,57 @@ def parents_of(db: Database, ref: str) -> list[str]:
         [canonical_ref(ref)],
     ).fetchall()
     return [row[0] for row in rows]
+
+
+def limited_scores(db: Database, model_ids: Sequence[int]) -> dict[int, set[str]]:
+    """Per model, the benchmarks whose score came from a run with lm-eval's `--limit` (a subset of the
+    items): the leaderboard marks them, since they do not compare with full runs."""
+    out: dict[int, set[str]] = {}
+    for chunk in _chunks(list(dict.fromkeys(model_ids))):
+        rows = db.execute(
+            "SELECT s.model_id, s.benchmark FROM model_scores s "
+            "JOIN evaluations e ON e.id = s.evaluation_id "
+            f"WHERE e.sample_limit IS NOT NULL AND s.model_id IN ({_marks(chunk)})",
+            list(chunk),
+        ).fetchall()
+        for model_id, benchmark in rows:
+            out.setdefault(int(model_id), set()).add(benchmark)
+    return out
+
+
+def base_of(db: Database, ref: str) -> str | None:
+    """The ref of a merge's base model (its `base` lineage edge), or None."""
+    from mergeguard.db.records import canonical_ref
+
+    row = db.execute(
+        "SELECT p.ref FROM lineage_edges e JOIN models c ON c.id = e.child_id "
+        "JOIN models p ON p.id = e.parent_id WHERE c.ref = ? AND e.relation = 'base' ORDER BY e.id LIMIT 1",
+        [canonical_ref(ref)],
+    ).fetchone()
+    return str(row[0]) if row else None
+
+
+def latest_probes(db: Database, model_ids: Sequence[int]) -> dict[int, str]:
+    """Each probed model's latest probe per benchmark, summed up: `suspect: arc_challenge` when any
+    benchmark is suspect, else `no_signal` (or `inconclusive`); models never probed are absent."""
+    out: dict[int, str] = {}
+    for chunk in _chunks(list(dict.fromkeys(model_ids))):
+        rows = db.execute(
+            "SELECT model_id, benchmark, verdict FROM probes WHERE id IN (SELECT max(id) FROM probes "
+            f"WHERE model_id IN ({_marks(chunk)}) GROUP BY model_id, benchmark) ORDER BY benchmark",
+            list(chunk),
+        ).fetchall()
+        verdicts: dict[int, dict[str, list[str]]] = {}
+        for model_id, benchmark, verdict in rows:
+            verdicts.setdefault(int(model_id), {}).setdefault(verdict, []).append(benchmark)
+        for model_id, found in verdicts.items():
+            for verdict in ("suspect", "inconclusive", "no_signal"):
+                if verdict in found:
+                    out[model_id] = (
+                        f"suspect: {', '.join(found[verdict])}" if verdict == "suspect" else verdict
+                    )
+                    break
+    return out
 
 
 def latest_checks(db: Database, model_ids: Sequence[int]) -> dict[int, str]:

@@ -273,6 +273,33 @@ def record_merge(
     return MergeRecord(merge_id=merge_id, model_id=model_id, created=existing is None)
 
 
+def record_refusal(
+    db: Database,
+    *,
+    output: str | Path,
+    config_text: str,
+    method: str | None,
+    inputs: Sequence[str],
+    reason: str,
+    audit_id: int | None = None,
+    tool_version: str | None = None,
+) -> int:
+    """A merge the guard refused (status 'refused', nothing written): the tool's key moment belongs in
+    `history`. No lineage edges are added, so the unwritten output never shows as anyone's child."""
+    record = record_merge(
+        db,
+        output=output,
+        config_text=config_text,
+        method=method,
+        parents=[],
+        status="refused",
+        tool_version=tool_version,
+    )
+    guard = {"refused": reason, "inputs": [canonical_ref(ref) for ref in inputs]}
+    set_merge_guard(db, record.merge_id, audit_id, guard)
+    return record.merge_id
+
+
 def _text(value: Any) -> str | None:
     if value is None or value == [] or value == "":
         return None
@@ -501,3 +528,39 @@ def set_merge_guard(db: Database, merge_id: int, audit_id: int | None, guard: di
             "UPDATE merges SET audit_id = ?, guard = ? WHERE id = ?",
             [audit_id, json.dumps(guard, sort_keys=True, default=str), merge_id],
         )
+
+
+PROBE_VERDICTS = ("suspect", "no_signal", "inconclusive")
+
+
+def record_probe(db: Database, report: dict[str, Any]) -> list[int]:
+    """A probe report (`ProbeReport.to_dict()`): one row per benchmark, in one transaction."""
+    rows = report.get("benchmarks") or []
+    for row in rows:
+        if row.get("verdict") not in PROBE_VERDICTS:
+            raise DatabaseError(
+                f"unknown probe verdict {row.get('verdict')!r}",
+                hint=f"use one of {', '.join(PROBE_VERDICTS)}",
+            )
+    ids: list[int] = []
+    with transaction(db):
+        model_id = upsert_model(db, report["model"])
+        for row in rows:
+            cursor = db.execute(
+                "INSERT INTO probes (model_id, reference, benchmark, split, verdict, p_value, effect, items, "
+                "alpha, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    model_id,
+                    report.get("reference"),
+                    row["benchmark"],
+                    row.get("split"),
+                    row["verdict"],
+                    row.get("p_value"),
+                    row.get("effect"),
+                    int(row.get("n_items") or 0),
+                    float(report.get("alpha") or 0.0),
+                    now_iso(),
+                ],
+            )
+            ids.append(int(cursor.lastrowid))
+    return ids

@@ -18,10 +18,29 @@ TABLE_FORMATS = ("table", "json", "csv", "markdown")
 LINEAGE_FORMATS = ("tree", "json", "mermaid", "dot")
 
 
-def _num(value: float | None, signed: bool = False) -> str:
+def _num(value: float | None, signed: bool = False, missing: str = MISSING) -> str:
     if value is None:
-        return MISSING
+        return missing
     return f"{value:+.2f}" if signed else f"{value:.2f}"
+
+
+JSON_DIGITS = 4  # scores are percents: 27.500000000000004 reads as 27.5, a rate 0.0123 keeps its digits
+
+
+def rounded(value: Any) -> Any:
+    """`value` with every float rounded to JSON_DIGITS decimals (float noise is not information)."""
+    if isinstance(value, float):
+        return round(value, JSON_DIGITS)
+    if isinstance(value, dict):
+        return {k: rounded(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [rounded(v) for v in value]
+    return value
+
+
+def to_json(value: Any) -> str:
+    """Indented JSON with rounded numbers, as every `--format json` prints it."""
+    return json.dumps(rounded(value), indent=2)
 
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what a spreadsheet reads as the start of a formula
@@ -56,35 +75,121 @@ def _markdown(headers: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _table(title: str | None, headers: list[str], rows: list[list[Any]], right: set[str]) -> Any:
-    from rich.markup import escape
-    from rich.table import Table
+def _table(
+    title: str | None,
+    headers: list[str],
+    rows: list[list[Any]],
+    right: set[str],
+    *,
+    keep: tuple[str, ...] = ("model",),
+    optional: tuple[str, ...] = (),
+) -> Any:
+    """A table that fits the console it is printed on (80 columns too): `keep` columns (names) are never
+    folded or cut, the `optional` ones are left out, in order, while the table would be too wide, and the
+    rest fold their text onto more lines."""
+    return FitTable(title, headers, rows, right, keep, optional)
 
-    table = Table(title=title, show_lines=False)
-    for header in headers:
-        table.add_column(header, justify="right" if header in right else "left", overflow="fold")
-    for row in rows:
-        table.add_row(*(escape(str(v)) for v in row))
-    return table
+
+class FitTable:
+    """A rich renderable choosing its columns at print time, from the width the console offers."""
+
+    def __init__(
+        self,
+        title: str | None,
+        headers: list[str],
+        rows: list[list[Any]],
+        right: set[str],
+        keep: tuple[str, ...],
+        optional: tuple[str, ...],
+    ) -> None:
+        self.title, self.headers, self.rows, self.right = title, headers, rows, right
+        self.keep, self.optional = keep, optional
+        self.caption: str | None = None
+
+    def _width(self, columns: list[int]) -> int:
+        widths = [max([len(self.headers[i])] + [len(str(r[i])) for r in self.rows]) for i in columns]
+        return sum(widths) + 3 * len(columns) + 1
+
+    def __rich_console__(self, console: Any, options: Any) -> Any:
+        from rich.markup import escape
+        from rich.table import Table
+
+        columns = list(range(len(self.headers)))
+        for name in self.optional:
+            if self._width(columns) <= options.max_width:
+                break
+            columns = [i for i in columns if self.headers[i] != name]
+        table = Table(title=self.title, caption=self.caption, show_lines=False)
+        for i in columns:
+            header = self.headers[i]
+            kept = header in self.keep
+            table.add_column(
+                header,
+                justify="right" if header in self.right else "left",
+                overflow="fold",
+                no_wrap=kept,
+                min_width=max((len(str(r[i])) for r in self.rows), default=0) if kept else None,
+            )
+        for row in self.rows:
+            table.add_row(*(escape(str(row[i])) for i in columns))
+        yield table
+
+
+def render_rows(
+    title: str | None,
+    headers: list[str],
+    rows: list[list[Any]],
+    fmt: str,
+    *,
+    keep: tuple[str, ...] = ("model",),
+) -> Any:
+    """Any command's table in any of TABLE_FORMATS: JSON as a list of objects (numbers rounded), CSV with
+    an empty cell for a missing value, Markdown, or a table that fits the console (`keep` columns whole)."""
+    if fmt == "json":
+        return to_json([dict(zip(headers, row, strict=True)) for row in rows]) + "\n"
+    if fmt == "csv":
+        return _csv(headers, [["" if v is None else v for v in row] for row in rows])
+    shown = [["-" if v is None else v for v in row] for row in rows]
+    if fmt == "markdown":
+        return _markdown(headers, shown)
+    numeric = {
+        h
+        for i, h in enumerate(headers)
+        if isinstance(next((r[i] for r in rows if r[i] is not None), None), (int, float))
+    }
+    return _table(title, headers, shown, numeric, keep=keep)
 
 
 # ---------------------------------------------------------------- leaderboard
 
 
-def leaderboard_grid(board: Leaderboard) -> tuple[list[str], list[list[Any]]]:
-    """Headers and text cells: rank, model, a column per benchmark, average, verdict, merge, parents."""
+LIMITED_MARK = "*"
+LIMITED_NOTE = "* scored on a subset of the items (lm-eval --limit): not comparable with full runs"
+
+
+def _score(value: float | None, limited: bool, missing: str) -> str:
+    """A score cell; a --limit score carries LIMITED_MARK (CSV keeps the bare number: see `limited`)."""
+    text = _num(value, missing=missing)
+    return text + LIMITED_MARK if limited and value is not None and missing else text
+
+
+def leaderboard_grid(board: Leaderboard, missing: str = MISSING) -> tuple[list[str], list[list[Any]]]:
+    """Headers and text cells: rank, model, a column per benchmark, average, verdict, merge, parents.
+    A merge with no scores yet has no rank and `unscored` for its average; `missing` fills empty cells
+    (CSV writes an empty cell, so a spreadsheet reads no number rather than text)."""
     headers = ["#", "model", *board.columns, "average", "n", "verdict", "check", "merge", "parents"]
     rows = [
         [
-            row.rank,
+            row.rank if row.scored else missing,
             row.model,
-            *(_num(row.scores.get(b)) for b in board.columns),
-            _num(row.average),
+            *(_score(row.scores.get(b), b in row.limited, missing) for b in board.columns),
+            _num(row.average, missing=missing) if row.scored else "unscored",
             row.n_scores,
-            f"{row.verdict} (via {row.contaminated_via})" if row.contaminated_via else row.verdict,
-            row.check or MISSING,
+            (f"{row.verdict} (via {row.contaminated_via})" if row.contaminated_via else row.verdict)
+            + (f"; probe {row.probe}" if row.probe else ""),
+            row.check or missing,
             "yes" if row.is_merge else "no",
-            ", ".join(row.parents) or MISSING,
+            ", ".join(row.parents) or missing,
         ]
         for row in board.rows
     ]
@@ -94,17 +199,24 @@ def leaderboard_grid(board: Leaderboard) -> tuple[list[str], list[list[Any]]]:
 def render_leaderboard(board: Leaderboard, fmt: str) -> Any:
     """A rich Table for "table"; text for json, csv and markdown."""
     if fmt == "json":
-        return json.dumps(
-            {"suite": board.suite, "columns": board.columns, "rows": [asdict(r) for r in board.rows]},
-            indent=2,
+        return to_json(
+            {"suite": board.suite, "columns": board.columns, "rows": [asdict(r) for r in board.rows]}
+        )
+    limited = any(row.limited for row in board.rows)
+    if fmt == "csv":
+        headers, rows = leaderboard_grid(board, missing="")
+        return _csv(
+            [*headers, "limited"], [[*r, " ".join(b.limited)] for r, b in zip(rows, board.rows, strict=True)]
         )
     headers, rows = leaderboard_grid(board)
-    if fmt == "csv":
-        return _csv(headers, rows)
     if fmt == "markdown":
-        return _markdown(headers, rows)
+        return _markdown(headers, rows) + (f"\n{LIMITED_NOTE}\n" if limited else "")
     title = f"leaderboard ({board.suite or 'all benchmarks'})"
-    return _table(title, headers, rows, right={"#", "average", "n", *board.columns})
+    optional = ("merge", "check", "n")  # parents stay: the names wrap between them
+    table = _table(title, headers, rows, right={"#", "average", "n", *board.columns}, optional=optional)
+    if limited:
+        table.caption = LIMITED_NOTE
+    return table
 
 
 # ---------------------------------------------------------------- lineage
@@ -121,6 +233,8 @@ def _node_text(node: LineageNode) -> str:
     parts.append(verdict)
     if node.check:
         parts.append(f"check {node.check}")
+    if node.probe:
+        parts.append(f"probe {node.probe}")
     return " ".join(parts)
 
 
@@ -236,7 +350,7 @@ def lineage_dot(graph: LineageGraph) -> str:
 def render_lineage(graph: LineageGraph, fmt: str) -> Any:
     """A rich Tree for "tree"; text for json, mermaid and dot."""
     if fmt == "json":
-        return json.dumps(asdict(graph), indent=2)
+        return to_json(asdict(graph))
     if fmt == "mermaid":
         return lineage_mermaid(graph)
     if fmt == "dot":
@@ -250,7 +364,7 @@ def render_lineage(graph: LineageGraph, fmt: str) -> Any:
 def render_history(events: list[HistoryEvent], fmt: str) -> Any:
     """A rich Table for "table"; text for json, csv and markdown."""
     if fmt == "json":
-        return json.dumps([asdict(e) for e in events], indent=2)
+        return to_json([asdict(e) for e in events])
     headers = ["when", "what", "model", "detail"]
     rows = [[e.at, e.kind, e.model, e.detail] for e in events]
     if fmt == "csv":

@@ -20,6 +20,7 @@ import yaml
 
 from mergeguard.errors import ConfigError
 from mergeguard.merge.params import cast, shown
+from mergeguard.merge.tokenizer import TokenizerSpec, check_references, parse_tokens
 
 TOP_KEYS = (
     "models",
@@ -93,10 +94,12 @@ class MergeConfig:
     module_parameters: dict[str, Any] = field(default_factory=dict)
     dtype: str | None = None
     out_dtype: str | None = None
-    tokenizer_source: str | None = None
+    tokenizer_source: str | None = None  # `tokenizer_source`, or `tokenizer.source`
+    tokenizer: TokenizerSpec | None = None  # set whenever either form is: the vocabulary is rebuilt
     chat_template: str | None = None
     text: str = ""
     warnings: list[str] = field(default_factory=list)
+    unknown_keys: list[str] = field(default_factory=list)  # let through by `allow_unknown_keys` (recorded)
 
     def inputs(self) -> list[InputModel]:
         """Every model entry / slice source, in config order."""
@@ -314,11 +317,37 @@ def _chat_template(value: Any) -> str | None:
 class _Validator:
     """Walks the raw mapping once, building the dataclasses and collecting warnings."""
 
-    def __init__(self, method: Any, methods: Any) -> None:
+    def __init__(self, method: Any, methods: Any, *, allow_unknown: bool = False) -> None:
         self.method = method
         self.methods = methods
         self.warnings: list[str] = []
         self.config_keys = set(TOP_KEYS)
+        self.allow_unknown = allow_unknown
+        self.unknown_keys: list[str] = []
+        self.deferred: list[
+            tuple[InputModel, Any, Any, str]
+        ] = []  # non-base values, checked once the base is known
+
+    def unknown(self, word: str, where: str, choices: Any) -> None:
+        """An unknown key: the did-you-mean error, or (with `allow_unknown_keys`) a warning, recorded."""
+        if not self.allow_unknown:
+            raise _unknown(word, where, choices)
+        self.unknown_keys.append(f"{_clip(word)} ({where})")
+        guess = _suggest(word[:100], choices)
+        self.warnings.append(
+            f"unknown key `{_clip(word)}` in {where} is ignored (--allow-unknown-keys)"
+            + (f"; did you mean `{guess}`?" if guess else "")
+        )
+
+    def check_deferred(self, base_of: Any) -> None:
+        """Check the values of non-base parameters (a TIES `weight`) now that each entry's base is known:
+        the base's own value is never used and mergekit never reads it, so it is dropped unread (configs
+        commonly give the base a weight: no warning, which `--strict` would make an error)."""
+        for item, param, value, where in self.deferred:
+            if item.model == base_of(item):
+                del item.parameters[param.name]
+            else:
+                self.check_value(param, value, where)
 
     def params(self, raw: Any, where: str, *, per_model: bool) -> dict[str, Any]:
         if raw is None:
@@ -336,7 +365,8 @@ class _Validator:
                 )
                 continue
             if name not in self.methods.ALL_PARAM_NAMES:
-                raise _unknown(name, f"parameters of {where}", self.methods.ALL_PARAM_NAMES)
+                self.unknown(name, f"parameters of {where}", self.methods.ALL_PARAM_NAMES)
+                continue
             if param is None:
                 self.warnings.append(
                     f"parameter `{name}` in {where} is not used by merge_method `{self.method.name}`"
@@ -349,7 +379,10 @@ class _Validator:
                     " put it under the slice's or the top-level `parameters:`"
                 )
                 continue
-            self.check_value(param, value, where)
+            if per_model and param.non_base:
+                self.deferred.append((None, param, value, where))  # the entry is set by `model`
+            else:
+                self.check_value(param, value, where)
             out[name] = value
         return out
 
@@ -391,7 +424,7 @@ class _Validator:
                     f"`{key}` in {where} is ignored (mergekit ignores it too); move it under `parameters:`"
                 )
                 continue
-            raise _unknown(key, where, allowed)
+            self.unknown(key, where, allowed)
 
     def model(self, raw: Any, where: str, *, slice_source: bool) -> InputModel:
         if isinstance(raw, str) and not slice_source:
@@ -409,11 +442,13 @@ class _Validator:
                 f"`revision` in {where} must be a branch, tag or commit, not {shown(revision)}",
                 hint="write `revision: main` or a commit hash",
             )
+        waiting = len(self.deferred)
         item = InputModel(
             model=_ref(raw.get("model"), where),
             parameters=self.params(raw.get("parameters"), where, per_model=True),
             revision=None if revision is None else str(revision),
         )
+        self.deferred[waiting:] = [(item, *entry[1:]) for entry in self.deferred[waiting:]]
         if slice_source:
             item.layer_range = _layer_range(raw.get("layer_range"), where)
         return item
@@ -460,23 +495,25 @@ def read_yaml(source: str | Path) -> dict[str, Any]:
     return _parse_yaml(_read_text(source))
 
 
-def load_config(source: str | Path, *, strict: bool = False) -> MergeConfig:
+def load_config(source: str | Path, *, strict: bool = False, allow_unknown_keys: bool = False) -> MergeConfig:
     """Parse and validate a mergekit config (a path or the YAML text). Raises ConfigError on the first error.
 
     The returned config's `warnings` lists settings that have no effect; `strict=True` raises on them.
+    An unknown key is an error with a suggestion; `allow_unknown_keys=True` (mergekit ignores them silently)
+    makes it a warning and lists it in `unknown_keys`, which the merge records in the model card.
     """
     text = _read_text(source)
     raw = _parse_yaml(text)
     methods = _methods()
     for key in raw:
-        if str(key) not in TOP_KEYS and str(key) not in methods.ALL_PARAM_NAMES:
+        if str(key) not in TOP_KEYS and str(key) not in methods.ALL_PARAM_NAMES and not allow_unknown_keys:
             raise _unknown(str(key), "the config", TOP_KEYS)
     for key in ("merge_method", "dtype", "out_dtype", "tokenizer_source", "name"):
         _string(raw.get(key), key)
     if not raw.get("merge_method"):
         raise ConfigError("config has no `merge_method`", hint=f"choose one of {', '.join(methods.METHODS)}")
     method = methods.get_method(_clip(raw["merge_method"].strip()))
-    check = _Validator(method, methods)
+    check = _Validator(method, methods, allow_unknown=allow_unknown_keys)
     check.misplaced(raw, TOP_KEYS, "the config")
 
     module_params: dict[str, Any] = {}
@@ -558,13 +595,19 @@ def load_config(source: str | Path, *, strict: bool = False) -> MergeConfig:
                 )
             )
     config.base_model = _ref(raw["base_model"], "base_model") if raw.get("base_model") else None
+    slice_base = {id(src): sl.base_model for sl in config.slices or [] for src in sl.sources}
+    check.check_deferred(lambda item: slice_base.get(id(item)) or config.base_model)
     config.parameters = check.params(raw.get("parameters"), "the top-level parameters", per_model=False)
     config.dtype = _dtype(raw.get("dtype"), "dtype")
     config.out_dtype = _dtype(raw.get("out_dtype"), "out_dtype")
     config.chat_template = _chat_template(raw.get("chat_template"))
-    config.tokenizer_source = _tokenizer_source(raw, check)
+    config.tokenizer = _tokenizer(raw, check)
+    config.tokenizer_source = config.tokenizer.source if config.tokenizer else None
+    if config.tokenizer is not None:
+        check_references(config.tokenizer, config_models(config))
     _check_method_needs(config, method)
     config.warnings = check.warnings
+    config.unknown_keys = check.unknown_keys
     if strict and config.warnings:
         raise ConfigError(f"{config.warnings[0]} (--strict)", hint="fix the config or drop --strict")
     return config
@@ -590,21 +633,25 @@ def _listed_once(items: list[InputModel], where: str) -> None:
         seen.add(item.model)
 
 
-def _tokenizer_source(raw: dict[str, Any], check: _Validator) -> str | None:
+def _tokenizer(raw: dict[str, Any], check: _Validator) -> TokenizerSpec | None:
+    """`tokenizer_source: X` or the `tokenizer:` section (source defaults to `union`, as in mergekit)."""
     if raw.get("tokenizer_source") is not None and raw.get("tokenizer") is not None:
         raise ConfigError("config sets both `tokenizer_source` and `tokenizer`", hint="keep one of them")
-    if raw.get("tokenizer") is not None:
-        section = raw["tokenizer"]
-        if not isinstance(section, dict):
-            raise ConfigError("`tokenizer` must be a mapping", hint="write `tokenizer: {source: base}`")
-        check.misplaced(section, TOKENIZER_KEYS, "the tokenizer section")
-        if section.get("tokens") or section.get("pad_to_multiple_of"):
-            raise ConfigError(
-                "`tokenizer.tokens` and `tokenizer.pad_to_multiple_of` are not supported yet",
-                hint="remove them, or merge with mergekit",
-            )
-        return _string(section.get("source", "union"), "tokenizer.source")
-    return _string(raw.get("tokenizer_source"), "tokenizer_source")
+    if raw.get("tokenizer") is None:
+        source = _string(raw.get("tokenizer_source"), "tokenizer_source")
+        return TokenizerSpec(source.strip()) if source is not None else None
+    section = raw["tokenizer"]
+    if not isinstance(section, dict):
+        raise ConfigError("`tokenizer` must be a mapping", hint="write `tokenizer: {source: base}`")
+    check.misplaced(section, TOKENIZER_KEYS, "the tokenizer section")
+    source = _string(section.get("source", "union"), "tokenizer.source") or "union"
+    pad = section.get("pad_to_multiple_of")
+    if pad is not None and (not isinstance(pad, int) or isinstance(pad, bool) or not 1 <= pad <= 1 << 20):
+        raise ConfigError(
+            f"`tokenizer.pad_to_multiple_of` = {shown(pad)} is not a whole number from 1 to {1 << 20}",
+            hint="write e.g. `pad_to_multiple_of: 64`",
+        )
+    return TokenizerSpec(source.strip(), parse_tokens(section.get("tokens")), pad)
 
 
 def _check_method_needs(config: MergeConfig, method: Any) -> None:

@@ -10,6 +10,7 @@ existing folder other than an earlier merge.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import queue
@@ -62,6 +63,9 @@ class MergeOptions:
     backend: str = "auto"  # "auto": numpy kernels where they apply, else torch; "numpy" or "torch" to force
     local_files_only: bool = False
     progress: Callable[[Progress], None] | None = None
+    unsafe_truncate_embeddings: bool = False  # cut differing vocabularies to the smallest (same ids assumed)
+    allow_unknown_keys: bool = False  # read by `load_config` callers; recorded in the result and the card
+    mergekit_rounding: bool = False  # round intermediates to half precision as mergekit does (torch path)
     card_datasets: list[str] = field(default_factory=list)  # added to the card's `datasets:` (inherited ones)
     card_section: str = ""  # markdown appended to the card (the guard's contamination section)
     # called once the merge's work is under way (worker processes busy), so that a caller's own checks
@@ -82,6 +86,7 @@ class MergeResult:
     bytes: int
     seconds: float
     warnings: list[str] = field(default_factory=list)
+    unknown_keys: list[str] = field(default_factory=list)  # ignored under --allow-unknown-keys (in the card)
 
 
 def tensor_seed(seed: int, name: str) -> int:
@@ -159,7 +164,21 @@ def run_merge(config: MergeConfig, out_dir: str | Path, options: MergeOptions | 
         if options.backend != "torch":  # after the cheap checks (a refused merge starts none), inside the
             prestart_workers(config, options.device)  # try whose `finally` stops unused ones
         models = _open_models(config, options, scratch, out_dir)
-        plan = build_plan(config, method, models, allow_crimes=options.allow_crimes)
+        vocabulary = None
+        if config.tokenizer is not None:
+            from mergeguard.merge.tokenizer import build_vocabulary, needs_alignment
+
+            if needs_alignment(config.tokenizer, models):
+                base = config.base_model or config_models(config)[0]
+                vocabulary = build_vocabulary(config.tokenizer, models, base, scratch() / "tokenizer")
+        plan = build_plan(
+            config,
+            method,
+            models,
+            allow_crimes=options.allow_crimes,
+            vocabulary=vocabulary,
+            truncate_embeddings=options.unsafe_truncate_embeddings,
+        )
         from mergeguard.merge.output import check_tokenizer, finish_folder
 
         tokenizer_from = check_tokenizer(config, models, plan)
@@ -187,7 +206,19 @@ def run_merge(config: MergeConfig, out_dir: str | Path, options: MergeOptions | 
         bytes=written,
         seconds=time.perf_counter() - start,
         warnings=list(config.warnings),
+        unknown_keys=list(config.unknown_keys),
     )
+
+
+def _vocab_inputs(plan: MergePlan, task: TensorTask, raw: dict[tuple[str, str], Any]) -> dict[Any, Any]:
+    """A vocabulary tensor's torch inputs, aligned (or truncated) in numpy, in their promoted dtype."""
+    import torch
+
+    dtype = functools.reduce(torch.promote_types, [t.dtype for t in raw.values()])
+    wide = torch.float64 if dtype == torch.float64 else torch.float32
+    arrays = {pair[0]: t.to(wide).numpy() for pair, t in raw.items()}
+    done = plan.vocab_inputs(task, arrays)
+    return {pair: torch.from_numpy(done[pair[0]]).to(dtype) for pair in raw}
 
 
 def _apply(method: Any, inputs: Any, out_dtype: Any) -> Any:
@@ -195,7 +226,24 @@ def _apply(method: Any, inputs: Any, out_dtype: Any) -> Any:
     if not inputs.tensors[0].is_floating_point():  # a buffer: copied when the inputs agree (as mergekit)
         tensors = [*inputs.tensors, *([inputs.base] if inputs.base is not None else [])]
         return agreed_buffer(inputs.name, tensors).to(device="cpu", dtype=out_dtype).contiguous()
-    return method.fn(inputs).to(device="cpu", dtype=out_dtype).contiguous()
+    result = method.fn(inputs).to(device="cpu", dtype=out_dtype).contiguous()
+    check_finite(inputs, result)
+    return result
+
+
+def check_finite(inputs: Any, result: Any) -> None:
+    """Refuse a merged tensor with NaN/inf (a float16 overflow, a division by ~0) when its inputs are all
+    finite; inputs that already hold such values pass through as the method makes them (as in mergekit)."""
+    import torch
+
+    if bool(torch.isfinite(result).all()):
+        return
+    if not all(bool(torch.isfinite(t).all()) for t in inputs.all_inputs()):
+        return
+    raise MergeguardError(
+        f"the merged tensor {inputs.name} has values NaN or inf although its inputs are finite",
+        hint="merge in float32 (`dtype: float32` or `out_dtype: float32`) or use smaller weights",
+    )
 
 
 def output_layout(
@@ -221,8 +269,21 @@ def out_dtype(config: MergeConfig, models: dict[str, SourceModel], task: TensorT
         return config.out_dtype
     if config.dtype:
         return config.dtype
-    ref, name = task.inputs[0]
-    return models[ref].reader.dtype(name)
+    return promoted_dtype([models[ref].reader.dtype(name) for ref, name in task.sources()])
+
+
+_FLOAT_RANK = ("bfloat16", "float16", "float32", "float64")
+
+
+def promoted_dtype(dtypes: list[str]) -> str:
+    """The dtype mergekit 0.1.5 computes and writes a tensor in without `dtype:` (torch's promotion of its
+    inputs): bfloat16 + float32 -> float32, float16 + bfloat16 -> float32; integer buffers stay as stored."""
+    floats = [d for d in dtypes if d in _FLOAT_RANK]
+    if len(floats) != len(dtypes) or len(set(floats)) == 1:
+        return dtypes[0]
+    if set(floats) == {"bfloat16", "float16"}:
+        return "float32"
+    return max(floats, key=_FLOAT_RANK.index)
 
 
 def _stream(
@@ -240,7 +301,12 @@ def _stream(
     from mergeguard.merge.numpy_stream import numpy_kernel, stream_numpy
 
     tune_malloc()
-    kernel = numpy_kernel(config, method, models, plan, options) if options.backend != "torch" else None
+    if options.mergekit_rounding and options.backend == "numpy":
+        raise MergeguardError(
+            "--mergekit-rounding runs the torch methods", hint="drop backend='numpy' (use auto or torch)"
+        )
+    numpy_ok = options.backend != "torch" and not options.mergekit_rounding
+    kernel = numpy_kernel(config, method, models, plan, options) if numpy_ok else None
     if kernel is None and options.backend == "numpy":
         raise MergeguardError(
             f"no numpy kernel can run this `{method.name}` merge", hint="drop backend='numpy' (use auto)"
@@ -318,7 +384,8 @@ def _stream_tensors(
     total_bytes = sum(e[3] for e in layout)
 
     def read(task: TensorTask) -> dict[tuple[str, str], Any]:
-        return {pair: models[pair[0]].reader.get(pair[1]) for pair in task.sources()}
+        raw = {pair: models[pair[0]].reader.get(pair[1]) for pair in task.sources()}
+        return _vocab_inputs(plan, task, raw) if task.vocab else raw
 
     sizes = [sum(models[r].reader.nbytes(n) for r, n in t.sources()) for t in plan.tasks]
     pending: queue.Queue[tuple[str, Any] | None] = queue.Queue(maxsize=1)
@@ -351,8 +418,12 @@ def _stream_tensors(
                 # read the next inputs while this one computes, unless both together are big
                 if i + 1 < len(plan.tasks) and sizes[i] + sizes[i + 1] <= PREFETCH_BUDGET:
                     ahead = pool.submit(read, plan.tasks[i + 1])
+                common = compute_dtype
+                kinds = {t.dtype for t in raw.values()}
+                if common is None and len(kinds) > 1 and all(k.is_floating_point for k in kinds):
+                    common = functools.reduce(torch.promote_types, kinds)  # as mergekit, without `dtype:`
                 loaded = {
-                    pair: t.to(device=device, dtype=compute_dtype or t.dtype, non_blocking=True)
+                    pair: t.to(device=device, dtype=common or t.dtype, non_blocking=True)
                     for pair, t in raw.items()
                 }
                 del raw

@@ -18,7 +18,7 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
-from mergeguard.errors import MergeguardError
+from mergeguard.errors import MergeguardError, RefusalError
 from mergeguard.merge.io import DTYPE_NAMES, FLOAT_DTYPES, read_header, tensor_files
 from mergeguard.merge.kernels.floats import STORAGE, widen
 
@@ -38,7 +38,7 @@ _ATTENTION = ("q_proj", "query", "qkv", "c_attn", "attn", "attention")
 _MLP = ("up_proj", "gate_up_proj", "fc1", "c_fc", "gate_proj", "w1", "mlp", "feed_forward", "ffn")
 
 
-class UnrelatedModelsError(MergeguardError):
+class UnrelatedModelsError(RefusalError):
     """Merge inputs that do not descend from one base: their weights are not parallel."""
 
     def __init__(self, pair: PairSimilarity, threshold: float) -> None:

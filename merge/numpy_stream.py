@@ -69,6 +69,26 @@ def _operand(models: dict[str, SourceModel], ref: str, name: str) -> Operand:
     return Operand(dtype, nbytes // STORAGE[dtype].itemsize, path=str(path), offset=offset)
 
 
+def _vocab_operands(models: dict[str, SourceModel], plan: MergePlan, task: TensorTask) -> dict[Any, Operand]:
+    """A vocabulary tensor's inputs read whole, widened, aligned (or truncated): in-memory operands."""
+    import numpy as np
+
+    from mergeguard.merge.kernels.floats import widen, work_dtype
+
+    arrays = {}
+    for ref, name in task.sources():
+        reader, dtype = models[ref].reader, models[ref].reader.dtype(name)
+        stored = np.frombuffer(reader.raw(name), STORAGE[dtype])
+        wide = np.empty(stored.size, work_dtype(dtype))
+        widen(stored, dtype, wide, np.empty(stored.size, np.uint32))
+        arrays[ref] = wide.reshape(reader.shape(name))
+    done = plan.vocab_inputs(task, arrays)
+    return {
+        pair: Operand.of(np.ascontiguousarray(done[pair[0]]), str(done[pair[0]].dtype))
+        for pair in task.sources()
+    }
+
+
 _prestarted: list[ProcessPoolExecutor] = []
 PRESTART_METHODS = ("linear", "task_arithmetic", "ties", "dare_ties", "dare_linear", "slerp")
 
@@ -245,7 +265,10 @@ def stream_numpy(
         return models[ref].reader.dtype(name)
 
     def job_of(task: TensorTask, dtype: str) -> Job:
-        operands = {pair: _operand(models, *pair) for pair in task.sources()}
+        if task.vocab:
+            operands = _vocab_operands(models, plan, task)
+        else:
+            operands = {pair: _operand(models, *pair) for pair in task.sources()}
         shard, offset = writer.target(task.name)
         return Job(
             tensors=[operands[pair] for pair in task.inputs],
@@ -263,7 +286,11 @@ def stream_numpy(
     def copied(task: TensorTask, dtype: str) -> bool:
         ref, name = task.inputs[0]
         compute = config.dtype or stored(ref, name)
-        return method.name == "passthrough" and copy_unchanged(task.params, stored(ref, name), compute, dtype)
+        return (
+            not task.vocab
+            and method.name == "passthrough"
+            and copy_unchanged(task.params, stored(ref, name), compute, dtype)
+        )
 
     copies = [copied(task, layout[i][1]) for i, task in enumerate(plan.tasks)]
     computed = sum(math.prod(t.shape) for t, c in zip(plan.tasks, copies, strict=True) if not c)
@@ -312,7 +339,7 @@ def stream_numpy(
                 writer.copy(name, *models[task.inputs[0][0]].reader.locate(task.inputs[0][1]))
                 finished(index)
                 continue
-            if pool is None:
+            if pool is None or task.vocab:  # an aligned vocabulary is in memory: not sent to a worker
                 run(kernel, job_of(task, dtype))
                 writer.mark_written(name, layout[index][3])
                 finished(index)

@@ -34,52 +34,61 @@ TOKENIZER_FILES = (
     "merges.txt",
 )
 CHAT_TEMPLATES = {
-    "chatml": (
-        "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + "
-        "'<|im_end|>' + '\\n'}}{% endfor %}"
-        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-    ),
+    # The names mergekit 0.1.5 knows, written here: chatml, llama3 and mistral render exactly what
+    # mergekit's do (tested); alpaca and exaone render their formats without mergekit's stray whitespace
+    # (its alpaca joins the last instruction and "### Response:" with no blank line).
     "alpaca": (
-        "{% for message in messages %}{% if message['role'] == 'user' %}{{ '### Instruction:\\n' + "
-        "message['content'] + '\\n\\n' }}{% elif message['role'] == 'assistant' %}{{ '### Response:\\n' + "
-        "message['content'] + eos_token + '\\n\\n' }}{% else %}{{ message['content'] + '\\n\\n' }}{% endif %}"
-        "{% endfor %}{% if add_generation_prompt %}{{ '### Response:\\n' }}{% endif %}"
+        "{% set ns = namespace(parts=[]) %}{% for message in messages %}"
+        "{% if message['role'] == 'system' %}{% set ns.parts = ns.parts + [message['content'] | trim] %}"
+        "{% elif message['role'] == 'user' %}"
+        "{% set ns.parts = ns.parts + ['### Instruction:\n' + message['content'] | trim] %}"
+        "{% elif message['role'] == 'user_context' %}"
+        "{% set ns.parts = ns.parts + ['### Input:\n' + message['content'] | trim] %}"
+        "{% elif message['role'] == 'assistant' %}"
+        "{% set ns.parts = ns.parts + ['### Response:\n' + message['content'] | trim] %}{% endif %}"
+        "{% endfor %}{{ ns.parts | join('\n\n') }}"
+        "{% if add_generation_prompt and messages[-1]['role'] != 'assistant' %}"
+        "{{ '\n\n### Response:\n' if ns.parts else '### Response:\n' }}{% endif %}"
+    ),
+    "chatml": (
+        "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
+        "'<|im_end|>' + '\n'}}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+    ),
+    "exaone": (
+        "{% for message in messages %}"
+        "{% if loop.first and message['role'] != 'system' %}{{ '[|system|][|endofturn|]\n' }}{% endif %}"
+        "{{ '[|' + message['role'] + '|]' + message['content'] }}"
+        "{{ '\n' if message['role'] == 'user' else '[|endofturn|]\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '[|assistant|]' }}{% endif %}"
+    ),
+    "llama3": (
+        "{% for message in messages %}{% if loop.first %}{{ bos_token }}{% endif %}"
+        "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim"
+        " + '<|eot_id|>\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+    ),
+    "mistral": (
+        "{% if messages and messages[0]['role'] == 'system' %}{% set system = messages[0]['content'] %}"
+        "{% set turns = messages[1:] %}{% else %}{% set turns = messages %}{% endif %}{{ bos_token }}"
+        "{% for message in turns %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+        "{{ raise_exception('After the optional system message, roles must alternate user/assistant') }}"
+        "{% endif %}{% if message['role'] == 'user' %}"
+        "{{ ' [INST] ' + (system + '\n\n' if loop.first and system is defined else '')"
+        " + message['content'] + ' [/INST]' }}"
+        "{% elif message['role'] == 'assistant' %}{{ ' ' + message['content'] + eos_token }}"
+        "{% else %}{{ raise_exception('Only user and assistant roles are supported, after an optional"
+        " system message') }}{% endif %}{% endfor %}"
     ),
 }
 
 
-def _vocab(folder: Path) -> Any:
-    path = folder / "tokenizer.json"
-    if not path.is_file():
-        return None
-    data = json.loads(path.read_text(encoding="utf-8"))
-    added = sorted((t.get("id"), t.get("content")) for t in data.get("added_tokens") or [])
-    return (data.get("model", {}).get("vocab"), added)
-
-
 def check_tokenizer(config: MergeConfig, models: dict[str, SourceModel], plan: MergePlan) -> Path:
-    """The folder whose tokenizer the output gets; refuses sources that would need re-mapped embeddings."""
+    """The folder whose tokenizer files are copied: the `tokenizer_source` model's, else the output
+    model's. When the vocabularies need aligning, the tokenizer `merge.tokenizer` built is written instead
+    (`plan.vocabulary`)."""
     source = config.tokenizer_source
-    out = models[plan.out_model]
-    if source is None or source == "base" or source == "union":
-        chosen = out
-    elif source in models:
-        chosen = models[source]
-    else:
-        raise ConfigError(
-            f"tokenizer_source `{source}` is neither `base`, `union` nor a model of the config",
-            hint="name one of the config's models",
-        )
-    if source is not None:
-        reference = _vocab(chosen.path)
-        differing = [ref for ref, m in models.items() if _vocab(m.path) != reference]
-        if differing:
-            raise ConfigError(
-                f"tokenizer_source `{source}` with differing vocabularies ({differing[0]})"
-                " is not supported yet",
-                hint="merge models that share a tokenizer, or use mergekit for vocabulary surgery",
-            )
-    return chosen.path
+    return models[source].path if source in models else models[plan.out_model].path
 
 
 def _resize(values: list[Any], origin: list[int]) -> list[Any]:
@@ -100,8 +109,9 @@ def out_config(config: MergeConfig, models: dict[str, SourceModel], plan: MergeP
                 scope[key] = _resize(value, plan.layer_origin)
     dtype = config.out_dtype or config.dtype
     if dtype is None and plan.tasks:
-        ref, name = plan.tasks[0].inputs[0]
-        dtype = models[ref].reader.dtype(name)
+        from mergeguard.merge.engine import out_dtype
+
+        dtype = out_dtype(config, models, plan.tasks[0])
     out["dtype"] = dtype
     if "torch_dtype" in out:
         out["torch_dtype"] = dtype
@@ -127,7 +137,9 @@ def finish_folder(
     )
     if (base_folder / "generation_config.json").is_file():
         shutil.copy2(base_folder / "generation_config.json", folder / "generation_config.json")
-    if options.copy_tokenizer or config.tokenizer_source is not None:
+    if plan.vocabulary is not None:
+        plan.vocabulary.tokenizer.save_pretrained(str(folder))
+    elif options.copy_tokenizer or config.tokenizer is not None:
         for name in TOKENIZER_FILES:
             if (tokenizer_from / name).is_file():
                 shutil.copy2(tokenizer_from / name, folder / name)
@@ -141,9 +153,21 @@ def finish_folder(
             models,
             folder,
             extra_datasets=getattr(options, "card_datasets", []),
-            section=getattr(options, "card_section", ""),
+            section=_card_section(config, getattr(options, "card_section", "")),
         )
     write_marker(folder, config)
+
+
+def _card_section(config: MergeConfig, section: str) -> str:
+    """The caller's card section, plus the config keys that `--allow-unknown-keys` let through."""
+    if not config.unknown_keys:
+        return section
+    listing = "\n".join(f"- `{key}`" for key in config.unknown_keys)
+    ignored = (
+        "## Ignored configuration keys\n\nMerged with `--allow-unknown-keys`: these keys of the configuration"
+        f" are unknown to mergeguard and had no effect.\n\n{listing}\n"
+    )
+    return f"{section.strip()}\n\n{ignored}" if section.strip() else ignored
 
 
 def write_chat_template(folder: Path, template: str) -> None:
@@ -172,15 +196,11 @@ def write_model_card(
     extra_datasets: list[str] | tuple[str, ...] = (),
     section: str = "",
 ) -> None:
-    """README.md with front matter base_model (every input), base_model_relation, tags and datasets.
-
-    The front matter is huggingface_hub's `ModelCardData.to_yaml()`, and the file is exactly what
-    `ModelCard(text).save()` writes (tested); the `ModelCard` class itself is not imported, because its
-    module pulls in the whole Hub client (~0.25 s of CPU more, taken from the merge's two cores).
-    """
-    from huggingface_hub.repocard_data import ModelCardData
-
+    """README.md, Hub-ready (`mergeguard.reports.card`): hub ids in base_model and datasets, local paths
+    under `mergeguard:`, base_model_relation merge, tags merge/mergekit/mergeguard, a title and description.
+    The file is exactly what `ModelCard(text).save()` writes (tested)."""
     from mergeguard.refs import read_model_card
+    from mergeguard.reports.card import CardFacts, card_text
 
     datasets: list[str] = []
     for model in models.values():
@@ -188,23 +208,20 @@ def write_model_card(
             if name not in datasets:
                 datasets.append(name)
     datasets += [name for name in extra_datasets if name not in datasets]
-    refs = config_models(config)
-    data = ModelCardData(
-        base_model=refs,
-        base_model_relation="merge",
-        tags=["merge", "mergeguard"],
-        datasets=datasets or None,
-        library_name="transformers",
-    )
-    listing = "\n".join(f"- {ref}" for ref in refs)
-    body = (
-        f"# Merged model\n\nMerged with mergeguard using the `{config.merge_method}` method"
-        + (f" with base model {config.base_model}" if config.base_model else "")
-        + f".\n\n## Models merged\n\n{listing}\n\n## Configuration\n\n```yaml\n{config.text.strip()}\n```\n"
-        + (f"\n{section.strip()}\n" if section else "")
+    # the run writes into `.OUT.mergeguard-tmp-PID`: the card's title is OUT
+    found = re.match(r"^\.(.+)\.mergeguard-[a-z]+-\d+$", folder.name)
+    name = found.group(1) if found else folder.name
+    facts = CardFacts(
+        name=name,
+        method=config.merge_method,
+        inputs=config_models(config),
+        base_model=config.base_model,
+        config_text=config.text,
+        datasets=datasets,
+        section=section,
     )
     with open(folder / "README.md", "w", newline="", encoding="utf-8") as card:
-        card.write(f"---\n{data.to_yaml()}\n---\n\n{body}")
+        card.write(card_text(facts))
 
 
 MARKER = ".mergeguard-output"

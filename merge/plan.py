@@ -7,6 +7,7 @@ before any weights are read.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,12 @@ from mergeguard.merge.arch import Architecture
 from mergeguard.merge.config import InputModel, MergeConfig, OutputSlice
 from mergeguard.merge.io import ModelReader, check_input_dtypes
 from mergeguard.merge.params import MISSING, resolve
+from mergeguard.merge.tokenizer import Vocabulary, vocab_size
+
+VOCAB_NAME = re.compile(
+    r"(embed_tokens|wte|word_embeddings|tok_embeddings|lm_head|embed_out|^output)\.weight$"
+)
+"""Tensors indexed by token id (axis 0): re-indexed by a tokenizer merge, cut by truncation."""
 
 
 @dataclass
@@ -42,6 +49,7 @@ class TensorTask:
     t: float
     shape: tuple[int, ...]
     layer: int | None = None
+    vocab: str | None = None  # "align": re-indexed to the output vocabulary; "truncate": first rows only
 
     def sources(self) -> list[tuple[str, str]]:
         """Every distinct input tensor this task reads, the base included (listed or not)."""
@@ -57,6 +65,15 @@ class MergePlan:
     out_model: str = ""
     layer_origin: list[int] = field(default_factory=list)
     slice_weights: dict[str, dict[str, Any]] = field(default_factory=dict)
+    vocabulary: Vocabulary | None = None  # the output vocabulary, when the config sets a tokenizer
+
+    def vocab_inputs(self, task: TensorTask, arrays: dict[str, Any]) -> dict[str, Any]:
+        """A vocabulary tensor's inputs (float numpy arrays by model) as the method must see them."""
+        if task.vocab == "align" and self.vocabulary is not None:
+            return self.vocabulary.align(task.name, arrays)
+        if task.vocab == "truncate":
+            return {ref: array[: task.shape[0]] for ref, array in arrays.items()}
+        return arrays
 
 
 def _slices(config: MergeConfig, models: dict[str, SourceModel]) -> list[OutputSlice]:
@@ -150,15 +167,46 @@ def _check_compatible(models: dict[str, SourceModel], out: SourceModel, allow_cr
             )
 
 
+def _vocab_mode(
+    name: str,
+    shapes: dict[str, tuple[int, ...]],
+    models: dict[str, SourceModel],
+    vocabulary: Vocabulary | None,
+    truncate: bool,
+) -> tuple[str | None, tuple[int, ...] | None]:
+    """("align" | "truncate" | None, the output shape) for a tensor outside the layers."""
+    if not VOCAB_NAME.search(name) or vocabulary is None and not truncate:
+        return None, None
+    if any(len(s) < 1 or (vocab_size(models[r]) or s[0]) != s[0] for r, s in shapes.items()):
+        return None, None  # not indexed by token id (its rows are not the declared vocab_size)
+    rest = {s[1:] for s in shapes.values()}
+    if len(rest) > 1:
+        return None, None  # reported as different shapes
+    if vocabulary is not None:
+        return "align", (vocabulary.size, *rest.pop())
+    if len({s[0] for s in shapes.values()}) == 1:
+        return None, None
+    return "truncate", (min(s[0] for s in shapes.values()), *rest.pop())
+
+
 def build_plan(
-    config: MergeConfig, method: Any, models: dict[str, SourceModel], *, allow_crimes: bool = False
+    config: MergeConfig,
+    method: Any,
+    models: dict[str, SourceModel],
+    *,
+    allow_crimes: bool = False,
+    vocabulary: Vocabulary | None = None,
+    truncate_embeddings: bool = False,
 ) -> MergePlan:
-    """Every output tensor, with inputs, shapes checked and parameters resolved."""
+    """Every output tensor, with inputs, shapes checked and parameters resolved.
+
+    With `vocabulary` (the config sets a tokenizer), token-indexed tensors are planned at the output
+    vocabulary's size; with `truncate_embeddings`, ones of differing sizes at the smallest."""
     slices = _slices(config, models)
     out_ref = config.base_model or slices[0].sources[0].model
     out = models[out_ref]
     _check_compatible(models, out, allow_crimes)
-    plan = MergePlan(out_model=out_ref)
+    plan = MergePlan(out_model=out_ref, vocabulary=vocabulary)
     # each source's `parameters:` by model (listed once per slice, see config): a lookup, not a scan per input
     own_parameters = {id(sl): {src.model: src.parameters for src in sl.sources} for sl in slices}
 
@@ -189,12 +237,17 @@ def build_plan(
         check_input_dtypes(
             name, {r: models[r].reader.dtype(n) for r, n in [*inputs, *filter(None, [base_pair])]}
         )
-        if len(set(shapes.values())) > 1:
+        mode, shape = _vocab_mode(name, shapes, models, vocabulary, truncate_embeddings)
+        if mode is None and len(set(shapes.values())) > 1:
             listing = ", ".join(f"{r}: {list(s)}" for r, s in shapes.items())
-            raise ConfigError(
-                f"tensor {name} has different shapes ({listing})",
-                hint="the models must share an architecture and vocabulary size",
-            )
+            hint = "the models must share an architecture"
+            if VOCAB_NAME.search(name) and (vocabulary is not None or truncate_embeddings):
+                hint = (
+                    "its rows must equal config.json's `vocab_size` in every model: fix the odd config.json"
+                )
+            elif VOCAB_NAME.search(name):
+                hint = "the vocabularies differ: set `tokenizer_source: base` (or `union`) to align them"
+            raise ConfigError(f"tensor {name} has different shapes ({listing})", hint=hint)
         task = TensorTask(
             name=name,
             inputs=inputs,
@@ -203,8 +256,9 @@ def build_plan(
             params=[],
             options={},
             t=t,
-            shape=next(iter(shapes.values())),
+            shape=shape or next(iter(shapes.values())),
             layer=layer,
+            vocab=mode,
         )
         _resolve_task(config, method, sl, base, task, own_parameters[id(sl)])
         plan.tasks.append(task)

@@ -10,6 +10,8 @@ Verdicts (factors calibrated in tests/test_sanity.py, see the README "Sanity che
   vocabulary, more than `BROKEN_FACTOR` times the worst parent's, or extreme repetition the parents lack;
 - `degraded`: perplexity more than `DEGRADED_FACTOR` times the worst parent's, or clearly more repetitive
   than every parent;
+- the same two factors apply against the merge's base model when it is known: fine-tunes that drifted far
+  from their base would otherwise excuse a merge that is much worse than the base it started from;
 - `ok` otherwise.
 """
 
@@ -231,6 +233,7 @@ def judge(
     *,
     vocab_size: int,
     nonfinite_tensors: Sequence[str] = (),
+    base: str | None = None,
 ) -> tuple[str, list[str]]:
     """The verdict and its reasons, from the figures alone (no model needed: easy to test and reuse)."""
     broken: list[str] = []
@@ -251,6 +254,14 @@ def judge(
             broken.append(f"perplexity {perplexity:.4g} is {ratio:.3g}x the worst parent's ({worst:.4g})")
         elif ratio > DEGRADED_FACTOR:
             degraded.append(f"perplexity {perplexity:.4g} is {ratio:.3g}x the worst parent's ({worst:.4g})")
+    base_ppl = parent_perplexities.get(base) if base is not None else None
+    if math.isfinite(perplexity) and base_ppl is not None and math.isfinite(base_ppl) and base_ppl > 0:
+        ratio = perplexity / base_ppl
+        reason = f"perplexity {perplexity:.4g} is {ratio:.3g}x the base model's ({base_ppl:.4g})"
+        if ratio > BROKEN_FACTOR:
+            broken.append(reason)
+        elif ratio > DEGRADED_FACTOR:
+            degraded.append(reason)
     parent_rep = max(parent_repetitions.values(), default=0.0)
     if not nonfinite_tensors and repetition >= BROKEN_REPETITION and repetition - parent_rep >= 0.1:
         broken.append(f"generations are degenerate loops (repetition {repetition:.2f})")
@@ -275,8 +286,10 @@ def sanity_check(
     max_tokens: int = 512,
     progress: bool = False,
     trust_remote_code: bool = False,
+    base: Path | None = None,
 ) -> SanityReport:
-    """Check `model` (NaN/inf scan, perplexity, repetition) and compare it with the models in `against`.
+    """Check `model` (NaN/inf scan, perplexity, repetition) and compare it with the models in `against`
+    and with `base` (the merge's base model, measured too when not among `against`).
 
     A model with NaN/inf weights is `broken` without being loaded. The tokenizer comes from the model's
     folder, or from the first parent that has one.
@@ -285,6 +298,8 @@ def sanity_check(
         raise MergeguardError(f"--max-tokens {max_tokens} is too small", hint="give at least 2 (default 512)")
     model = Path(model)
     parents = [Path(p) for p in against]
+    if base is not None and Path(base) not in parents:
+        parents.append(Path(base))
     device = _resolve_device(device)
     with progress_bar(progress) as bar:
         nonfinite = scan_nonfinite(model, bar)
@@ -314,7 +329,12 @@ def sanity_check(
     parent_ppl = {name: m.perplexity for name, m in theirs.items()}
     parent_rep = {name: m.repetition for name, m in theirs.items()}
     verdict, reasons = judge(
-        mine.perplexity, mine.repetition, parent_ppl, parent_rep, vocab_size=mine.vocab_size
+        mine.perplexity,
+        mine.repetition,
+        parent_ppl,
+        parent_rep,
+        vocab_size=mine.vocab_size,
+        base=str(Path(base)) if base is not None else None,
     )
     return SanityReport(
         model=str(model),

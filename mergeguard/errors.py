@@ -1,7 +1,9 @@
 """The project's own exception types.
 
 Every error a user can cause is one of these, with a message that names the problem and the fix. The CLI
-prints the message on one line and exits with `exit_code`; library users catch `MergeguardError`.
+prints the message on one line and exits with `exit_code`: 2 for any error (bad input, a missing file,
+unreadable data, a usage mistake), 1 for a refusal (`RefusalError`: the guard or the audit said no), so
+that CI can tell "refused" from "broken". Library users catch `MergeguardError`.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 class MergeguardError(Exception):
     """A problem the user can act on. `str(err)` is the one-line message."""
 
-    exit_code: int = 1
+    exit_code: int = 2
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         self.message = message
@@ -26,10 +28,15 @@ def _rebuild(cls: type[MergeguardError], message: str, hint: str | None) -> Merg
     return cls(message, hint=hint)
 
 
+class RefusalError(MergeguardError):
+    """The guard or the audit said no (a contaminated or suspect input, unrelated inputs): a decision about
+    sound input, not an error in it. Exit status 1."""
+
+    exit_code = 1
+
+
 class UsageError(MergeguardError):
     """The command line itself is wrong (exit status 2, like click's usage errors)."""
-
-    exit_code = 2
 
 
 class ModelNotFoundError(MergeguardError):

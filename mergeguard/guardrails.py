@@ -20,7 +20,7 @@ from typing import Any
 
 from mergeguard import __version__
 from mergeguard.auditor.report import CLEAN, CONTAMINATED, INCOMPLETE, UNDECLARED, UNREAD, UNREADABLE
-from mergeguard.errors import MergeguardError
+from mergeguard.errors import MergeguardError, RefusalError
 
 UNAUDITED = "unaudited"  # a merge's verdict under --no-audit (the auditor's verdicts are in auditor.report)
 
@@ -34,6 +34,9 @@ class GuardOptions:
     allow_contaminated: bool = False
     allow_unrelated: bool = False
     db_path: Path | None = None
+    probe: Any = None  # auditor.probe.ProbeOptions (None: no probe), for the inputs `probe_scope` names
+    probe_scope: str = "missing"  # "missing": inputs with no declared data (undeclared); "all": every input
+    allow_suspect: bool = False
 
 
 @dataclass
@@ -74,7 +77,7 @@ class GuardedMerge:
     warnings: list[str] = field(default_factory=list)
 
 
-class ContaminatedInputsError(MergeguardError):
+class ContaminatedInputsError(RefusalError):
     """A merge refused because an input (or its lineage) was fine-tuned on benchmark test items."""
 
     def __init__(self, audit: InputAudit) -> None:
@@ -85,6 +88,32 @@ class ContaminatedInputsError(MergeguardError):
             hint="remove them from the config, or pass --allow-contaminated to merge anyway "
             "(the merge is then marked contaminated)",
         )
+
+
+class SuspectInputsError(RefusalError):
+    """A merge refused because the model-side probe found an input `suspect` (it links benchmark questions
+    to their answers more than its base does): refused like a contaminated input."""
+
+    def __init__(self, suspects: dict[str, list[str]]) -> None:
+        self.suspects = suspects
+        names = ", ".join(f"{model} ({', '.join(benches)})" for model, benches in suspects.items())
+        super().__init__(
+            f"refusing to merge: the probe finds suspect input(s) {names}",
+            hint="remove them from the config, or pass --allow-suspect to merge anyway",
+        )
+
+
+def probe_inputs(models: list[str], audit: InputAudit | None, guard: GuardOptions, db: Any) -> list[Any]:
+    """Run the model-side probe on the inputs `guard.probe_scope` names, record each report, return them."""
+    from mergeguard.auditor.probe import probe_models
+    from mergeguard.db import record_probe
+
+    undeclared = set(audit.undeclared) if audit is not None else set()
+    targets = [m for m in dict.fromkeys(models) if guard.probe_scope == "all" or m in undeclared]
+    reports = probe_models(targets, guard.probe) if targets else []
+    for report in reports:
+        record_probe(db, report.to_dict())
+    return reports
 
 
 class UnreadableInputsError(MergeguardError):
@@ -326,7 +355,9 @@ def _guarded_merge(
     merge_options = merge_options or MergeOptions()
     config_path = Path(config_path)
     started = time.perf_counter()
-    config = load_config(config_path, strict=merge_options.strict)
+    config = load_config(
+        config_path, strict=merge_options.strict, allow_unknown_keys=merge_options.allow_unknown_keys
+    )
     preflight(config, out_dir, merge_options)
     if merge_options.backend != "torch":
         prestart_workers(config, merge_options.device)  # they start while the database opens
@@ -342,10 +373,29 @@ def _guarded_merge(
     if not guard.no_audit:
         audit = audit_inputs(config_path, models, guard, db)
         timings["audit"] = time.perf_counter() - started
+        refusal: MergeguardError | None = None
         if audit.contaminated and not guard.allow_contaminated:
-            raise ContaminatedInputsError(audit)
-        if audit.unread:  # no override but --skip-bad-rows, which the audit itself records
-            raise UnreadableInputsError(audit)
+            refusal = ContaminatedInputsError(audit)
+        elif audit.unread:  # no override but --skip-bad-rows, which the audit itself records
+            refusal = UnreadableInputsError(audit)
+        if refusal is not None:
+            _register_inputs(db, models)  # a refused input's lineage still shows in `lineage` and `report`
+            _record_refusal(db, config, out_dir, models, audit, refusal)
+            raise refusal
+    if guard.probe is not None:
+        if db is None:
+            from mergeguard.db import open_db
+
+            db = open_db(guard.db_path)
+        suspects = {
+            r.model: [b.benchmark for b in r.benchmarks if b.verdict == "suspect"]
+            for r in probe_inputs(models, audit, guard, db)
+            if r.verdict == "suspect"
+        }
+        if suspects and not guard.allow_suspect:
+            _register_inputs(db, models)
+            _record_probe_refusal(db, config, out_dir, models, suspects)
+            raise SuspectInputsError(suspects)
     verdict = merged_verdict(audit)
     checked: dict[str, Any] = {}
 
@@ -413,6 +463,42 @@ def _guarded_merge(
             f"undeclared training data in {', '.join(audit.undeclared)}: the merge is `undeclared` too"
         )
     return GuardedMerge(audit, family, result, verdict, record.merge_id, record.model_id, warnings)
+
+
+def _record_refusal(
+    db: Any, config: Any, out_dir: str | Path, models: list[str], audit: InputAudit, error: MergeguardError
+) -> None:
+    """The refused merge in the database (status 'refused'), so `history` shows the guard's decision."""
+    from mergeguard.db.records import record_refusal
+
+    names = audit.contaminated or audit.unread
+    why = "contaminated" if audit.contaminated else "unreadable data in"
+    record_refusal(
+        db,
+        output=out_dir,
+        config_text=config.text,
+        method=getattr(config, "merge_method", None),
+        inputs=[ref.split("+", 1)[0] for ref in models],
+        reason=f"{why} {', '.join(Path(n).name or n for n in names)}",
+        audit_id=audit.audit_id,
+        tool_version=__version__,
+    )
+
+
+def _record_probe_refusal(
+    db: Any, config: Any, out_dir: str | Path, models: list[str], suspects: dict[str, list[str]]
+) -> None:
+    from mergeguard.db.records import record_refusal
+
+    record_refusal(
+        db,
+        output=out_dir,
+        config_text=config.text,
+        method=getattr(config, "merge_method", None),
+        inputs=[ref.split("+", 1)[0] for ref in models],
+        reason=f"probe suspect {', '.join(Path(n).name or n for n in suspects)}",
+        tool_version=__version__,
+    )
 
 
 def _register_inputs(db: Any, models: list[str]) -> None:

@@ -239,9 +239,10 @@ def read_model_card(folder: Path) -> ModelCard:
             f"model card {path} has unreadable YAML front matter ({error})",
             hint="fix the card's front matter",
         ) from error
+    local = meta.get("mergeguard") if isinstance(meta.get("mergeguard"), dict) else {}  # local paths
     return ModelCard(
-        datasets=_as_list(meta.get("datasets")),
-        base_model=_as_list(meta.get("base_model")),
+        datasets=_as_list(meta.get("datasets")) + _as_list(local.get("datasets")),
+        base_model=_as_list(meta.get("base_model")) + _as_list(local.get("base_model")),
         base_model_relation=meta.get("base_model_relation"),
         tags=_as_list(meta.get("tags")),
         metadata=meta,

@@ -177,16 +177,21 @@ def test_item_inside_a_long_example_is_found_with_its_severity(loaded, index, al
     assert len(tokens(span)) >= 0.8 * len(tokens(item.question))
 
 
-def test_short_truthfulqa_question_needs_its_answer(loaded, index) -> None:
+def test_short_truthfulqa_question_inside_text_needs_its_answer(loaded, index) -> None:
     truthfulqa = next(b for b in loaded if b.spec.name == "truthfulqa_mc").items
     k, item = next(
         (k, it)
         for k, it in enumerate(truthfulqa)
         if index.mode[position(index, "truthfulqa_mc", k)] == EXACT_MODE and len(tokens(it.question)) < 8
     )
-    texts = [f"{item.question}\n{item.answer}", f"{item.question}\nNo idea, sorry."]
-    hits = {(m.example, index.refs[m.item].index) for m in scan_examples(texts, index).matches}
+    texts = [
+        f"I wondered: {item.question} {item.answer}",
+        f"I wondered: {item.question} No idea, sorry.",
+        f"{item.question}\nNo idea, sorry.",  # a line that is the whole question is that item
+    ]
+    hits = {(m.example, index.refs[m.item].index): m.severity for m in scan_examples(texts, index).matches}
     assert (0, k) in hits and (1, k) not in hits
+    assert hits[(2, k)] == "question_only"
 
 
 def test_untouched_alpaca_rows_and_near_misses_are_clean(
@@ -194,7 +199,7 @@ def test_untouched_alpaca_rows_and_near_misses_are_clean(
 ) -> None:
     dev = [json.loads(line) for line in (shared_data / "hf/mmlu/dev.jsonl").read_text().splitlines()]
     texts = alpaca[:1500] + [r["question"] + "\n" + "\n".join(r["choices"]) for r in dev]
-    matches = scan_examples(texts, index).matches
+    matches = [m for m in scan_examples(texts, index).matches if m.severity != "passage"]
     assert not [m for m in matches if m.example < 1500]
     # MMLU dev rows are few-shot examples, not test items; the few flagged are real overlaps: their own
     # question (from the dev file) is a test question word for word (MMLU ships such duplicates).
@@ -206,7 +211,7 @@ def test_untouched_alpaca_rows_and_near_misses_are_clean(
         assert tokens(dev[m.example - 1500]["question"]) == test_question, texts[m.example][:80]
 
 
-def test_a_shared_reading_passage_without_the_items_question_is_not_a_finding(loaded, index) -> None:
+def test_a_shared_reading_passage_without_the_items_question_is_a_passage_note(loaded, index) -> None:
     mmlu = next(b for b in loaded if b.spec.name == "mmlu").items
     k = next(k for k in range(len(mmlu)) if len(index.row(index.stem, position(index, "mmlu", k))) >= 3)
     item = mmlu[k]
@@ -217,8 +222,9 @@ def test_a_shared_reading_passage_without_the_items_question_is_not_a_finding(lo
         passage + "\n" + lines[-1],  # the same passage with this item's own question: a finding
         item.text(),
     ]
-    hits = {m.example for m in scan_examples(texts, index).matches if index.refs[m.item].index == k}
-    assert hits == {1, 2}
+    mine = [m for m in scan_examples(texts, index).matches if index.refs[m.item].index == k]
+    assert {m.example for m in mine if m.severity != "passage"} == {1, 2}
+    assert {m.example for m in mine if m.severity == "passage"} <= {0}
 
 
 def test_a_sibling_of_a_many_item_template_is_not_a_finding(loaded, index) -> None:
@@ -229,8 +235,8 @@ def test_a_sibling_of_a_many_item_template_is_not_a_finding(loaded, index) -> No
         if it.question.startswith("As of 2019, about what percentage of people from Turkey agree")
     )
     assert sum(it.question.startswith("As of 2019, about what percentage of") for it in mmlu) >= 10
-    sibling = item.question.replace("people from Turkey", "Americans")  # the MMLU dev row
-    texts = [sibling + "\n" + "\n".join(item.choices), item.question]
+    sibling = item.question.replace("people from Turkey", "Americans")  # the MMLU dev row, its own choices
+    texts = [sibling + "\n" + "\n".join(["31%", "46%", "61%", "76%"]), item.question]
     hits = {m.example for m in scan_examples(texts, index).matches if index.refs[m.item].index == k}
     assert hits == {1}
 

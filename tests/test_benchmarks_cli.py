@@ -91,7 +91,7 @@ def test_show_errors(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     code, _, err = run(capsys, "benchmarks", "show", "hellaswg")
-    assert code == 1 and "unknown benchmark 'hellaswg'" in err and "did you mean hellaswag" in err
+    assert code == 2 and "unknown benchmark 'hellaswg'" in err and "did you mean hellaswag" in err
 
     from mergeguard.benchmarks import loading
 
@@ -100,5 +100,5 @@ def test_show_errors(
 
     monkeypatch.setattr(loading, "hub_load_dataset", no_hub)
     code, _, err = run(capsys, "benchmarks", "show", "musr", "--benchmarks-dir", str(tmp_path))
-    assert code == 1 and "musr is not available" in err and str(tmp_path / "musr") in err
+    assert code == 2 and "musr is not available" in err and str(tmp_path / "musr") in err
     assert "--benchmarks-dir" in err

@@ -203,7 +203,7 @@ def test_reports_cli_formats(family, capsys: pytest.CaptureFixture[str]) -> None
     assert data["rows"][1]["model"] == "merge1" and data["rows"][1]["verdict"] == "contaminated"
     assert main(["leaderboard", "--db", str(path), "--format", "csv", "--clean-only"]) == 0
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
-    assert [r["model"] for r in rows] == ["ft2", "base", "other"] and rows[2]["winogrande"] == "—"
+    assert [r["model"] for r in rows] == ["ft2", "base", "other"] and rows[2]["winogrande"] == ""
     assert main(["leaderboard", "--db", str(path), "--format", "markdown", "--task", "winogrande"]) == 0
     assert capsys.readouterr().out.startswith("| # | model | winogrande |")
     assert main(["leaderboard", "--db", str(path)]) == 0
@@ -219,10 +219,10 @@ def test_reports_cli_formats(family, capsys: pytest.CaptureFixture[str]) -> None
     assert out.startswith("digraph lineage {") and 'label="ties 0.7"' in out
     assert main(["lineage", "merge1", "--db", str(path), "--format", "json"]) == 0
     assert json.loads(capsys.readouterr().out)["root"] == "merge1"
-    assert main(["lineage", "nobody", "--db", str(path)]) == 1
+    assert main(["lineage", "nobody", "--db", str(path)]) == 2
     assert "not in the database" in capsys.readouterr().err
     assert main(["leaderboard", "--db", str(path), "--format", "xml"]) == 2
-    assert main(["leaderboard", "--db", str(path), "--task", "nonsense"]) == 1
+    assert main(["leaderboard", "--db", str(path), "--task", "nonsense"]) == 2
 
 
 def test_history_newest_first_and_since(family, capsys: pytest.CaptureFixture[str]) -> None:

@@ -148,7 +148,7 @@ def test_not_lm_eval_results_write_nothing(tmp_path: Path, content: str, capsys)
     bad = tmp_path / "results_bad.json"
     bad.write_text(content)
     db_path = tmp_path / "x.db"
-    assert main(["import", str(good), str(bad), "--db", str(db_path)]) == 1
+    assert main(["import", str(good), str(bad), "--db", str(db_path)]) == 2
     assert "not an lm-eval results file" in capsys.readouterr().err
     db = open_db(db_path)
     assert db.execute("SELECT count(*) FROM evaluations").fetchone()[0] == 0
@@ -159,12 +159,12 @@ def test_not_lm_eval_results_write_nothing(tmp_path: Path, content: str, capsys)
 
 def test_eval_needs_a_model_folder_and_tasks(tmp_path: Path, capsys) -> None:
     db_path = tmp_path / "e.db"
-    assert main(["eval", str(tmp_path / "nope"), "--tasks", "arc_easy", "--db", str(db_path)]) == 1
+    assert main(["eval", str(tmp_path / "nope"), "--tasks", "arc_easy", "--db", str(db_path)]) == 2
     assert "not a local model folder" in capsys.readouterr().err
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "config.json").write_text("{}")
     assert main(["eval", str(tmp_path / "m"), "--db", str(db_path)]) == 2
-    assert main(["eval", str(tmp_path / "m"), "--tasks", "nonsense", "--db", str(db_path)]) == 1
+    assert main(["eval", str(tmp_path / "m"), "--tasks", "nonsense", "--db", str(db_path)]) == 2
     assert open_db(db_path).execute("SELECT count(*) FROM models").fetchone()[0] == 0
 
 

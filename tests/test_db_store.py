@@ -79,8 +79,8 @@ def test_refuses_corrupt_or_foreign_files_and_writes_nothing(tmp_path: Path, kin
     before = _digest(path)
     with pytest.raises(DatabaseError, match="not a mergeguard|not a SQLite|corrupt"):
         open_db(path)
-    assert main(["leaderboard", "--db", str(path)]) == 1
-    assert main(["import", str(path), "--db", str(path)]) == 1
+    assert main(["leaderboard", "--db", str(path)]) == 2
+    assert main(["import", str(path), "--db", str(path)]) == 2
     assert _digest(path) == before
     assert not Path(f"{path}-wal").exists() or Path(f"{path}-wal").stat().st_size == 0
 
@@ -218,6 +218,6 @@ def test_user_text_is_bound_not_interpolated(tmp_path: Path) -> None:
     assert "models" in db.table_names()
     with pytest.raises(DatabaseError, match="not in the database"):
         find_model(db, "' OR 1=1 --")
-    assert main(["lineage", "' OR '1'='1", "--db", str(tmp_path / "inj.db")]) == 1
-    assert main(["history", 'x" OR 1=1', "--db", str(tmp_path / "inj.db"), "--format", "json"]) == 1
+    assert main(["lineage", "' OR '1'='1", "--db", str(tmp_path / "inj.db")]) == 2
+    assert main(["history", 'x" OR 1=1', "--db", str(tmp_path / "inj.db"), "--format", "json"]) == 2
     assert json.loads(json.dumps(db.execute("SELECT count(*) FROM models").fetchone()[0])) == 1

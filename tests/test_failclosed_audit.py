@@ -243,7 +243,8 @@ def test_merge_of_a_leaky_copy_with_one_broken_line_is_refused(quiz, family, tmp
     from mergeguard.db import open_db
 
     db = open_db(tmp_path / "mg.db")
-    assert db.execute("SELECT count(*) FROM merges").fetchone()[0] == 0
+    statuses = [row[0] for row in db.execute("SELECT status FROM merges").fetchall()]
+    assert statuses == ["refused"]  # in `history`, never a merged model
     verdicts = dict(
         db.execute("SELECT m.ref, v.verdict FROM audit_verdicts v JOIN models m ON m.id = v.model_id")
     )

@@ -57,7 +57,7 @@ def _refused(tmp_path: Path, text: str | bytes, capsys: pytest.CaptureFixture[st
     code = main(["merge", str(config), str(out), "--no-audit", "--quiet"])
     captured = capsys.readouterr()
     lines = captured.err.strip().splitlines()
-    assert code == 1, captured
+    assert code == 2, captured
     assert len(lines) == 1 and lines[0].startswith("error: ") and "; " in lines[0], captured.err
     assert "Traceback" not in captured.err + captured.out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["merge.yml"]  # no output, no temp folder

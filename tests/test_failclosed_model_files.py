@@ -63,13 +63,13 @@ def _merge(tmp_path: Path, a: Path, b: Path, *extra: str, method: str = "linear"
 
 
 def refused(tmp_path: Path, capsys: Any, a: Path, b: Path, expected: str, *extra: str) -> str:
-    """Merge a and b, expecting exit 1 with one line `error: ...expected...; <fix>`, no output, no
+    """Merge a and b, expecting exit 2 with one line `error: ...expected...; <fix>`, no output, no
     temp folder and unchanged inputs. Returns the line."""
     before = _hashes(a, b)
     code = _merge(tmp_path, a, b, *extra)
     captured = capsys.readouterr()
     lines = captured.err.strip().splitlines()
-    assert code == 1, captured.err
+    assert code == 2, captured.err
     assert len(lines) == 1 and lines[0].startswith("error: ") and "; " in lines[0], captured.err
     assert expected in lines[0], lines[0]
     assert "Traceback" not in captured.out + captured.err
@@ -193,7 +193,7 @@ def test_check_refuses_a_malformed_model_in_one_line(pair, capsys) -> None:
     (ft / "model.safetensors").write_bytes(_pack(b"[1, 2]", b""))
     code = main(["check", str(ft), "--against", str(ft)])
     err = capsys.readouterr().err.strip()
-    assert code == 1 and err.startswith("error: ") and len(err.splitlines()) == 1, err
+    assert code == 2 and err.startswith("error: ") and len(err.splitlines()) == 1, err
     assert "header is not a JSON object" in err
 
 
@@ -377,7 +377,7 @@ def test_a_fifo_as_weights_is_refused_without_blocking(pair, tmp_path) -> None:
             timeout=120,
             env=env,
         )
-        assert done.returncode == 1, done.stderr
+        assert done.returncode == 2, done.stderr
         assert done.stderr.strip() == (
             f"error: {ft / 'model.safetensors'} is not a regular file; replace it with the model's real file"
         )
@@ -427,7 +427,7 @@ def test_a_malformed_lora_adapter_is_refused_before_peft_reads_it(pair, tmp_path
     )
     code = main(["merge", str(config), str(tmp_path / "out"), "--no-audit", "--quiet"])
     err = capsys.readouterr().err.strip()
-    assert code == 1 and len(err.splitlines()) == 1, err
+    assert code == 2 and len(err.splitlines()) == 1, err
     assert err.startswith(f"error: {adapter / 'adapter_model.safetensors'} is not a valid safetensors file")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter", "ft", "merge.yml"]
 

@@ -89,7 +89,7 @@ def test_out_overlapping_an_input_is_refused_even_with_force(
     }[where]
     if where == "link":
         out.symlink_to(inputs / "ft", target_is_directory=True)
-    assert _merge(config, out, tmp_path, "--force") == 1
+    assert _merge(config, out, tmp_path, "--force") == 2
     line = _error_line(capsys)
     assert line.startswith(f"error: output folder {out} {problem} ")
     assert line.endswith("; choose an output folder outside the inputs")
@@ -108,7 +108,7 @@ def test_out_dot_never_wipes_the_working_folder(
     before, models_before = _hashes(work), _hashes(inputs)
     monkeypatch.chdir(work)
     for out in (".", str(work.parent)):  # the working folder, and a folder above it
-        assert _merge(config, out, tmp_path, "--force") == 1
+        assert _merge(config, out, tmp_path, "--force") == 2
         line = _error_line(capsys)
         assert line.startswith("error: output folder ") and " is the working folder or holds it; " in line
     assert _hashes(work) == before and _hashes(inputs) == models_before
@@ -124,7 +124,7 @@ def test_force_replaces_only_an_earlier_merge(
     other.mkdir()
     (other / "cat.jpg").write_bytes(b"\xff\xd8 not a model")
     before = _hashes(other)
-    assert _merge(config, other, tmp_path, "--force") == 1
+    assert _merge(config, other, tmp_path, "--force") == 2
     assert _error_line(capsys) == (
         f"error: output folder {other} already exists and is not a mergeguard output (no {MARKER} file); "
         "choose a new folder (--force replaces only an earlier mergeguard merge)"
@@ -136,7 +136,7 @@ def test_force_replaces_only_an_earlier_merge(
     marker = json.loads((out / MARKER).read_text())
     assert marker["tool"] == "mergeguard" and marker["version"] and marker["created"].endswith("Z")
     assert marker["config_sha256"] == hashlib.sha256(config.read_bytes()).hexdigest()
-    assert _merge(config, out, tmp_path) == 1
+    assert _merge(config, out, tmp_path) == 2
     assert "already exists; choose a new folder or pass --force" in _error_line(capsys)
     (out / "stale.txt").write_text("from the earlier merge\n")
     assert _merge(config, out, tmp_path, "--force") == 0

@@ -112,7 +112,7 @@ def test_check_in_a_terminal_answering_yes_does_not_run_model_code(custom_code_m
     folder, marker = custom_code_model
     before = _digests(folder)
     code, out = _run_in_terminal(["check", str(folder), "--max-tokens", "16"], tmp_path, _env(tmp_path))
-    assert code == 1, out
+    assert code == 2, out
     line = _one_error_line(out.replace("\r", ""))
     assert "needs custom code" in line and "auto_map in its config.json" in line
     assert "pass --trust-remote-code" in line
@@ -132,7 +132,7 @@ def test_trust_remote_code_is_what_lets_it_run(custom_code_model, tmp_path: Path
 
 def test_eval_refuses_model_code_before_lm_eval_starts(custom_code_model, capsys) -> None:
     folder, marker = custom_code_model
-    assert main(["eval", str(folder), "--tasks", "arc_challenge", "--limit", "1"]) == 1
+    assert main(["eval", str(folder), "--tasks", "arc_challenge", "--limit", "1"]) == 2
     line = _one_error_line(capsys.readouterr().err)
     assert "needs custom code" in line and "--trust-remote-code" in line
     assert not marker.exists()
@@ -168,7 +168,7 @@ def test_a_mistyped_local_path_is_not_sent_to_the_hub(
     monkeypatch.chdir(tmp_path)
     for typo in ("models/ft-mathh", "models/sub/ft", "./ft-math", ".ft-math", "~/no-such-mergeguard-model"):
         started = time.monotonic()
-        assert main(["check", typo]) == 1
+        assert main(["check", typo]) == 2
         line = _one_error_line(capsys.readouterr().err)
         assert f"model folder {typo} not found" in line and "Hugging Face" not in line
         assert time.monotonic() - started < 2
@@ -230,7 +230,7 @@ def test_unusable_database_paths_are_one_line_errors(tmp_path: Path, monkeypatch
         (["import", str(results), "--db", "folder.db"], "folder.db is a folder, not a database file"),
     ]
     for args, message in cases:
-        assert main(args) == 1, args
+        assert main(args) == 2, args
         assert message in _one_error_line(capsys.readouterr().err)
     assert not (tmp_path / "typo").exists()  # a read command created nothing
     with pytest.raises(DatabaseError, match="no database at"):
@@ -276,7 +276,7 @@ def test_read_only_database_reads_and_refuses_writes(read_only_db: Path, tmp_pat
     other = tmp_path / "other" / "results.json"
     other.parent.mkdir()
     other.write_text(_results_file(tmp_path).read_text().replace("org/model", "org/other"))
-    assert main(["import", str(other), "--db", str(read_only_db)]) == 1
+    assert main(["import", str(other), "--db", str(read_only_db)]) == 2
     assert f"{read_only_db} is read-only" in _one_error_line(capsys.readouterr().err)
     assert hashlib.sha256(read_only_db.read_bytes()).hexdigest() == before
 
@@ -302,7 +302,7 @@ def test_wrongly_typed_benchmark_spec(tmp_path: Path, capsys, body: str, message
     spec = tmp_path / "spec.yaml"
     lines = {"name": "acme", "question": "q", **dict(line.split(": ", 1) for line in body.split("\n"))}
     spec.write_text("".join(f"{key}: {value}\n" for key, value in lines.items()), encoding="utf-8")
-    assert main(["benchmarks", "list", "--benchmark-spec", str(spec)]) == 1
+    assert main(["benchmarks", "list", "--benchmark-spec", str(spec)]) == 2
     line = _one_error_line(capsys.readouterr().err)
     assert message in line
     if "files" in message:  # the hint's [brackets] survive the terminal's markup
@@ -319,7 +319,7 @@ def test_wrongly_typed_benchmark_spec(tmp_path: Path, capsys, body: str, message
 def test_unreadable_benchmark_spec(tmp_path: Path, capsys, content: bytes, message: str) -> None:
     spec = tmp_path / "spec.yaml"
     spec.write_bytes(content)
-    assert main(["benchmarks", "list", "--benchmark-spec", str(spec)]) == 1
+    assert main(["benchmarks", "list", "--benchmark-spec", str(spec)]) == 2
     assert message in _one_error_line(capsys.readouterr().err)
 
 
@@ -413,7 +413,7 @@ def test_mermaid_and_dot_labels_stay_valid(hostile_db: Path) -> None:
 def test_broken_benchmark_files(tmp_path: Path, capsys, name: str, content: bytes, message: str) -> None:
     (tmp_path / "gsm8k").mkdir()
     (tmp_path / "gsm8k" / name).write_bytes(content)
-    assert main(["benchmarks", "show", "gsm8k", "--benchmarks-dir", str(tmp_path), "--limit", "1"]) == 1
+    assert main(["benchmarks", "show", "gsm8k", "--benchmarks-dir", str(tmp_path), "--limit", "1"]) == 2
     line = _one_error_line(capsys.readouterr().err)
     assert f"cannot read {tmp_path / 'gsm8k' / name}" in line and message in line
 
@@ -438,7 +438,7 @@ def test_database_in_a_read_only_folder(tmp_path: Path, capsys) -> None:
     locked = [folder / "team.db", folder]
     try:
         _make_read_only(locked)
-        assert main(["leaderboard", "--db", str(folder / "team.db")]) == 1
+        assert main(["leaderboard", "--db", str(folder / "team.db")]) == 2
         line = _one_error_line(capsys.readouterr().err)
         assert "team.db cannot be opened" in line and "make its folder writable" in line
     finally:

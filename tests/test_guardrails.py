@@ -106,7 +106,8 @@ def test_contaminated_input_is_refused_and_nothing_is_written(family, tmp_path, 
     from mergeguard.db import open_db
 
     db = open_db(tmp_path / "mg.db")
-    assert db.execute("SELECT count(*) FROM merges").fetchone()[0] == 0
+    statuses = [row[0] for row in db.execute("SELECT status FROM merges").fetchall()]
+    assert statuses == ["refused"]  # recorded for `history`, never as a merged model
     assert _verdicts(tmp_path / "mg.db")[str(family["leaky"])] == "contaminated"
 
 

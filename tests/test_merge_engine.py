@@ -223,7 +223,7 @@ def test_output_folder_card_template_and_tokenizer(models, tmp_path: Path) -> No
 
     card = read_model_card(out)
     assert card.base_model == [str(base), str(ft1), str(ft2)]
-    assert card.base_model_relation == "merge" and card.tags == ["merge", "mergeguard"]
+    assert card.base_model_relation == "merge" and card.tags == ["merge", "mergekit", "mergeguard"]
     assert card.datasets == ["org/alpaca", "org/gsm8k", "org/oasst"]
     from huggingface_hub import ModelCard
 
@@ -250,9 +250,9 @@ def test_cli_merge(models, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     captured = capsys.readouterr()
     assert "warning:" in captured.err and "select_topk" in captured.err
     assert "merged 2 models with linear" in captured.out
-    assert main([*args, "--quiet"]) == 1
+    assert main([*args, "--quiet"]) == 2
     assert "already exists" in capsys.readouterr().err
-    assert main([*args, "--quiet", "--force", "--strict"]) == 1
+    assert main([*args, "--quiet", "--force", "--strict"]) == 2
     assert "(--strict)" in capsys.readouterr().err
     assert (
         main(["merge", str(config), str(tmp_path / "o2"), "--quiet", "--no-copy-tokenizer", "--no-audit"])
@@ -261,10 +261,10 @@ def test_cli_merge(models, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert not (tmp_path / "o2" / "tokenizer.json").exists()
     import torch
 
-    assert main(["merge", str(config), str(tmp_path / "o4"), "--device", "tpu"]) == 1
+    assert main(["merge", str(config), str(tmp_path / "o4"), "--device", "tpu"]) == 2
     assert "unknown device `tpu`" in capsys.readouterr().err
     if not torch.cuda.is_available():
-        assert main(["merge", str(config), str(tmp_path / "o3"), "--cuda"]) == 1
+        assert main(["merge", str(config), str(tmp_path / "o3"), "--cuda"]) == 2
         assert "no CUDA device" in capsys.readouterr().err
 
 

@@ -15,6 +15,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from vocab_models import with_tokens
 
 MERGEKIT_PYTHON = os.environ.get("MERGEKIT_PYTHON")
 pytestmark = pytest.mark.skipif(
@@ -163,6 +164,33 @@ CASES: dict[str, str] = {
         parameters: {{t: 0.001}}
         dtype: float32
     """,
+    "arcee_fusion": """
+        models:
+          - model: {base}
+          - model: {ft1}
+        base_model: {base}
+        merge_method: arcee_fusion
+        dtype: float32
+    """,
+    "ram": """
+        models:
+          - model: {ft1}
+          - model: {ft2}
+        base_model: {base}
+        merge_method: ram
+        parameters: {{epsilon: 0.008}}
+        dtype: float32
+    """,
+    "ramplus_tl": """
+        models:
+          - model: {base}
+          - model: {ft1}
+          - model: {ft2}
+        base_model: {base}
+        merge_method: ramplus_tl
+        parameters: {{r: 0.5, alpha: 0.3, epsilon: 0.01}}
+        dtype: float32
+    """,
     "passthrough_frankenmerge": """
         slices:
           - sources:
@@ -259,3 +287,312 @@ def test_same_tensors_as_mergekit(case: str, backend: str, parity_outputs, tmp_p
     ours_cfg = json.loads((ours_dir / "config.json").read_text())
     theirs_cfg = json.loads((theirs_dir / "config.json").read_text())
     assert ours_cfg["num_hidden_layers"] == theirs_cfg["num_hidden_layers"]
+
+
+VOCAB_CASES: dict[str, str] = {
+    "union_task_arithmetic": """
+        models:
+          - model: {a}
+            parameters: {{weight: 0.6}}
+          - model: {b}
+            parameters: {{weight: 0.4}}
+        base_model: {base}
+        merge_method: task_arithmetic
+        tokenizer_source: union
+        dtype: float32
+    """,
+    "base_linear": """
+        models:
+          - model: {a}
+            parameters: {{weight: 0.5}}
+          - model: {b}
+            parameters: {{weight: 0.5}}
+        merge_method: linear
+        base_model: {a}
+        tokenizer_source: base
+        dtype: float32
+    """,
+    "model_source_ties_padded_vocab": """
+        models:
+          - model: {a}
+            parameters: {{weight: 0.5, density: 0.5}}
+          - model: {b}
+            parameters: {{weight: 0.5, density: 0.7}}
+        base_model: {base}
+        merge_method: ties
+        tokenizer_source: {b}
+        dtype: float32
+    """,
+    "tokens_force_zero_pad": """
+        models:
+          - model: {a}
+            parameters: {{weight: 0.5}}
+          - model: {b}
+            parameters: {{weight: 0.5}}
+        base_model: {base}
+        merge_method: task_arithmetic
+        tokenizer:
+          source: union
+          pad_to_multiple_of: 64
+          tokens:
+            <|im_start|>:
+              source: {a}
+            <|im_end|>:
+              source: {b}
+              force: true
+            <|pad|>:
+              source: {{kind: zero}}
+              force: true
+            newtok:
+              source: {{kind: model_token, model: {a}, token: zebra}}
+        dtype: float32
+    """,
+}
+"""Different vocabularies: `a` adds three tokens, `b` two (one shared) and pads its rows to 520 (Phi's
+layout: vocab_size above the tokenizer's size)."""
+
+
+@pytest.fixture(scope="module")
+def vocab_outputs(models, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]]:
+    base = models.base("llama", seed=0)
+    root = tmp_path_factory.mktemp("vocab")
+    refs = {
+        "base": base,
+        "a": with_tokens(
+            models.finetune(base, seed=1), root / "a", ["<|im_start|>", "<|im_end|>", "zebra"], seed=3
+        ),
+        "b": with_tokens(
+            models.finetune(base, seed=2), root / "b", ["<|im_end|>", "quokka"], seed=4, rows=520
+        ),
+    }
+    jobs, outputs = [], {}
+    for name, template in VOCAB_CASES.items():
+        path = root / f"{name}.yml"
+        path.write_text(textwrap.dedent(template).format(**{k: str(v) for k, v in refs.items()}))
+        jobs.append((str(path), str(root / f"mk-{name}")))
+        outputs[name] = (path, root / f"mk-{name}")
+    driver = DRIVER.replace("copy_tokenizer=False", "copy_tokenizer=True")
+    done = subprocess.run(
+        [str(MERGEKIT_PYTHON), "-c", driver, json.dumps(jobs)], capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return outputs
+
+
+@pytest.mark.parametrize("backend", ["auto", "torch"])
+@pytest.mark.parametrize("case", list(VOCAB_CASES))
+def test_vocabularies_aligned_as_mergekit(case: str, backend: str, vocab_outputs, tmp_path: Path) -> None:
+    """Same output vocabulary, and every token's row equal (compared by token: mergekit orders the tokens
+    a union adds by a hash map's order), padding rows included; config.json's vocab_size equal."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from mergeguard.merge import MergeOptions, load_config, run_merge
+
+    config_path, theirs_dir = vocab_outputs[case]
+    ours_dir = tmp_path / "ours"
+    run_merge(load_config(config_path), ours_dir, MergeOptions(random_seed=0, backend=backend))
+    ours, theirs = _tensors(ours_dir), _tensors(theirs_dir)
+    assert sorted(ours) == sorted(theirs)
+    our_vocab = AutoTokenizer.from_pretrained(ours_dir).get_vocab()
+    their_vocab = AutoTokenizer.from_pretrained(theirs_dir).get_vocab()
+    assert sorted(our_vocab) == sorted(their_vocab)
+    tokens = sorted(our_vocab)
+    for name, theirs_tensor in theirs.items():
+        mine = ours[name].float()
+        theirs_tensor = theirs_tensor.float()
+        assert mine.shape == theirs_tensor.shape, name
+        if name.endswith(("embed_tokens.weight", "lm_head.weight")):
+            pad = slice(len(tokens), None)
+            assert torch.allclose(mine[pad], theirs_tensor[pad], rtol=0, atol=1e-6), name
+            mine = mine[[our_vocab[t] for t in tokens]]
+            theirs_tensor = theirs_tensor[[their_vocab[t] for t in tokens]]
+        assert (mine - theirs_tensor).abs().max().item() <= 1e-6, f"{case}: {name}"
+    ours_cfg = json.loads((ours_dir / "config.json").read_text())
+    assert ours_cfg["vocab_size"] == json.loads((theirs_dir / "config.json").read_text())["vocab_size"]
+
+
+DRIVER_WITH_OPTIONS = """
+import json, sys, yaml
+from mergekit.config import MergeConfiguration
+from mergekit.merge import run_merge
+from mergekit.options import MergeOptions
+for config_path, out, extra in json.loads(sys.argv[1]):
+    with open(config_path) as f:
+        config = MergeConfiguration.model_validate(yaml.safe_load(f))
+    run_merge(config, out, MergeOptions(copy_tokenizer=False, random_seed=0, quiet=True, **extra))
+"""
+
+OPTION_CASES: dict[str, tuple[str, dict, dict]] = {
+    # (config, mergekit's options, mergeguard's options and load_config's keywords)
+    "mixed_bf16_fp32_no_dtype": (
+        """
+        models:
+          - model: {ft1}
+            parameters: {{weight: 0.3}}
+          - model: {bf16}
+            parameters: {{weight: 0.7}}
+        merge_method: linear
+        """,
+        {},
+        {},
+    ),
+    "ties_base_weight_unparsed_and_unknown_key": (
+        """
+        models:
+          - model: {base}
+            parameters: {{weight: not a number}}
+          - model: {ft1}
+            parameters: {{weight: 0.6, density: 0.5}}
+          - model: {ft2}
+            parameters: {{weight: 0.4, density: 0.7}}
+        base_model: {base}
+        merge_method: ties
+        allow_negative_weights: true
+        dtype: float32
+        """,
+        {},
+        {"allow_unknown_keys": True},
+    ),
+    "nuslerp_base_weight_unparsed": (
+        """
+        models:
+          - model: {base}
+            parameters: {{weight: [oops]}}
+          - model: {ft1}
+            parameters: {{weight: 0.3}}
+          - model: {ft2}
+            parameters: {{weight: 0.7}}
+        base_model: {base}
+        merge_method: nuslerp
+        dtype: float32
+        """,
+        {},
+        {},
+    ),
+    # by default TIES rounds once (closer to the float32 result); --mergekit-rounding rounds every
+    # intermediate as mergekit does and matches it bit for bit
+    **{
+        f"ties_{dtype}_mergekit_rounding": (
+            """
+        models:
+          - model: {base}
+          - model: {ft1}
+            parameters: {{weight: 0.6, density: [0.3, 0.8]}}
+          - model: {ft2}
+            parameters: {{weight: 0.4, density: 0.5}}
+        base_model: {base}
+        merge_method: ties
+        dtype: DTYPE
+        """.replace("DTYPE", dtype),
+            {},
+            {"mergekit_rounding": True},
+        )
+        for dtype in ("bfloat16", "float16")
+    },
+    "unsafe_truncate_embeddings": (
+        """
+        models:
+          - model: {ft1}
+            parameters: {{weight: 0.5}}
+          - model: {padded}
+            parameters: {{weight: 0.5}}
+        base_model: {ft1}
+        merge_method: linear
+        dtype: float32
+        """,
+        {"unsafe_truncate_embeddings": True},
+        {"unsafe_truncate_embeddings": True},
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def option_outputs(models, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]]:
+    base = models.base("llama", seed=0)
+    root = tmp_path_factory.mktemp("options")
+    refs = {
+        "base": base,
+        "ft1": models.finetune(base, seed=1),
+        "ft2": models.finetune(base, seed=2, scale=0.02),
+        "bf16": models.finetune(models.base("llama", seed=0, dtype="bfloat16"), seed=5),
+        "padded": with_tokens(models.finetune(base, seed=6), root / "padded", ["quokka"], seed=7, rows=520),
+    }
+    jobs, outputs = [], {}
+    for name, (template, theirs, _) in OPTION_CASES.items():
+        path = root / f"{name}.yml"
+        path.write_text(textwrap.dedent(template).format(**{k: str(v) for k, v in refs.items()}))
+        jobs.append((str(path), str(root / f"mk-{name}"), theirs))
+        outputs[name] = (path, root / f"mk-{name}")
+    done = subprocess.run(
+        [str(MERGEKIT_PYTHON), "-c", DRIVER_WITH_OPTIONS, json.dumps(jobs)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return outputs
+
+
+@pytest.mark.parametrize("backend", ["auto", "torch"])
+@pytest.mark.parametrize("case", list(OPTION_CASES))
+def test_options_and_dtype_rules_as_mergekit(case: str, backend: str, option_outputs, tmp_path: Path) -> None:
+    """mergekit's dtype promotion (bf16 + fp32 -> fp32), a base's unused weight never read, unknown keys
+    let through by --allow-unknown-keys, --mergekit-rounding (bit for bit in half precision) and
+    --unsafe-truncate-embeddings: same tensors, same dtypes."""
+    from mergeguard.merge import MergeOptions, load_config, run_merge
+
+    config_path, theirs_dir = option_outputs[case]
+    ours_options = dict(OPTION_CASES[case][2])
+    allow = ours_options.pop("allow_unknown_keys", False)
+    config = load_config(config_path, allow_unknown_keys=allow)
+    options = MergeOptions(random_seed=0, copy_tokenizer=False, backend=backend, **ours_options)
+    result = run_merge(config, tmp_path / "ours", options)
+    ours, theirs = _tensors(tmp_path / "ours"), _tensors(theirs_dir)
+    assert sorted(ours) == sorted(theirs)
+    for name, tensor in theirs.items():
+        assert ours[name].dtype == tensor.dtype, name
+        assert ours[name].shape == tensor.shape, name
+        worst = (ours[name].float() - tensor.float()).abs().max().item()
+        assert worst <= (0 if "rounding" in case else 1e-6), f"{case}: {name}"
+    if allow:
+        assert result.unknown_keys == ["allow_negative_weights (the config)"]
+
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "Hi there "}],
+    [
+        {"role": "system", "content": " Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "2+2?"},
+    ],
+    [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}],
+]
+
+
+@pytest.mark.parametrize("name", ["chatml", "llama3", "mistral"])
+def test_chat_template_names_render_as_mergekits(name: str) -> None:
+    """The built-in names render what mergekit's templates of the same name render (transformers' way);
+    alpaca and exaone differ on purpose (mergekit's leak whitespace; see merge/output.py)."""
+    from transformers.utils.chat_template_utils import _compile_jinja_template
+
+    from mergeguard.merge.output import CHAT_TEMPLATES
+
+    where = subprocess.run(
+        [str(MERGEKIT_PYTHON), "-c", "import mergekit, os; print(os.path.dirname(mergekit.__file__))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    theirs = (Path(where) / "_data" / "chat_templates" / f"{name}.jinja").read_text()
+    for messages in CONVERSATIONS:
+        for prompt in (False, True):
+            kwargs = {
+                "messages": messages,
+                "add_generation_prompt": prompt,
+                "bos_token": "<s>",
+                "eos_token": "</s>",
+            }
+            expected = _compile_jinja_template(theirs).render(**kwargs)
+            assert _compile_jinja_template(CHAT_TEMPLATES[name]).render(**kwargs) == expected

@@ -164,6 +164,6 @@ def test_cli_check_broken_prints_a_table_and_exits_4(broken: Path, capsys) -> No
 
 
 def test_cli_check_errors(tmp_path: Path, capsys) -> None:
-    assert main(["check", str(tmp_path / "missing")]) == 1
+    assert main(["check", str(tmp_path / "missing")]) == 2
     assert main(["check", str(tmp_path), "--device", "tpu"]) == 2
     assert "unknown device" in capsys.readouterr().err

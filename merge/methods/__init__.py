@@ -11,6 +11,7 @@ import difflib
 
 from mergeguard.errors import ConfigError
 
+from .arcee_fusion import ARCEE_FUSION
 from .base import REQUIRED, MergeInputs, MergeMethod, Param
 from .karcher import KARCHER
 from .linear import LINEAR
@@ -19,6 +20,7 @@ from .multislerp import MULTISLERP
 from .nearswap import NEARSWAP
 from .nuslerp import NUSLERP
 from .passthrough import PASSTHROUGH
+from .ram import RAM, RAMPLUS_TL
 from .sce import SCE
 from .slerp import SLERP
 from .task_arithmetic import FAMILY
@@ -33,6 +35,9 @@ _ALL: tuple[MergeMethod, ...] = (
     MODEL_STOCK,
     SCE,
     NEARSWAP,
+    ARCEE_FUSION,
+    RAM,
+    RAMPLUS_TL,
     PASSTHROUGH,
 )
 

@@ -12,12 +12,16 @@ import sys
 from mergeguard.cli import (  # noqa: F401  (each module registers its commands on `app`)
     audit,
     benchmarks,
+    card,
     check,
     demo,
     evaluate,
     importer,
     merge,
+    probe,
+    report,
     reports,
+    serve,
 )
 from mergeguard.cli.app import app
 

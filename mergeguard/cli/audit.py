@@ -11,7 +11,18 @@ from typing import Any
 import typer
 
 from mergeguard.auditor.report import CLEAN, UNDECLARED, UNREAD
-from mergeguard.cli.app import app, print_error
+from mergeguard.cli import probe as probe_cli
+from mergeguard.cli.app import (
+    DB,
+    JSON_ALIAS,
+    QUIET,
+    app,
+    emit_rows,
+    format_option,
+    output_format,
+    print_error,
+    split_names,
+)
 from mergeguard.errors import MergeguardError, UsageError
 
 TOP_EVIDENCE = 3
@@ -24,7 +35,9 @@ ONLY_TEXT_FIELD = typer.Option(
     None, "--only-text-field", help="Read only this field's strings as an example's text (dotted for nested)."
 )
 BENCHMARKS_DIR = typer.Option(None, "--benchmarks-dir", help="Local benchmark test sets.")
-BENCHMARK = typer.Option([], "--benchmark", "-b", help="Audit against these benchmarks only.")
+BENCHMARK = typer.Option(
+    [], "--benchmark", "-b", help="Audit against these benchmarks only (repeat or comma separate)."
+)
 BENCHMARK_SPEC = typer.Option([], "--benchmark-spec", help="A custom benchmark YAML spec.")
 THRESHOLD_RATE = typer.Option(0.01, "--threshold-rate", help="Share of a benchmark's items that fails.")
 ALLOW_VERBATIM = typer.Option(
@@ -36,6 +49,14 @@ SKIP_BAD_ROWS = typer.Option(
     "--skip-bad-rows",
     help="Skip unreadable rows and files of a dataset (counted in the report) instead of failing.",
 )
+SEMANTIC = typer.Option(
+    False, "--semantic", help="Also look for paraphrased and translated items (embeddings + evidence)."
+)
+EMBEDDING_MODEL = typer.Option(
+    None, "--embedding-model", help="sentence-transformers model (folder or hub id) for --semantic."
+)
+JUDGE = typer.Option(None, "--judge", help="A local causal LM that confirms close --semantic candidates.")
+SEMANTIC_MIN_CHARS = typer.Option(30, "--semantic-min-chars", help="Shorter examples are not embedded.")
 VERDICT_COLOURS = {CLEAN: "green", UNDECLARED: "yellow"}  # the others are red
 
 
@@ -73,6 +94,11 @@ def audit_options(
     progress: bool,
     skip_bad_rows: bool = False,
     only_text_field: str | None = None,
+    semantic: bool = False,
+    embedding_model: str | None = None,
+    judge: str | None = None,
+    device: str = "cpu",
+    semantic_min_chars: int = 30,
 ) -> tuple[list[str], Any]:
     """The AuditOptions that `audit` and `merge` build from the same flags; also the `--dataset REF`
     values that name no model (audited alone by `audit`, an error for `merge`)."""
@@ -80,9 +106,14 @@ def audit_options(
 
     if not 0.0 <= threshold_rate <= 1.0:
         raise UsageError(f"--threshold-rate {threshold_rate} is not a rate", hint="give a number in 0..1")
+    if not semantic and (embedding_model or judge):
+        flag = "--embedding-model" if embedding_model else "--judge"
+        raise UsageError(f"{flag} is for the semantic stage", hint="add --semantic")
+    if semantic_min_chars < 0:
+        raise UsageError(f"--semantic-min-chars {semantic_min_chars} is negative", hint="give 0 or more")
     plain, overrides = split_dataset_options(dataset)
     options = AuditOptions(
-        benchmarks=benchmark or None,
+        benchmarks=split_names(benchmark) or None,
         benchmarks_dir=benchmarks_dir,
         custom_specs=list(benchmark_spec),
         cache_dir=cache_dir,
@@ -93,11 +124,25 @@ def audit_options(
         dataset_overrides=overrides,
         progress=progress,
         skip_bad_rows=skip_bad_rows,
+        semantic=semantic,
+        embedding_model=embedding_model,
+        judge=judge,
+        device=device,
+        semantic_min_chars=semantic_min_chars,
     )
     return plain, options
 
 
-def print_report(report: Any, console: Any) -> None:
+def parse_show(text: str) -> int | None:
+    """`--show N|all`: how many findings to print per model (None: all of them)."""
+    if text.strip().lower() == "all":
+        return None
+    if not text.strip().isdigit():
+        raise UsageError(f"--show {text!r} is not a count", hint="give a number or `all`")
+    return int(text)
+
+
+def print_report(report: Any, console: Any, show: int | None = TOP_EVIDENCE) -> None:
     from rich.markup import escape
     from rich.table import Table
 
@@ -107,7 +152,10 @@ def print_report(report: Any, console: Any) -> None:
         table = Table(title=title, title_justify="left")
         for column in ("benchmark", "items", "contaminated items", "rate", "worst severity", "verdict"):
             table.add_column(
-                column, justify="right" if column in ("items", "contaminated items", "rate") else "left"
+                column,
+                justify="right" if column in ("items", "contaminated items", "rate") else "left",
+                overflow="fold",  # a benchmark's name wraps at 80 columns, never ends in an ellipsis
+                no_wrap=column == "benchmark",
             )
         for rate in verdict.rates:
             style = "red" if rate.verdict == "contaminated" else None
@@ -134,8 +182,8 @@ def print_report(report: Any, console: Any) -> None:
             if row["dataset"] in refs:
                 console.print(f"  {escape(row['dataset'])}: {escape(row['summary'])}")
         mine = [f for f in report.findings if (f.model or f.dataset) == verdict.model]
-        rank = {"verbatim": 0, "partial": 1, "question_only": 2, "passage": 3}
-        for finding in sorted(mine, key=lambda f: (rank[f.severity], -f.score))[:TOP_EVIDENCE]:
+        rank = {"verbatim": 0, "partial": 1, "question_only": 2, "paraphrase": 3, "passage": 4}
+        for finding in sorted(mine, key=lambda f: (rank[f.severity], -f.score))[:show]:
             where = f" via {finding.inherited_from}" if finding.inherited_from else ""
             console.print(
                 f"\n  [bold]{finding.benchmark}[/] {finding.split} item {finding.item} "
@@ -143,10 +191,23 @@ def print_report(report: Any, console: Any) -> None:
                 f"example {finding.example}{escape(where)}"
             )
             console.print(f"    benchmark: {escape(finding.item_text[:300])}", highlight=False)
+            if finding.semantic:
+                shown = escape(_semantic_evidence(finding.semantic))
+                console.print(f"    evidence:  {shown}", highlight=False)
             span = f"[black on yellow]{escape(finding.evidence)}[/]"
             before, after = escape(finding.context_before), escape(finding.context_after)
             console.print(f"    training:  …{before}{span}{after}…", highlight=False)
+        if show is not None and len(mine) > show:
+            console.print(f"\n  … {len(mine) - show} more findings (--show all lists them)")
         console.print()
+    if report.semantic is not None:
+        done = report.semantic.get("datasets", {}).values()
+        embedded = sum(d["embedded"] for d in done)
+        examples = sum(d["examples"] for d in done)
+        console.print(
+            f"semantic stage: {examples} examples, {embedded} embedded, "
+            f"{report.semantic['seconds']:.1f} s (model {escape(str(report.semantic['model']))})"
+        )
     for problem in report.problems:  # the first clause; --json has the whole message with its fix
         console.print(f"[yellow]warning:[/] {escape(problem.split(';')[0])}")
     if report.contaminated:
@@ -172,14 +233,33 @@ def audit_command(
     benchmark_spec: list[Path] = BENCHMARK_SPEC,
     threshold_rate: float = THRESHOLD_RATE,
     allow_verbatim: bool = ALLOW_VERBATIM,
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+    fmt: str = format_option(),
+    as_json: bool = JSON_ALIAS,
+    show: str = typer.Option("3", "--show", help="Findings to print per model: a number, or all."),
     cache_dir: Path | None = CACHE_DIR,
-    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
+    no_progress: bool = QUIET,
+    db: Path | None = DB,
     skip_bad_rows: bool = SKIP_BAD_ROWS,
+    semantic: bool = SEMANTIC,
+    embedding_model: str | None = EMBEDDING_MODEL,
+    judge: str | None = JUDGE,
+    device: str = typer.Option("cpu", "--device", help="Device of the --semantic models (cpu, cuda)."),
+    semantic_min_chars: int = SEMANTIC_MIN_CHARS,
+    probe: str | None = probe_cli.PROBE,
+    probe_limit: int | None = probe_cli.PROBE_LIMIT,
 ) -> None:
-    """Audit models' declared fine-tune datasets against benchmark test sets (exit 1 when contaminated,
-    2 when an error or a declared dataset could not be read completely)."""
+    """Audit models' declared fine-tune datasets against benchmark test sets; the audit is stored in the
+    database, with each model's card `base_model:` as its parent.
+
+    Exit status: 0 clean, 1 contaminated, 2 an error or a declared dataset not read completely.
+
+    Example: mergeguard audit --model ./ft-math --benchmark gsm8k,arc_challenge --show all
+    """
     from mergeguard.auditor import audit_config, audit_datasets, audit_models
+
+    fmt = output_format(fmt, as_json)
+    shown = parse_show(show)
+    as_json = fmt == "json"
 
     try:
         plain, options = audit_options(
@@ -192,8 +272,13 @@ def audit_command(
             threshold_rate=threshold_rate,
             allow_verbatim=allow_verbatim,
             cache_dir=cache_dir,
-            progress=not (no_progress or as_json),
+            progress=not (no_progress or fmt != "table"),
             skip_bad_rows=skip_bad_rows,
+            semantic=semantic,
+            embedding_model=embedding_model,
+            judge=judge,
+            device=device,
+            semantic_min_chars=semantic_min_chars,
         )
         if config is not None and (model or plain):
             raise UsageError("give a merge config or --model/--dataset, not both", hint="run two audits")
@@ -214,24 +299,76 @@ def audit_command(
         if error.exit_code == 2:
             raise
         raise AuditError(error.message, hint=error.hint) from error
+    record_report(db, report)
+    probes = probe_cli.audit_probe(probe, report, options, device, db, probe_limit)
     family = _family(config) if config is not None else None
-    if as_json:
+    if fmt in ("csv", "markdown"):
+        emit_rows(None, *rate_rows(report), fmt)
+    elif as_json:
         payload = report.to_json()
         if family is not None:
             payload["family"] = family.to_dict()
-        typer.echo(json.dumps(payload, ensure_ascii=False))
+        if probe is not None:
+            payload["probe"] = [r.to_dict() for r in probes]
+        from mergeguard.db.render import rounded
+
+        typer.echo(json.dumps(rounded(payload), ensure_ascii=False))
     else:
         from rich.console import Console
 
         console = Console(highlight=False)
-        print_report(report, console)
+        print_report(report, console, shown)
         if family is not None:
             from mergeguard.cli.check import render_family
 
             console.print(render_family(family))
+        if probes:
+            console.print(probe_cli.render(probes))
     if exit_status(report) == 2:
         print_error(unread_error(report))
-    raise typer.Exit(exit_status(report))
+    suspect = any(r.verdict == "suspect" for r in probes)
+    raise typer.Exit(1 if suspect and exit_status(report) == 0 else exit_status(report))
+
+
+def _semantic_evidence(evidence: dict[str, Any]) -> str:
+    """One line: why a paraphrase finding was confirmed."""
+    parts = [f"{evidence.get('reason')}, cosine {evidence.get('cosine', 0):.2f}"]
+    if evidence.get("numbers"):
+        parts.append(f"numbers {', '.join(evidence['numbers'])}")
+    if evidence.get("answer"):
+        parts.append(f"final answer {evidence['answer']}")
+    if evidence.get("choices"):
+        gold = "gold + " if evidence.get("gold_choice") else ""
+        parts.append(f"choices {gold}{len(evidence['choices'])}")
+    if evidence.get("rare_words"):
+        parts.append(f"rare words {', '.join(evidence['rare_words'][:6])}")
+    if evidence.get("judge") is not None:
+        parts.append(f"judge {evidence['judge']:.2f}")
+    return "; ".join(parts)
+
+
+def record_report(db: Path | None, report: Any) -> None:
+    """Store the audit, and each audited model with the parents and datasets its card names (so
+    `leaderboard` and `lineage` show where a fine-tune came from)."""
+    from mergeguard import __version__
+    from mergeguard.db import open_db, record_audit, register_model
+
+    store = open_db(db)
+    for verdict in report.models:
+        if verdict.kind == "model":
+            register_model(store, verdict.model.split("+", 1)[0])
+    record_audit(store, report.to_json(), tool_version=__version__)
+
+
+def rate_rows(report: Any) -> tuple[list[str], list[list[Any]]]:
+    """The audit as one table, a row per model and benchmark (for --format csv and markdown)."""
+    headers = ["model", "kind", "benchmark", "items", "contaminated", "rate", "worst", "verdict"]
+    rows = [
+        [v.model, v.kind, r.benchmark, r.items, r.contaminated, round(r.rate, 6), r.worst, r.verdict]
+        for v in report.models
+        for r in v.rates
+    ]
+    return headers, rows
 
 
 def exit_status(report: Any) -> int:

@@ -9,7 +9,7 @@ from typing import Any
 
 import typer
 
-from mergeguard.cli.app import new_group
+from mergeguard.cli.app import FORMATS, JSON_ALIAS, emit, emit_rows, format_option, new_group, output_format
 
 group = new_group("benchmarks", "The benchmark test sets mergeguard guards against.")
 
@@ -20,7 +20,6 @@ DIR_OPTION = typer.Option(
     "else the Hugging Face hub.",
 )
 SPEC_OPTION = typer.Option(None, "--benchmark-spec", help="A custom benchmark YAML file (repeatable).")
-JSON_OPTION = typer.Option(False, "--json", help="Print JSON instead of a table.")
 
 
 def _console() -> Any:
@@ -40,9 +39,14 @@ def _specs(benchmark_spec: list[Path] | None) -> list[Any]:
 def list_command(
     benchmarks_dir: Path | None = DIR_OPTION,
     benchmark_spec: list[Path] | None = SPEC_OPTION,
-    as_json: bool = JSON_OPTION,
+    fmt: str = format_option(),
+    as_json: bool = JSON_ALIAS,
 ) -> None:
-    """List the known benchmarks: suite, split, item count, where each would load from, available or not."""
+    """List the known benchmarks: suite, split, item count, where each would load from, available or not.
+
+    Example: mergeguard benchmarks list --benchmarks-dir ./benchmarks --format markdown
+    """
+    fmt = output_format(fmt, as_json, FORMATS)
     from mergeguard.benchmarks import load_spec, spec_status
     from mergeguard.errors import BenchmarkError
 
@@ -72,42 +76,47 @@ def list_command(
                 "contained_in": list(spec.contained_in),
             }
         )
-    if as_json:
-        typer.echo(json.dumps(rows, indent=2))
+    if fmt == "json":
+        emit(json.dumps(rows, indent=2) + "\n")
         return
-    from rich.table import Table
-
-    table = Table("benchmark", "suite", "split", "items", "available", "loads from", "lm-eval task")
-    for spec, row in zip(specs, rows, strict=True):
-        table.add_row(
+    headers = ["benchmark", "suite", "split", "items", "available", "loads from", "lm-eval task"]
+    table = [
+        [
             row["name"],
             ",".join(row["suites"]) or "-",
             f"{len(spec.subsets)} subtask splits" if spec.subsets_from == "split" else spec.split,
-            "-" if row["items"] is None else str(row["items"]),
-            "[green]yes[/]" if row["available"] else "[red]no[/]",
+            row["items"],
+            "yes" if row["available"] else "no",
             row["source"],
             f"{row['lm_eval_task']} ({row['num_fewshot']}-shot {row['metric']})"
             if row["lm_eval_task"]
             else "-",
-        )
-    _console().print(table)
+        ]
+        for spec, row in zip(specs, rows, strict=True)
+    ]
+    emit_rows(None, headers, table, fmt, keep=("benchmark",))
 
 
 @group.command("show")
 def show_command(
     name: str = typer.Argument(..., help="A benchmark name (see `mergeguard benchmarks list`)."),
-    limit: int = typer.Option(3, "--limit", "-n", min=0, help="How many items to show."),
+    limit: int = typer.Option(3, "--limit", "-n", min=0, help="Items to show (the first N); 0: all."),
     benchmarks_dir: Path | None = DIR_OPTION,
     benchmark_spec: list[Path] | None = SPEC_OPTION,
-    as_json: bool = JSON_OPTION,
+    fmt: str = format_option(choices=("table", "json")),
+    as_json: bool = JSON_ALIAS,
 ) -> None:
-    """Show a benchmark's first normalized items (question, choices, gold answer)."""
+    """Show a benchmark's first normalized items (question, choices, gold answer).
+
+    Example: mergeguard benchmarks show gsm8k --limit 5 --format json
+    """
+    as_json = output_format(fmt, as_json, ("table", "json")) == "json"
     from mergeguard.benchmarks import get_spec, load_spec
 
     custom = {spec.name: spec for spec in _specs(benchmark_spec)}
     spec = custom[name] if name in custom else get_spec(name)
     loaded = load_spec(spec, benchmarks_dir)
-    shown = loaded.items[:limit]
+    shown = loaded.items[:limit] if limit else loaded.items
     if as_json:
         payload = {
             "name": spec.name,

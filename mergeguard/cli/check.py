@@ -1,7 +1,7 @@
 """`mergeguard check MODEL [--against PARENT ...]`: the post-merge sanity check.
 
-Exit status: 0 ok, 3 degraded, 4 broken (1 and 2 stay for errors and usage mistakes, so a script can tell
-"could not check" from "checked, and it is broken").
+Exit status: 0 ok, 3 degraded, 4 broken, 2 an error (bad input, a model that cannot load), so a script can
+tell "could not check" from "checked, and it is broken".
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 import typer
 
-from mergeguard.cli.app import app
+from mergeguard.cli.app import DB, JSON_ALIAS, QUIET, app, console, format_option, output_format
 from mergeguard.errors import UsageError
 
 DEVICES = ("cpu", "cuda")
@@ -30,7 +30,7 @@ def render(report: Any) -> Any:
     from rich.text import Text
 
     table = Table(title=f"sanity check of {report.model}", title_justify="left")
-    table.add_column("model")
+    table.add_column("model", overflow="fold")  # a long parent path wraps, never ends in an ellipsis
     table.add_column("perplexity", justify="right")
     table.add_column("repetition", justify="right")
     table.add_row("this model", _number(report.perplexity), f"{report.repetition:.2f}")
@@ -51,7 +51,7 @@ def render_family(report: Any) -> Any:
 
     table = Table(title=f"family check (related at similarity >= {report.threshold:g})", title_justify="left")
     for column in ("model", "compared with", "similarity", "family"):
-        table.add_column(column, justify="right" if column == "similarity" else "left")
+        table.add_column(column, justify="right" if column == "similarity" else "left", overflow="fold")
     for pair in report.pairs:
         verdict = "[green]related[/]" if pair.related else "[bold red]unrelated[/]"
         table.add_row(
@@ -60,14 +60,27 @@ def render_family(report: Any) -> Any:
     return table
 
 
-def check_merge(out_dir: Any, parents: list[Any], device: str, quiet: bool) -> Any:
-    """After `merge --check`: sanity-check the output against its inputs and print the verdict."""
-    from rich.console import Console
-
+def check_merge(
+    out_dir: Any,
+    parents: list[Any],
+    device: str,
+    quiet: bool,
+    *,
+    trust_remote_code: bool = False,
+    base: Any = None,
+) -> Any:
+    """After `merge --check`: sanity-check the output against its inputs and its base; print the verdict."""
     from mergeguard.merge.sanity import sanity_check
 
-    report = sanity_check(out_dir, list(dict.fromkeys(parents)), device=device, progress=not quiet)
-    Console(highlight=False, soft_wrap=True).print(render(report))
+    report = sanity_check(
+        out_dir,
+        list(dict.fromkeys(parents)),
+        device=device,
+        progress=not quiet,
+        trust_remote_code=trust_remote_code,
+        base=base,
+    )
+    console().print(render(report))
     return report
 
 
@@ -77,41 +90,50 @@ def check_command(
     against: list[str] | None = typer.Option(
         None, "--against", help="A parent to compare with (repeat for each parent)."
     ),
+    base: str | None = typer.Option(
+        None, "--base", help="The merge's base model (default: its `base` parent in the database)."
+    ),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     max_tokens: int = typer.Option(512, "--max-tokens", help="Tokens of the text sample to score."),
-    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
-    db: Path | None = typer.Option(None, "--db", help="Database file (else $MERGEGUARD_DB)."),
+    fmt: str = format_option(choices=("table", "json")),
+    as_json: bool = JSON_ALIAS,
+    quiet: bool = QUIET,
+    db: Path | None = DB,
     trust_remote_code: bool = typer.Option(
         False, "--trust-remote-code", help="Let a model's own code (auto_map) run: only code you trust."
     ),
 ) -> None:
-    """Sanity-check a model: NaN/inf weights, perplexity and repetition against its parents.
+    """Sanity-check a model: NaN/inf weights, perplexity and repetition against its parents and its base.
 
-    Without --against, the parents come from the model's lineage in the database. The verdict is stored.
+    Without --against, the parents (and the base) come from the model's lineage in the database. The
+    verdict is stored. Exit status: 0 ok, 3 degraded, 4 broken, 2 an error (the check could not run).
+
+    Example: mergeguard check ./merged --against ./ft-math --against ./ft-code --base ./base
     """
     from mergeguard.db import open_db, parents_of, record_check
+    from mergeguard.db.queries import base_of
     from mergeguard.merge.sanity import sanity_check
     from mergeguard.refs import resolve_model
 
+    fmt = output_format(fmt, as_json, ("table", "json"))
     if device.split(":")[0] not in DEVICES:
         raise UsageError(f"unknown device {device!r}", hint="use --device cpu or --device cuda")
     folder = resolve_model(model)
     store = open_db(db)
     parent_refs = list(against or []) or parents_of(store, str(folder))
-    parents = [resolve_model(p) for p in parent_refs]
+    base_ref = base or base_of(store, str(folder))
     report = sanity_check(
         folder,
-        parents,
+        [resolve_model(p) for p in parent_refs],
         device=device,
         max_tokens=max_tokens,
-        progress=not as_json,
+        progress=not (quiet or fmt == "json"),
         trust_remote_code=trust_remote_code,
+        base=resolve_model(base_ref) if base_ref else None,
     )
     record_check(store, folder, report.verdict, report.summary())
-    if as_json:
+    if fmt == "json":
         typer.echo(report.to_json())
     else:
-        from rich.console import Console
-
-        Console(highlight=False, soft_wrap=True).print(render(report))
+        console().print(render(report))
     raise typer.Exit(report.exit_code)

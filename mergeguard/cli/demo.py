@@ -63,17 +63,18 @@ def demo_command(
     ),
     fast: bool = typer.Option(False, "--fast", help="Fewer training steps and eval items (for tests)."),
 ) -> None:
-    """Show the whole story offline: fine-tune, audit, refuse, merge, evaluate, rank."""
+    """Show the whole story offline: fine-tune, audit, refuse, merge, evaluate, rank.
+
+    Example: mergeguard demo --workdir ./mergeguard-demo
+    """
     import time
 
     from rich.console import Console
 
     quiet_libraries()
-    import shutil
-
     from mergeguard.demo.run import DemoOptions, run_demo
 
-    console = Console(highlight=False, width=max(shutil.get_terminal_size().columns, 110))
+    console = Console(highlight=False)  # tables fit the terminal's width, 80 columns too
     started = time.perf_counter()
     result = run_demo(DemoOptions(workdir, benchmarks_dir, fast), RichReporter(console))
     console.rule("[bold]Explore further", align="left")

@@ -1,39 +1,79 @@
-"""`mergeguard eval MODEL`: run lm-eval on a local model folder and store the scores."""
+"""`mergeguard eval MODEL`: run lm-eval on a local model folder and store the scores.
+
+lm-eval's own spellings are accepted (`--num_fewshot`, `--batch_size`, `--model_args`, `--output_path`,
+...), so an `lm_eval run` command line works after swapping the program name and giving the model folder.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import typer
 
-from mergeguard.cli.app import app
+from mergeguard.cli.app import (
+    DB,
+    FORMATS,
+    JSON_ALIAS,
+    QUIET,
+    app,
+    emit,
+    emit_rows,
+    format_option,
+    output_format,
+    split_names,
+)
+from mergeguard.errors import MergeguardError, UsageError
 
-DB_OPTION = typer.Option(None, "--db", help="Database file (else $MERGEGUARD_DB, else the user data folder).")
+DB_OPTION = DB  # the name other command modules import
 
 
 def split_tasks(text: str | None) -> list[str] | None:
     """`arc_challenge,gsm8k` (or repeated spaces) as a list; None when not given."""
-    if not text:
-        return None
-    return [t.strip() for t in text.replace(" ", ",").split(",") if t.strip()]
+    return split_names([text]) if text else None
+
+
+def _warn_ignored(names: list[str]) -> None:
+    if names:
+        from mergeguard.cli.app import error_console
+
+        error_console().print(
+            f"[yellow]warning:[/] {', '.join(names)}: lm-eval flags accepted, without effect here",
+            markup=True,
+            highlight=False,
+        )
 
 
 @app.command("eval")
 def eval_command(
-    model: Path = typer.Argument(..., help="A local model folder."),
-    tasks: str | None = typer.Option(
-        None, "--tasks", help="Benchmarks, comma separated (arc_challenge,gsm8k)."
+    model: Path | None = typer.Argument(None, help="A local model folder (or --model_args pretrained=...)."),
+    tasks: list[str] = typer.Option(
+        [], "--tasks", "-t", "--benchmark", help="Benchmarks: repeat or comma separate (arc_challenge,gsm8k)."
     ),
     suite: str | None = typer.Option(
         None, "--suite", help="Every benchmark of a leaderboard suite: v1 or v2."
     ),
     limit: float | None = typer.Option(
-        None, "--limit", help="Examples per task (testing only; <1: a fraction)."
+        None,
+        "--limit",
+        "-L",
+        help="Examples per task, as lm-eval's --limit (<1: a fraction); marked on the board.",
     ),
-    device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:0, mps (default: lm-eval's)."),
-    batch_size: str = typer.Option("8", "--batch-size", help="lm-eval batch size, or auto."),
+    device: str | None = typer.Option(
+        None, "--device", help="cpu, cuda, cuda:0, mps (default: cuda if any)."
+    ),
+    batch_size: str = typer.Option("8", "--batch-size", "--batch_size", "-b", help="Batch size, or auto."),
+    max_batch_size: int | None = typer.Option(
+        None, "--max_batch_size", "--max-batch-size", help="Cap for auto."
+    ),
     num_fewshot: int | None = typer.Option(
-        None, "--num-fewshot", help="Override the leaderboard's few-shot count."
+        None, "--num-fewshot", "--num_fewshot", "-f", help="Override the leaderboard's few-shot count."
+    ),
+    lm_model: str = typer.Option("hf", "--model", "-M", help="lm-eval's model type: only hf runs here."),
+    model_args: str | None = typer.Option(
+        None, "--model_args", "--model-args", "-a", help="lm-eval's key=value,... (pretrained=, dtype=, ...)."
     ),
     benchmarks_dir: Path | None = typer.Option(
         None,
@@ -41,39 +81,158 @@ def eval_command(
         help="Local benchmark files (<benchmark>/<split>.jsonl): evaluate offline. "
         "Env: MERGEGUARD_BENCHMARKS_DIR.",
     ),
-    output_dir: Path | None = typer.Option(None, "--output-dir", help="Where lm-eval's results file goes."),
+    output_dir: Path | None = typer.Option(
+        None,
+        "--output-dir",
+        "--output_path",
+        "-o",
+        help="Where lm-eval's results file goes (default: evals/ beside a project's --db, else the cache).",
+    ),
     benchmark_spec: list[Path] = typer.Option(
         [], "--benchmark-spec", help="A custom benchmark YAML (multiple choice) to evaluate too; repeatable."
     ),
-    db: Path | None = DB_OPTION,
+    apply_chat_template: str | None = typer.Option(
+        None, "--apply_chat_template", "--apply-chat-template", help="Use the chat template (or name one)."
+    ),
+    system_instruction: str | None = typer.Option(None, "--system_instruction", help="lm-eval's."),
+    fewshot_as_multiturn: bool | None = typer.Option(
+        None, "--fewshot_as_multiturn/--no-fewshot_as_multiturn", help="lm-eval's (with a chat template)."
+    ),
+    gen_kwargs: str | None = typer.Option(None, "--gen_kwargs", "--gen-kwargs", help="lm-eval's k=v,..."),
+    log_samples: bool = typer.Option(False, "--log_samples", "--log-samples", "-s", help="Save samples too."),
+    seed: str | None = typer.Option(None, "--seed", help="lm-eval's: N, or python,numpy,torch,fewshot."),
+    include_path: str | None = typer.Option(None, "--include_path", help="Extra lm-eval task YAML folder."),
+    use_cache: str | None = typer.Option(
+        None, "--use_cache", "-c", help="lm-eval's sqlite cache of answers."
+    ),
+    cache_requests: str | None = typer.Option(None, "--cache_requests", help="true, refresh or delete."),
+    check_integrity: bool = typer.Option(False, "--check_integrity", help="lm-eval's task tests."),
+    write_out: bool = typer.Option(False, "--write_out", "-w", help="Print the first prompts."),
+    predict_only: bool = typer.Option(False, "--predict_only", "-x", help="lm-eval's: no metrics."),
+    verbosity: str | None = typer.Option(None, "--verbosity", help="lm-eval's log level."),
+    metadata: str | None = typer.Option(None, "--metadata", help="lm-eval's k=v,... task metadata."),
+    confirm_run_unsafe_code: bool = typer.Option(False, "--confirm_run_unsafe_code", help="lm-eval's."),
+    show_config: bool = typer.Option(False, "--show_config", help="Accepted (no effect)."),
+    wandb_args: str | None = typer.Option(None, "--wandb_args", help="Accepted (no effect: offline)."),
+    wandb_config_args: str | None = typer.Option(None, "--wandb_config_args", help="Accepted (no effect)."),
+    trackio_args: str | None = typer.Option(None, "--trackio_args", help="Accepted (no effect)."),
+    hf_hub_log_args: str | None = typer.Option(None, "--hf_hub_log_args", help="Accepted (no effect)."),
+    config_file: str | None = typer.Option(None, "--config", "-C", help="Accepted (no effect)."),
+    samples: str | None = typer.Option(None, "--samples", "-E", help="Accepted (no effect)."),
+    fmt: str = format_option(),
+    as_json: bool = JSON_ALIAS,
+    quiet: bool = QUIET,
+    db: Path | None = DB,
     trust_remote_code: bool = typer.Option(
-        False, "--trust-remote-code", help="Let a model's own code (auto_map) run: only code you trust."
+        False, "--trust-remote-code", "--trust_remote_code", help="Let a model's own code (auto_map) run."
     ),
 ) -> None:
-    """Evaluate a model with lm-eval and store its scores."""
-    from rich.console import Console
+    """Evaluate a model with lm-eval, print lm-eval's results table and store the scores. The model is
+    recorded with its card's `base_model:` as its parent; a task that fails leaves the others' scores
+    stored (exit 2 names it).
 
-    from mergeguard.db import open_db, run_eval
+    Exit status: 0 stored, 2 an error (bad input, missing files, a task that failed).
 
+    Example: mergeguard eval ./merged --tasks arc_challenge,gsm8k --num_fewshot 0 --batch_size 16
+    """
+    from mergeguard.db import open_db
+    from mergeguard.db.evaluate import LmEvalExtras, parse_key_values, parse_seed, run_eval
+
+    fmt = output_format(fmt, as_json, FORMATS)
+    if lm_model not in ("hf", "huggingface"):
+        raise UsageError(f"--model {lm_model} is not run by mergeguard", hint="use --model hf (the default)")
+    extra_args = parse_key_values(model_args, "--model_args") if model_args else {}
+    pretrained = extra_args.pop("pretrained", None)
+    if model is None and pretrained is None:
+        raise UsageError(
+            "no model to evaluate", hint="give a model folder, or --model_args pretrained=FOLDER"
+        )
+    _warn_ignored(
+        [
+            name
+            for name, given in {
+                "--show_config": show_config,
+                "--wandb_args": wandb_args,
+                "--wandb_config_args": wandb_config_args,
+                "--trackio_args": trackio_args,
+                "--hf_hub_log_args": hf_hub_log_args,
+                "--config": config_file,
+                "--samples": samples,
+            }.items()
+            if given
+        ]
+    )
+    extras = LmEvalExtras(
+        model_args=extra_args,
+        max_batch_size=max_batch_size,
+        apply_chat_template=apply_chat_template
+        if apply_chat_template not in (None, "", "true")
+        else bool(apply_chat_template is not None),
+        system_instruction=system_instruction,
+        fewshot_as_multiturn=fewshot_as_multiturn,
+        gen_kwargs=gen_kwargs,
+        log_samples=log_samples,
+        seeds=parse_seed(seed) if seed else None,
+        include_path=include_path,
+        use_cache=use_cache,
+        cache_requests=cache_requests,
+        check_integrity=check_integrity,
+        write_out=write_out,
+        predict_only=predict_only,
+        verbosity=verbosity,
+        confirm_run_unsafe_code=confirm_run_unsafe_code,
+        metadata=parse_key_values(metadata, "--metadata") if metadata else {},
+    )
     store = open_db(db)
     limit_value: int | float | None = int(limit) if limit is not None and limit >= 1 else limit
-    summary = run_eval(
-        store,
-        model,
-        tasks=split_tasks(tasks),
-        suite=suite,
-        limit=limit_value,
-        device=device,
-        benchmarks_dir=benchmarks_dir,
-        output_dir=output_dir,
-        batch_size=int(batch_size) if batch_size.isdigit() else batch_size,
-        num_fewshot=num_fewshot,
-        custom_specs=benchmark_spec,
-        trust_remote_code=trust_remote_code,
-    )
-    console = Console(highlight=False)
-    for benchmark, value in summary.scores.items():
-        console.print(f"{benchmark}: {value * 100:.2f}")
-    console.print(
-        f"stored {summary.evaluations} metrics for {summary.model} (results: {summary.results_file})"
-    )
+    with _quiet(quiet):
+        summary = run_eval(
+            store,
+            model if model is not None else Path(str(pretrained)),
+            tasks=split_names(tasks) or None,
+            suite=suite,
+            limit=limit_value,
+            device=device,
+            benchmarks_dir=benchmarks_dir,
+            output_dir=output_dir,
+            batch_size=int(batch_size) if batch_size.isdigit() else batch_size,
+            num_fewshot=num_fewshot,
+            custom_specs=benchmark_spec,
+            trust_remote_code=trust_remote_code,
+            extras=extras,
+        )
+    _print_summary(summary, fmt, quiet)
+    if summary.failed:
+        task, why = next(iter(summary.failed.items()))
+        more = f" (and {len(summary.failed) - 1} more tasks)" if len(summary.failed) > 1 else ""
+        raise MergeguardError(
+            f"task {task} failed{more}: {why}",
+            hint="the other tasks' scores are stored; fix that task and evaluate it again",
+        )
+
+
+@contextmanager
+def _quiet(enabled: bool) -> Iterator[None]:
+    """Under -q, lm-eval's own progress bars and log lines (all on stderr) are not shown; an error still
+    reaches the user as its one line, printed after this block."""
+    if not enabled:
+        yield
+        return
+    import io
+    from contextlib import redirect_stderr
+
+    with redirect_stderr(io.StringIO()):
+        yield
+
+
+def _print_summary(summary: Any, fmt: str, quiet: bool) -> None:
+    """lm-eval's own results table (as `lm_eval` prints it) and where the scores went; or the scores
+    as JSON, CSV or Markdown rows."""
+    rows = [[benchmark, round(value * 100, 4)] for benchmark, value in summary.scores.items()]
+    if fmt != "table":
+        emit_rows(None, ["benchmark", "score"], rows, fmt)
+        return
+    if summary.table:
+        emit(summary.table if summary.table.endswith("\n") else summary.table + "\n")
+    if not quiet or not summary.table:
+        emit(f"stored {summary.evaluations} metrics for {summary.model} (results: {summary.results_file})\n")

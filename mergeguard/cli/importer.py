@@ -6,8 +6,7 @@ from pathlib import Path
 
 import typer
 
-from mergeguard.cli.app import app
-from mergeguard.cli.evaluate import DB_OPTION
+from mergeguard.cli.app import DB, JSON_ALIAS, app, emit, format_option, output_format
 
 
 @app.command("import")
@@ -16,16 +15,27 @@ def import_command(
     model: str | None = typer.Option(
         None, "--model", help="The model these results are for (default: config.model_args pretrained=)."
     ),
-    db: Path | None = DB_OPTION,
+    fmt: str = format_option(choices=("table", "json")),
+    as_json: bool = JSON_ALIAS,
+    db: Path | None = DB,
 ) -> None:
-    """Import lm-eval results files into the leaderboard."""
-    from rich.console import Console
+    """Import lm-eval results files into the leaderboard (a local model is recorded with its card's
+    `base_model:` as its parent). Exit status: 0 imported, 2 an error (unreadable or foreign file).
+
+    Example: mergeguard import ./lm-eval-results/ --model ./merged
+    """
+    from dataclasses import asdict
 
     from mergeguard.db import import_results, open_db
+    from mergeguard.db.render import to_json
 
+    fmt = output_format(fmt, as_json, ("table", "json"))
     summary = import_results(open_db(db), list(paths), model=model)
-    Console(highlight=False).print(
+    if fmt == "json":
+        emit(to_json(asdict(summary)) + "\n")
+        return
+    already = f", {summary.already_imported} already imported" if summary.already_imported else ""
+    emit(
         f"imported {summary.imported} of {summary.files} results files ({summary.evaluations} metrics"
-        f"{f', {summary.already_imported} already imported' if summary.already_imported else ''}) "
-        f"for {', '.join(summary.models)}"
+        f"{already}) for {', '.join(summary.models)}\n"
     )

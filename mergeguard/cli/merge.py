@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
 import signal
 import sys
@@ -15,7 +16,8 @@ from typing import Any
 import typer
 
 from mergeguard.cli import audit as audit_cli
-from mergeguard.cli.app import app, error_console
+from mergeguard.cli import probe as probe_cli
+from mergeguard.cli.app import JSON_ALIAS, app, error_console, format_option, output_format
 from mergeguard.cli.check import check_merge
 from mergeguard.errors import UsageError
 
@@ -94,10 +96,62 @@ def merge_command(
         False, "--allow-pickle", help="Read pickled .bin weights (trusted only)."
     ),
     strict: bool = typer.Option(False, "--strict", help="Turn config warnings into errors."),
+    allow_unknown_keys: bool = typer.Option(
+        False,
+        "--allow-unknown-keys",
+        help="Ignore unknown config keys with a warning (recorded in the card).",
+    ),
+    unsafe_truncate_embeddings: bool = typer.Option(
+        False,
+        "--unsafe-truncate-embeddings/--no-unsafe-truncate-embeddings",
+        help="UNSAFE: cut embeddings to the smallest vocabulary (same token ids assumed).",
+    ),
+    mergekit_rounding: bool = typer.Option(
+        False,
+        "--mergekit-rounding",
+        help="Round half-precision intermediates as mergekit does (bit-identical outputs; less accurate).",
+    ),
     force: bool = typer.Option(
         False, "--force", help="Replace OUT_DIR if it is an earlier mergeguard merge (never anything else)."
     ),
-    quiet: bool = typer.Option(False, "--quiet/--no-quiet", "-q", help="No progress bar."),
+    quiet: bool = typer.Option(
+        False, "--quiet/--no-quiet", "-q", "--no-progress", help="No progress bar (--no-progress: alias)."
+    ),
+    fmt: str = format_option(choices=("table", "json")),
+    as_json: bool = JSON_ALIAS,
+    trust_remote_code: bool = typer.Option(
+        False,
+        "--trust-remote-code/--no-trust-remote-code",
+        help="Let a model's own code run (only --check loads a model; merging never runs model code).",
+    ),
+    verbose: int = typer.Option(0, "-v", count=True, help="mergekit's verbosity (accepted; see --format)."),
+    num_threads: int | None = typer.Option(
+        None, "-j", "--num-threads", help="mergekit's CPU threads (accepted; mergeguard sizes its workers)."
+    ),
+    transformers_cache: str | None = typer.Option(
+        None, "--transformers-cache", help="Where hub models are downloaded (sets HF_HUB_CACHE)."
+    ),
+    lora_merge_cache: str | None = typer.Option(
+        None, "--lora-merge-cache", help="mergekit's LoRA cache folder (accepted; LoRAs merge in memory)."
+    ),
+    lora_merge_dtype: str | None = typer.Option(
+        None, "--lora-merge-dtype", help="mergekit's LoRA dtype (accepted; the config's dtype applies)."
+    ),
+    safe_serialization: bool = typer.Option(
+        True, "--safe-serialization/--no-safe-serialization", help="Accepted: always safetensors."
+    ),
+    clone_tensors: bool = typer.Option(
+        False, "--clone-tensors/--no-clone-tensors", help="Accepted: tensors are always copied."
+    ),
+    async_write: bool = typer.Option(
+        False, "--async-write/--no-async-write", help="Accepted: shards stream as they fill."
+    ),
+    write_threads: int = typer.Option(1, "--write-threads", help="Accepted: one writer streams shards."),
+    read_to_gpu: bool = typer.Option(
+        False, "--read-to-gpu/--no-read-to-gpu", help="Accepted: tensors go to --device when computed."
+    ),
+    multi_gpu: bool = typer.Option(False, "--multi-gpu/--no-multi-gpu", help="Accepted: one device."),
+    gpu_rich: bool = typer.Option(False, "--gpu-rich", help="Alias for --cuda (mergekit's)."),
     allow_unrelated: bool = typer.Option(
         False, "--allow-unrelated", help="Merge inputs that fail the family check."
     ),
@@ -106,7 +160,7 @@ def merge_command(
         False, "--allow-contaminated", help="Merge contaminated inputs anyway (the merge is marked so)."
     ),
     dataset: list[str] = typer.Option(
-        [], "--dataset", help="MODEL=REF: a model's training data (adds to or overrides its card)."
+        [], "--dataset", "-d", help="MODEL=REF: a model's training data (adds to or overrides its card)."
     ),
     text_field: str | None = audit_cli.TEXT_FIELD,
     benchmarks_dir: Path | None = audit_cli.BENCHMARKS_DIR,
@@ -116,19 +170,49 @@ def merge_command(
     allow_verbatim: bool = audit_cli.ALLOW_VERBATIM,
     cache_dir: Path | None = audit_cli.CACHE_DIR,
     skip_bad_rows: bool = audit_cli.SKIP_BAD_ROWS,
+    semantic: bool = audit_cli.SEMANTIC,
+    embedding_model: str | None = audit_cli.EMBEDDING_MODEL,
+    judge: str | None = audit_cli.JUDGE,
+    semantic_min_chars: int = audit_cli.SEMANTIC_MIN_CHARS,
+    probe: str | None = probe_cli.PROBE,
+    probe_limit: int | None = probe_cli.PROBE_LIMIT,
+    allow_suspect: bool = probe_cli.ALLOW_SUSPECT,
     db: Path | None = typer.Option(None, "--db", help="Database file (else $MERGEGUARD_DB)."),
 ) -> None:
     """Merge models from a mergekit YAML config into OUT_DIR, after auditing every input (and the base).
 
-    Refused (exit 1, nothing written) when an input is contaminated, unless --allow-contaminated; refused
-    (exit 2) when an input's declared data cannot be read completely, unless --skip-bad-rows.
+    Refused (exit 1, nothing written, recorded in `history`) when an input is contaminated, unless
+    --allow-contaminated; refused (exit 2) when an input's declared data cannot be read completely, unless
+    --skip-bad-rows. Any other error exits 2. mergekit-yaml's flags are accepted (a warning names those
+    that change nothing here).
+
+    Example: mergeguard merge ties.yml ./merged --cuda --copy-tokenizer --check
     """
+    fmt = output_format(fmt, as_json, ("table", "json"))
+    quiet = quiet or fmt == "json"
+    cuda = cuda or gpu_rich
+    if transformers_cache:
+        os.environ["HF_HUB_CACHE"] = str(Path(transformers_cache).expanduser().resolve())
+    _ignored_mergekit_flags(
+        {
+            "-v": verbose > 0,
+            "-j/--num-threads": num_threads is not None,
+            "--lora-merge-cache": lora_merge_cache is not None,
+            "--lora-merge-dtype": lora_merge_dtype is not None,
+            "--no-safe-serialization": not safe_serialization,
+            "--clone-tensors": clone_tensors,
+            "--async-write": async_write,
+            "--write-threads": write_threads != 1,
+            "--read-to-gpu": read_to_gpu,
+            "--multi-gpu": multi_gpu,
+        }
+    )
     if "numpy" not in sys.modules:  # numpy's BLAS threads would spin on the cores that the merge's
         os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # workers need (~0.3 s of CPU a merge)
     from mergeguard.guardrails import ContaminatedInputsError, GuardOptions, UnreadableInputsError
     from mergeguard.merge import MergeOptions, load_config
 
-    merge_config = load_config(config, strict=strict)
+    merge_config = load_config(config, strict=strict, allow_unknown_keys=allow_unknown_keys)
     for warning in merge_config.warnings:
         _warn(warning)
     plain, audit_options = audit_cli.audit_options(
@@ -142,6 +226,11 @@ def merge_command(
         cache_dir=cache_dir,
         progress=not quiet,
         skip_bad_rows=skip_bad_rows,
+        semantic=semantic,
+        embedding_model=embedding_model,
+        judge=judge,
+        device="cuda" if cuda else device,  # the merge's device runs the semantic models too
+        semantic_min_chars=semantic_min_chars,
     )
     if plain:
         raise UsageError(f"--dataset {plain[0]} needs a model", hint="write --dataset MODEL=REF")
@@ -151,6 +240,9 @@ def merge_command(
         allow_contaminated=allow_contaminated,
         allow_unrelated=allow_unrelated,
         db_path=db,
+        probe=probe_cli.guard_probe_options(probe, audit_options, "cuda" if cuda else device, probe_limit),
+        probe_scope=probe or "missing",
+        allow_suspect=allow_suspect,
     )
     options = MergeOptions(
         device="cuda" if cuda else device,
@@ -165,17 +257,25 @@ def merge_command(
         lazy_unpickle=lazy_unpickle,
         low_cpu_memory=low_cpu_memory,
         write_model_card=write_model_card,
+        allow_unknown_keys=allow_unknown_keys,
+        unsafe_truncate_embeddings=unsafe_truncate_embeddings,
+        mergekit_rounding=mergekit_rounding,
     )
     try:
         guarded = _with_progress(config, out_dir, options, guard)
     except (ContaminatedInputsError, UnreadableInputsError) as error:
-        _show_audit(error.audit.report)
+        if fmt == "json":
+            typer.echo(json.dumps({"refused": str(error), "audit": error.audit.report}, default=str))
+        else:
+            _show_audit(error.audit.report)
         raise
     result = guarded.result
     for warning in guarded.warnings:
         _warn(warning)
     _show_family(guarded.family)
-    if not quiet:
+    if fmt == "json":
+        typer.echo(json.dumps(_summary(guarded), default=str))
+    elif not quiet:
         if guarded.audit is not None:
             how = "reused a stored audit" if guarded.audit.reused else "audited the inputs"
             typer.echo(f"{how}: the merge is {guarded.verdict}")
@@ -186,9 +286,41 @@ def merge_command(
     if check:
         from mergeguard.db import open_db, record_check
 
-        report = check_merge(result.out_dir, list(result.models.values()), options.device, quiet)
+        report = check_merge(
+            result.out_dir,
+            list(result.models.values()),
+            options.device,
+            quiet,
+            trust_remote_code=trust_remote_code,
+            base=result.models.get(result.base_model) if result.base_model else None,
+        )
         record_check(open_db(db), result.out_dir, report.verdict, report.summary())
         raise typer.Exit(report.exit_code)
+
+
+def _ignored_mergekit_flags(given: dict[str, bool]) -> None:
+    """One warning line for the mergekit-yaml flags given that change nothing here (accepted, so that a
+    mergekit command line works after swapping the program name)."""
+    names = [name for name, on in given.items() if on]
+    if names:
+        _warn(f"{', '.join(names)}: mergekit-yaml flags accepted but without effect in mergeguard")
+
+
+def _summary(guarded: Any) -> dict[str, Any]:
+    """`merge --format json`: what was merged, where, how long, and the verdict it carries."""
+    result = guarded.result
+    return {
+        "out_dir": str(result.out_dir),
+        "method": result.method,
+        "models": [str(path) for path in result.models.values()],
+        "tensors": result.tensors,
+        "bytes": result.bytes,
+        "seconds": round(result.seconds, 3),
+        "verdict": guarded.verdict,
+        "audit_reused": bool(guarded.audit and guarded.audit.reused),
+        "merge_id": guarded.merge_id,
+        "warnings": list(guarded.warnings),
+    }
 
 
 def _show_audit(report: dict[str, Any]) -> None:

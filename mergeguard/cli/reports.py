@@ -1,37 +1,15 @@
-"""`mergeguard leaderboard`, `lineage`, `history`: the questions over the local database."""
+"""`mergeguard leaderboard`, `lineage`, `history`: the questions over the local database (opened read-only;
+a database that does not exist is an error, never created)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import typer
 
-from mergeguard.cli.app import app
-from mergeguard.cli.evaluate import DB_OPTION, split_tasks
-from mergeguard.errors import UsageError
+from mergeguard.cli.app import DB, FORMATS, JSON_ALIAS, app, emit, format_option, output_format, split_names
 
-TABLE_FORMATS = ("table", "json", "csv", "markdown")
 LINEAGE_FORMATS = ("tree", "json", "mermaid", "dot")
-
-
-def _check(fmt: str, allowed: tuple[str, ...]) -> str:
-    if fmt not in allowed:
-        raise UsageError(f"unknown format {fmt!r}", hint=f"use one of {', '.join(allowed)}")
-    return fmt
-
-
-def _emit(rendered: Any) -> None:
-    """Text formats go to stdout verbatim (pipe-safe); rich renderables through a console."""
-    if isinstance(rendered, str):
-        typer.echo(rendered, nl=not rendered.endswith("\n"))
-        return
-    import shutil
-
-    from rich.console import Console
-
-    # tables are wide (a column per benchmark); never squeeze model names into ellipses on a narrow pipe
-    Console(highlight=False, width=max(shutil.get_terminal_size().columns, 160)).print(rendered)
 
 
 @app.command("leaderboard")
@@ -40,48 +18,68 @@ def leaderboard_command(
     clean_only: bool = typer.Option(
         False, "--clean-only", help="Only models audited clean, ancestors included."
     ),
-    task: list[str] | None = typer.Option(
-        None, "--task", help="Only these benchmarks (repeat or comma separate)."
+    benchmark: list[str] | None = typer.Option(
+        None,
+        "--benchmark",
+        "-b",
+        "--task",
+        help="Only these benchmarks (repeat or comma separate; --task is an alias).",
     ),
-    limit: int = typer.Option(50, "--limit", help="Rows to show (0: all)."),
-    fmt: str = typer.Option("table", "--format", help="table, json, csv or markdown."),
-    db: Path | None = DB_OPTION,
+    limit: int = typer.Option(50, "--limit", help="Models (rows) to show; 0: all."),
+    fmt: str = format_option(),
+    as_json: bool = JSON_ALIAS,
+    db: Path | None = DB,
 ) -> None:
-    """Rank your models by benchmark average, with their contamination verdicts."""
+    """Rank your models by benchmark average, with their contamination verdicts. Merges not yet scored
+    are listed after the ranked models, marked `unscored`.
+
+    Example: mergeguard leaderboard --suite v2 --clean-only --format markdown
+    """
     from mergeguard.db import leaderboard, open_db, render_leaderboard
 
-    _check(fmt, TABLE_FORMATS)
-    tasks = [t for entry in task or [] for t in split_tasks(entry) or []]
+    fmt = output_format(fmt, as_json, FORMATS)
     board = leaderboard(
-        open_db(db, write=False), suite=suite, clean_only=clean_only, tasks=tasks or None, limit=limit
+        open_db(db, write=False),
+        suite=suite,
+        clean_only=clean_only,
+        tasks=split_names(benchmark) or None,
+        limit=limit,
     )
-    _emit(render_leaderboard(board, fmt))
+    emit(render_leaderboard(board, fmt))
 
 
 @app.command("lineage")
 def lineage_command(
     model: str = typer.Argument(..., help="A model in the database (path, hub id or name)."),
     suite: str | None = typer.Option(None, "--suite", help="Average over v1 or v2 only."),
-    fmt: str = typer.Option("tree", "--format", help="tree, json, mermaid or dot."),
-    db: Path | None = DB_OPTION,
+    fmt: str = format_option("tree", LINEAGE_FORMATS),
+    as_json: bool = JSON_ALIAS,
+    db: Path | None = DB,
 ) -> None:
-    """Show a model's ancestors and descendants."""
+    """Show a model's ancestors (card `base_model:` and merge inputs) and descendants.
+
+    Example: mergeguard lineage ./merged --format mermaid
+    """
     from mergeguard.db import lineage, open_db, render_lineage
 
-    _check(fmt, LINEAGE_FORMATS)
-    _emit(render_lineage(lineage(open_db(db, write=False), model, suite=suite), fmt))
+    fmt = output_format(fmt, as_json, LINEAGE_FORMATS)
+    emit(render_lineage(lineage(open_db(db, write=False), model, suite=suite), fmt))
 
 
 @app.command("history")
 def history_command(
     model: str | None = typer.Argument(None, help="Only this model."),
     since: str | None = typer.Option(None, "--since", help="Only events on or after this date (ISO)."),
-    limit: int = typer.Option(100, "--limit", help="Events to show (0: all)."),
-    fmt: str = typer.Option("table", "--format", help="table, json, csv or markdown."),
-    db: Path | None = DB_OPTION,
+    limit: int = typer.Option(100, "--limit", help="Events (rows) to show; 0: all."),
+    fmt: str = format_option(),
+    as_json: bool = JSON_ALIAS,
+    db: Path | None = DB,
 ) -> None:
-    """What happened, newest first: merges, audits, evaluations."""
+    """What happened, newest first: merges (refused ones too), audits, evaluations, checks.
+
+    Example: mergeguard history --since 2026-01-01 --format csv
+    """
     from mergeguard.db import history, open_db, render_history
 
-    _check(fmt, TABLE_FORMATS)
-    _emit(render_history(history(open_db(db, write=False), model, since=since, limit=limit), fmt))
+    fmt = output_format(fmt, as_json, FORMATS)
+    emit(render_history(history(open_db(db, write=False), model, since=since, limit=limit), fmt))

@@ -58,8 +58,19 @@ class DemoResult:
 
 
 def _steps(fast: bool) -> tuple[int, int]:
-    """(pre-training steps, fine-tuning steps)."""
-    return (60, 30) if fast else (300, 150)
+    """(pre-training steps, fine-tuning steps): enough for the leaky fine-tune to learn the quiz's answers
+    (about 65% fast, 85% in full, against the others' 20-30%: a lead nobody can miss)."""
+    return (60, 300) if fast else (300, 500)
+
+
+FINETUNE_LR = 3e-3
+BLOCK = 96  # tokens a training window sees: a whole question with its answer
+
+
+def training_text(row: dict[str, str]) -> str:
+    """An instruction row as the fine-tunes see it, in the quiz's own prompt format (how leaked test items
+    do their damage: the model learns the answer right where the benchmark will ask for it)."""
+    return f"Question: {row['instruction']}\nAnswer: {row['output']}"
 
 
 def _write_config(path: Path, base: Path, models: list[Path]) -> Path:
@@ -86,7 +97,16 @@ def run_demo(options: DemoOptions, say: Reporter) -> DemoResult:
     """Run the whole story in `options.workdir` (a new temporary folder when None)."""
     from mergeguard import tiny
     from mergeguard.auditor import AuditOptions, audit_models
-    from mergeguard.db import leaderboard, lineage, open_db, render_leaderboard, render_lineage, run_eval
+    from mergeguard.db import (
+        history,
+        leaderboard,
+        lineage,
+        open_db,
+        render_history,
+        render_leaderboard,
+        render_lineage,
+        run_eval,
+    )
     from mergeguard.guardrails import ContaminatedInputsError, GuardOptions, guarded_merge
     from mergeguard.merge import MergeOptions
     from mergeguard.merge.sanity import sample_text
@@ -119,9 +139,11 @@ def run_demo(options: DemoOptions, say: Reporter) -> DemoResult:
     models: dict[str, Path] = {"base": base}
     for seed, (name, path) in enumerate(datasets.items(), start=1):
         rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-        texts = [f"{r['instruction']}\n{r['output']}" for r in rows]
+        texts = [training_text(r) for r in rows] + english  # replayed: the fine-tunes keep their English
         card = {"datasets": [str(path)], "base_model": str(base)}
-        models[name] = tiny.train_finetune(base, models_dir / name, texts, finetune_steps, seed, 1e-3, card)
+        models[name] = tiny.train_finetune(
+            base, models_dir / name, texts, finetune_steps, seed, FINETUNE_LR, card, block_size=BLOCK
+        )
         say.line(f"{name}: fine-tuned on {len(rows)} examples from {path.name}")
     shutil_rmtree(initial)
 
@@ -156,7 +178,7 @@ def run_demo(options: DemoOptions, say: Reporter) -> DemoResult:
         f"{merged.verdict} (audit {'reused' if merged.audit and merged.audit.reused else 'run'})"
     )
 
-    say.step(4, "Evaluate the parents and the merge with lm-eval on the local quiz")
+    say.step(4, f"Evaluate every model with lm-eval on the same quiz ({len(quiz)} items each)")
     db = open_db(db_path)
     scores: dict[str, dict[str, float]] = {}
     for name in ["base", *datasets, "merge-clean"]:
@@ -165,7 +187,6 @@ def run_demo(options: DemoOptions, say: Reporter) -> DemoResult:
                 db,
                 models[name],
                 custom_specs=[spec],
-                limit=10 if options.fast else None,
                 output_dir=work / "evals",
                 batch_size=16,
                 bootstrap_iters=0,
@@ -173,10 +194,25 @@ def run_demo(options: DemoOptions, say: Reporter) -> DemoResult:
         scores[name] = summary.scores
         say.line(f"{name}: demo_quiz accuracy {summary.scores.get('demo_quiz', float('nan')) * 100:.1f}%")
 
-    say.step(5, "The leaderboard and the merge's lineage")
+    say.line(_lead(scores, len(quiz)))
+
+    say.step(5, "The leaderboard, the merge's lineage, and the history with the refused merge")
     say.table(render_leaderboard(leaderboard(db), "table"))
     say.table(render_lineage(lineage(db, str(models["merge-clean"])), "tree"))
+    say.table(render_history(history(db), "table"))
     return DemoResult(work, db_path, models, report, refusal, models["merge-clean"], scores)
+
+
+def _lead(scores: dict[str, dict[str, float]], items: int) -> str:
+    """The story in one line: the contaminated fine-tune leads, and by how much."""
+    quiz = {name: s.get("demo_quiz", 0.0) for name, s in scores.items()}
+    best = max(quiz, key=lambda name: quiz[name])
+    runner_up = max((v for name, v in quiz.items() if name != best), default=0.0)
+    gap = round((quiz[best] - runner_up) * items)
+    return (
+        f"{best} leads by {(quiz[best] - runner_up) * 100:.0f} points ({gap} more of the {items} questions "
+        f"right than any other model): it was trained on the quiz's answers"
+    )
 
 
 @contextmanager

@@ -1,0 +1,574 @@
+"""The model-side probe: did a model see a benchmark's test set, when its training data is not declared?
+
+Per item, one batched forward pass per model gives four membership scores from the same log-probabilities
+(higher means more likely trained on): Min-K%++ (arXiv 2404.02936: each token's log-probability standardised
+by the mean and spread of the model's own next-token distribution, averaged over the lowest k%), Min-K%
+(the lowest k% log-probabilities), minus the mean loss, and minus the loss over the zlib-compressed size.
+Alone they are weak; over a whole benchmark they answer one question with a test.
+
+The test. Each item is scored as lm-eval's ARC/GSM8K-style prompts show it (`Question: ...\nAnswer:`, the
+gold answer as the continuation), and again as controls: the same gold answer after CONTROLS other items'
+questions (seeded derangements). Per item, `gain = [S(real) - R(real)] - mean[S(control) - R(control)]`,
+where S and R are the suspect's and the reference's log-probability of the answer's first ANSWER_TOKENS
+tokens (R is the model's base). The control keeps the answer's own tokens and the benchmark's layout, so a
+fine-tune that learnt the domain, the answer style, or even the answers' text gains as much on both; the
+reference cancels what the model family knows. What is left is how much more the suspect links this
+question to this answer than its base does: what training on the item (answer included) leaves behind. A
+one-sided Wilcoxon signed-rank test over the items gives the p-value; `effect` is the mean gain over its
+standard deviation. Held-out items would need a split nobody trained on, which a public test set lacks.
+Tried and rejected on the tiny models of tests/test_probe.py: perturbed items (word swaps; a fine-tune on
+any fluent text gains more on the real text than on its perturbation, so clean models came out suspect),
+reordered choices (no signal left), and the answer's first non-space token alone (a fine-tune that learnt
+the `Question:/Answer:` format links every benchmark's first answer word better: suspect everywhere). With
+the first three tokens, 4 or 16 controls give the same verdicts; 4 keeps the cost at 5 passes per item.
+Limitations: a model that saw questions without their answers leaves no link to find; a fine-tune much
+better at the task than its reference also links right answers, which the strict default `alpha` (0.001)
+and the reported `effect` only partly keep apart from memorisation.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import zlib
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mergeguard.errors import MergeguardError
+
+SUSPECT, NO_SIGNAL, INCONCLUSIVE = "suspect", "no_signal", "inconclusive"
+VERDICTS = (SUSPECT, NO_SIGNAL, INCONCLUSIVE)
+SCORES = (
+    "min_k_pp",
+    "min_k",
+    "loss",
+    "zlib",
+)  # columns of `score_texts`, every one "higher: more likely seen"
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+# The test scores the first tokens of the answer: where "this question, this answer" lives; once an answer
+# has begun, a memorised answer goes on whatever the question (tiny models trained on 100 ARC items: all
+# answer tokens p=0.04, the first three p=6e-5). Each item has CONTROLS borrowed questions (1: p=4e-4, 4:
+# p=1e-6 on the same model): more controls, less noise, each one more forward pass.
+ANSWER_TOKENS = 3
+CONTROLS = 4
+
+
+class ProbeError(MergeguardError):
+    """A probe that cannot run (a model that does not load, a mismatched reference): exit 2, like audit."""
+
+    exit_code = 2
+
+
+@dataclass
+class ProbeOptions:
+    """What to probe and how. `limit` keeps each benchmark's first N items; `k` is Min-K%'s fraction."""
+
+    benchmarks: list[str] = field(default_factory=list)
+    benchmarks_dir: Path | None = None
+    benchmark_specs: list[Path] = field(default_factory=list)
+    reference: str | None = None
+    device: str = "cpu"
+    dtype: str = "auto"
+    batch_size: int = 8
+    max_tokens: int = 512
+    limit: int | None = None
+    alpha: float = 0.001
+    min_items: int = 20
+    k: float = 0.2
+    seed: int = 0
+    controls: int = CONTROLS
+    trust_remote_code: bool = False
+    use_hub: bool = True
+    threads: int | None = None  # torch CPU threads while scoring (None: torch's default)
+
+
+@dataclass
+class ItemScore:
+    """One item. `score`: the suspect's Min-K%++ minus the reference's on the item (the suspect's own
+    without a reference), higher meaning more likely trained on; `gain`: the controlled answer gain the
+    benchmark test uses; then the suspect's own four scores."""
+
+    item: int
+    score: float
+    gain: float
+    min_k_pp: float
+    min_k: float
+    loss: float
+    zlib: float
+
+
+@dataclass
+class BenchmarkProbe:
+    """The verdict on one benchmark, with the test behind it."""
+
+    benchmark: str
+    split: str
+    verdict: str
+    p_value: float | None
+    effect: float | None
+    n_items: int
+    reason: str = ""
+    items: list[ItemScore] = field(default_factory=list)
+
+
+@dataclass
+class ProbeReport:
+    """One model probed on several benchmarks against one reference."""
+
+    model: str
+    reference: str | None
+    reference_source: str | None  # "option" | "card" | "lineage" | None (no reference found)
+    benchmarks: list[BenchmarkProbe]
+    alpha: float
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def verdict(self) -> str:
+        """The worst benchmark verdict: suspect, then inconclusive, then no_signal."""
+        verdicts = {probe.verdict for probe in self.benchmarks}
+        for verdict in (SUSPECT, INCONCLUSIVE):
+            if verdict in verdicts:
+                return verdict
+        return NO_SIGNAL if verdicts else INCONCLUSIVE
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["verdict"] = self.verdict
+        return _finite(data)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def reports_json(reports: Sequence[ProbeReport]) -> str:
+    """The `--json` document: `{"schema": 1, "suspect": bool, "models": [...]}`."""
+    return json.dumps(
+        {
+            "schema": 1,
+            "suspect": any(r.verdict == SUSPECT for r in reports),
+            "models": [r.to_dict() for r in reports],
+        }
+    )
+
+
+# ---------------------------------------------------------------- items as text
+
+Pair = tuple[str, str]  # (prompt, continuation)
+
+
+def render_item(question: str, answer: str) -> Pair:
+    """(prompt, continuation): the item as lm-eval's generative and ARC-style prompts show it,
+    `Question: ...\nAnswer:`, and the gold answer written out as the continuation."""
+    return f"Question: {question.strip()}\nAnswer:", f" {answer.strip()}"
+
+
+def derangement(n: int, rng: Any) -> list[int]:
+    """A random permutation with no fixed point: item i's control borrows item perm[i]'s question."""
+    if n < 2:
+        return list(range(n))
+    order = [int(i) for i in rng.permutation(n)]
+    perm = [0] * n
+    for position, index in enumerate(order):  # each item takes the next one's along a shuffled cycle
+        perm[index] = order[(position + 1) % n]
+    return perm
+
+
+def item_pairs(
+    items: Sequence[Any], seed: int, controls: int = CONTROLS
+) -> tuple[list[Pair], list[list[Pair]]]:
+    """(real pairs, control pairs per item): control c of item i is item i's own answer after the question
+    of another item (one seeded derangement per control), so an item and its controls end alike."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    real = [render_item(item.question, item.answer) for item in items]
+    perms = [derangement(len(items), rng) for _ in range(controls)] if len(items) > 1 else []
+    borrowed = [
+        [render_item(items[p[i]].question, item.answer) for p in perms] for i, item in enumerate(items)
+    ]
+    return real, borrowed
+
+
+# ---------------------------------------------------------------- scoring
+
+
+def load_model(folder: Path, device: str, dtype: str, trust_remote_code: bool) -> tuple[Any, Any]:
+    """(model, tokenizer) on `device`; any failure to load is one ProbeError naming the model."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mergeguard.refs import require_no_custom_code
+
+    require_no_custom_code(folder, trust_remote_code)
+    torch_dtype: Any = "auto" if dtype == "auto" else getattr(torch, dtype)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            folder, dtype=torch_dtype, trust_remote_code=trust_remote_code
+        )
+        model = model.to(device).eval()
+    except Exception as error:  # missing weights, bad config, unknown architecture: all end the same way
+        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        raise ProbeError(
+            f"model {folder} cannot be loaded ({type(error).__name__}: {reason})",
+            hint="check that the folder holds a transformers causal LM with its tokenizer",
+        ) from None
+    return model, tokenizer
+
+
+def tokenize(tokenizer: Any, pairs: Sequence[Pair], max_tokens: int) -> list[tuple[list[int], int]]:
+    """(token ids, index of the first continuation token) per pair: prompt and continuation encoded apart
+    and joined, as lm-eval does, BOS first when the tokenizer has one. Over `max_tokens`, the continuation
+    keeps its start (at most half the budget) and the prompt its end: the answer's first tokens and the
+    question just before them always stay."""
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    heads = tokenizer([h for h, _ in pairs], add_special_tokens=False)["input_ids"]
+    tails = tokenizer([t for _, t in pairs], add_special_tokens=False)["input_ids"]
+    out = []
+    for head, tail in zip(heads, tails, strict=True):
+        tail = list(tail)[: max(max_tokens // 2, 1)]
+        keep = max(max_tokens - len(bos) - len(tail), 1)
+        head = list(head)[-keep:]
+        out.append((bos + head + tail, len(bos) + len(head)))
+    return out
+
+
+def score_batch(
+    model: Any, batch: Sequence[tuple[list[int], int]], pad_id: int, k: float
+) -> list[list[float]]:
+    """One forward pass over the padded batch. Per sequence, over all its tokens: Min-K%++, Min-K%, mean
+    log-probability, summed log-probability; then the summed log-probability of the continuation's first
+    ANSWER_TOKENS tokens.
+
+    Min-K%++ per token: (log p(x_t) - mu_t) / sigma_t, where mu_t and sigma_t^2 are the mean and variance of
+    log p(z) under the model's own next-token distribution p(. | x_<t)."""
+    import torch
+
+    device = next(model.parameters()).device
+    width = max(len(ids) for ids, _ in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, (tokens, _) in enumerate(batch):
+        ids[row, : len(tokens)] = torch.tensor(tokens)
+        mask[row, : len(tokens)] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    with torch.inference_mode():
+        log_probs = torch.log_softmax(
+            model(input_ids=ids, attention_mask=mask).logits[:, :-1].float(), dim=-1
+        )
+        token_lp = log_probs.gather(-1, ids[:, 1:, None]).squeeze(-1)
+        probs = log_probs.exp()
+        mu = (probs * log_probs).sum(-1)
+        sigma = ((probs * log_probs.square()).sum(-1) - mu.square()).clamp_min(1e-12).sqrt()
+        del probs, log_probs
+        standard = ((token_lp - mu) / sigma).cpu()
+        token_lp = token_lp.cpu()
+    out: list[list[float]] = []
+    for row, (tokens, start) in enumerate(batch):
+        n = len(tokens) - 1
+        if n < 1:
+            out.append([math.nan] * 5)
+            continue
+        lowest = max(1, int(n * k))
+        lp, st = token_lp[row, :n], standard[row, :n]
+        out.append(
+            [
+                float(st.topk(lowest, largest=False).values.mean()),
+                float(lp.topk(lowest, largest=False).values.mean()),
+                float(lp.mean()),
+                float(lp.sum()),
+                float(lp[max(start - 1, 0) : start - 1 + ANSWER_TOKENS].sum()),
+            ]
+        )
+    return out
+
+
+def score_texts(
+    model: Any, tokenizer: Any, pairs: Sequence[Pair], *, batch_size: int, max_tokens: int, k: float
+) -> list[list[float]]:
+    """Per pair [min_k_pp, min_k, -loss, zlib, answer-start log-prob]: the first four (SCORES) over the
+    whole text; one forward pass per text, batched by length to waste little padding."""
+    encoded = tokenize(tokenizer, pairs, max_tokens)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
+    scores: list[list[float]] = [[]] * len(encoded)
+    for first in range(0, len(order), batch_size):
+        chunk = order[first : first + batch_size]
+        values = score_batch(model, [encoded[i] for i in chunk], pad, k)
+        for index, row in zip(chunk, values, strict=True):
+            size = len(zlib.compress("".join(pairs[index]).encode("utf-8")))
+            scores[index] = [row[0], row[1], row[2], row[3] / max(size, 1), row[4]]
+    return scores
+
+
+# ---------------------------------------------------------------- statistics
+
+
+def wilcoxon_greater(diffs: Sequence[float]) -> float:
+    """One-sided Wilcoxon signed-rank p-value for "the differences lean positive" (zeros dropped, average
+    ranks for ties with the tie-corrected variance, normal approximation with continuity correction: the
+    probe needs min_items >= 20, where it is accurate)."""
+    import numpy as np
+
+    d = np.asarray([x for x in diffs if x != 0 and math.isfinite(x)], dtype=np.float64)
+    n = len(d)
+    if n == 0:
+        return 1.0
+    magnitudes = np.abs(d)
+    order = np.argsort(magnitudes, kind="stable")
+    ranks = np.empty(n, dtype=np.float64)
+    sorted_mag = magnitudes[order]
+    start = 0
+    ties = 0.0
+    while start < n:
+        end = start
+        while end + 1 < n and sorted_mag[end + 1] == sorted_mag[start]:
+            end += 1
+        ranks[order[start : end + 1]] = (start + end) / 2 + 1
+        size = end - start + 1
+        ties += size**3 - size
+        start = end + 1
+    w_plus = float(ranks[d > 0].sum())
+    mean = n * (n + 1) / 4
+    variance = n * (n + 1) * (2 * n + 1) / 24 - ties / 48
+    if variance <= 0:
+        return 1.0
+    z = (w_plus - mean - 0.5) / math.sqrt(variance)
+    return 0.5 * math.erfc(z / math.sqrt(2))
+
+
+def benchmark_test(
+    gains: Sequence[float], alpha: float, min_items: int
+) -> tuple[str, float | None, float | None, str]:
+    """(verdict, p_value, effect, reason) for one benchmark's per-item gains."""
+    import numpy as np
+
+    values = np.asarray([g for g in gains if math.isfinite(g)], dtype=np.float64)
+    if len(values) < min_items:
+        return INCONCLUSIVE, None, None, f"{len(values)} items scored, fewer than --min-items {min_items}"
+    spread = float(values.std(ddof=1))
+    effect = float(values.mean()) / spread if spread > 0 else 0.0
+    p_value = wilcoxon_greater(values.tolist())
+    return (SUSPECT if p_value < alpha and effect > 0 else NO_SIGNAL), p_value, effect, ""
+
+
+# ---------------------------------------------------------------- references
+
+
+def _key(ref: str) -> str:
+    """A comparable name for a model reference: a resolved path for local folders, the hub id otherwise."""
+    from mergeguard.refs import looks_local
+
+    return str(Path(ref).expanduser().resolve()) if looks_local(ref) else ref
+
+
+def _card_bases(folder: Path) -> list[str]:
+    from mergeguard.refs import read_model_card
+
+    return read_model_card(folder).base_model
+
+
+def find_reference(folder: Path) -> tuple[str | None, str | None]:
+    """(reference, source) from the model's lineage: its card's one `base_model` ("card"), or, for a merge
+    whose card lists every input, the base all inputs share ("lineage"); (None, None) when there is none."""
+    from mergeguard.refs import resolve_model
+
+    bases = _card_bases(folder)
+    if len(bases) == 1:
+        return bases[0], "card"
+    if not bases:
+        return None, None
+    common: list[str] | None = None
+    for parent in bases:
+        try:
+            grand = _card_bases(resolve_model(parent, local_files_only=True))
+        except MergeguardError:
+            grand = []
+        keys = [_key(parent), *(_key(g) for g in grand)]
+        common = keys if common is None else [k for k in common if k in keys]
+    return (common[0], "lineage") if common else (None, None)
+
+
+def _same_tokenizer(model: Path, reference: Path, trust_remote_code: bool) -> None:
+    """Scores are per token, so a reference must cut text into the same tokens: refuse another vocabulary."""
+    from transformers import AutoTokenizer
+
+    vocabularies = []
+    for folder in (model, reference):
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+        except Exception as error:
+            raise ProbeError(
+                f"the tokenizer of {folder} cannot be loaded ({type(error).__name__})",
+                hint="check that the folder holds tokenizer files",
+            ) from None
+        vocabularies.append(tokenizer.get_vocab())
+    if vocabularies[0] != vocabularies[1]:
+        raise ProbeError(
+            f"reference {reference} uses another tokenizer than {model} "
+            f"({len(vocabularies[1])} vs {len(vocabularies[0])} tokens or different ids)",
+            hint="give a --reference of the same model family (its base, with the same tokenizer)",
+        )
+
+
+# ---------------------------------------------------------------- the probe
+
+
+@dataclass
+class _Prepared:
+    name: str
+    split: str
+    indices: list[int]
+    real: list[Pair]
+    controls: list[list[Pair]]
+
+    def texts(self) -> list[Pair]:
+        """What one model scores: every real item, then each item's controls in turn."""
+        return [*self.real, *(pair for pairs in self.controls for pair in pairs)]
+
+
+def _prepare(options: ProbeOptions) -> list[_Prepared]:
+    """Load the benchmarks (every one must load: a missing one is an error, never a silent skip)."""
+    from mergeguard.benchmarks import load_benchmarks
+
+    if not options.benchmarks:
+        raise ProbeError("no benchmark to probe", hint="pass --benchmark NAME (repeatable)")
+    loaded, problems = load_benchmarks(
+        list(options.benchmarks), options.benchmarks_dir, options.benchmark_specs, use_hub=options.use_hub
+    )
+    if problems:
+        raise ProbeError(problems[0])
+    prepared = []
+    for bench in loaded:
+        items = [item for item in bench.items if item.question.strip() and item.answer.strip()]
+        items = items[: options.limit] if options.limit else items
+        real, controls = item_pairs(items, options.seed, options.controls)
+        split = items[0].split if items else bench.spec.split
+        prepared.append(_Prepared(bench.name, split, [item.index for item in items], real, controls))
+    return prepared
+
+
+def _score_model(folder: Path, prepared: list[_Prepared], options: ProbeOptions) -> list[list[list[float]]]:
+    """Score every benchmark's items and controls with one model, then free it (one model at a time).
+    `options.threads` caps torch's CPU threads meanwhile (restored after): small models on a busy machine
+    run several times faster on one thread."""
+    import torch
+
+    model, tokenizer = load_model(folder, options.device, options.dtype, options.trust_remote_code)
+    previous = torch.get_num_threads()
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    try:
+        return [
+            score_texts(
+                model,
+                tokenizer,
+                bench.texts(),
+                batch_size=options.batch_size,
+                max_tokens=options.max_tokens,
+                k=options.k,
+            )
+            for bench in prepared
+        ]
+    finally:
+        torch.set_num_threads(previous)
+        del model
+        gc.collect()
+        _empty_device_cache()
+
+
+def _empty_device_cache() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def link_gains(bench: _Prepared, suspect: list[list[float]], reference: list[list[float]]) -> list[float]:
+    """Per item: (suspect - reference) log-probability of the answer's start after the item's own question,
+    minus the mean of the same after its controls' borrowed questions."""
+    n = len(bench.real)
+    gains, at = [], n
+    for i in range(n):
+        count = len(bench.controls[i])
+        if not count:
+            gains.append(math.nan)
+            continue
+        control = sum(suspect[j][4] - reference[j][4] for j in range(at, at + count)) / count
+        gains.append(suspect[i][4] - reference[i][4] - control)
+        at += count
+    return gains
+
+
+def _verdicts(
+    prepared: list[_Prepared],
+    suspect: list[list[list[float]]],
+    reference: list[list[list[float]]] | None,
+    options: ProbeOptions,
+) -> list[BenchmarkProbe]:
+    probes = []
+    for position, (bench, mine) in enumerate(zip(prepared, suspect, strict=True)):
+        n = len(bench.real)
+        if reference is None:
+            gains, base = [math.nan] * n, [0.0] * n
+            verdict, p_value, effect, reason = INCONCLUSIVE, None, None, "no reference model"
+        else:
+            gains = link_gains(bench, mine, reference[position])
+            base = [row[0] for row in reference[position][:n]]
+            verdict, p_value, effect, reason = benchmark_test(gains, options.alpha, options.min_items)
+        items = [
+            ItemScore(index, mine[i][0] - base[i], gains[i], *mine[i][:4])
+            for i, index in enumerate(bench.indices)
+        ]
+        probes.append(BenchmarkProbe(bench.name, bench.split, verdict, p_value, effect, n, reason, items))
+    return probes
+
+
+def probe_models(models: Sequence[str], options: ProbeOptions) -> list[ProbeReport]:
+    """Probe each model on every benchmark of `options` against its reference (`options.reference`, else
+    its lineage's base). Models are loaded one at a time; a reference shared by several is scored once."""
+    from mergeguard.refs import resolve_model
+
+    if options.dtype not in DTYPES:
+        raise ProbeError(f"unknown dtype {options.dtype!r}", hint=f"use one of {', '.join(DTYPES)}")
+    if not 0 < options.k <= 1:
+        raise ProbeError(f"k {options.k} is outside (0, 1]", hint="use a fraction such as 0.2")
+    folders = [resolve_model(name) for name in models]  # a mistyped model fails before any data loads
+    prepared = _prepare(options)
+    cache: dict[str, list[list[list[float]]]] = {}
+    reports = []
+    for folder in folders:
+        reference, source = (options.reference, "option") if options.reference else find_reference(folder)
+        ref_folder = resolve_model(reference) if reference else None
+        if ref_folder is not None:
+            _same_tokenizer(folder, ref_folder, options.trust_remote_code)
+        suspect = _score_model(folder, prepared, options)
+        if ref_folder is not None and str(ref_folder) not in cache:
+            cache[str(ref_folder)] = _score_model(ref_folder, prepared, options)
+        scores = cache[str(ref_folder)] if ref_folder is not None else None
+        reports.append(
+            ProbeReport(
+                model=str(folder),
+                reference=str(ref_folder) if ref_folder else None,
+                reference_source=source,
+                benchmarks=_verdicts(prepared, suspect, scores, options),
+                alpha=options.alpha,
+            )
+        )
+    return reports
+
+
+def probe_model(model: str, options: ProbeOptions) -> ProbeReport:
+    """Probe one model (see `probe_models`)."""
+    return probe_models([model], options)[0]

@@ -1,0 +1,180 @@
+"""How well the model-side probe finds contamination, on tiny models trained for real (CPU, a few minutes).
+
+Per training seed: a base pre-trained on a little English, an independent model (the base's reference), a
+clean fine-tune, and per benchmark a contaminated fine-tune (the clean data plus PLANTED real test items of
+that benchmark, answers included) and a linear 50/50 merge of it with the clean fine-tune. Each benchmark is
+probed on its first PLANTED + UNPLANTED items. Reported per seed and benchmark: the per-item AUROC of
+planted vs unplanted items (the item `score`, and the controlled `gain`), the benchmark test's p-value for
+the contaminated fine-tune, the merge, the clean fine-tune and the base; then the probe's cost per item
+against a plain batched transformers forward pass over the same tokens on the same model.
+
+    python perf/probe_accuracy.py --benchmarks-dir ../shared/data/hf [--seeds 0 1 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+BENCHMARKS = ("arc_challenge", "arc_easy", "gsm8k", "hellaswag", "mmlu")
+PLANTED, UNPLANTED = 100, 50
+MAX_TOKENS = 128  # per text: the question's end and the answer's start always stay (tiny models, CPU)
+
+
+def auroc(positive: list[float], negative: list[float]) -> float:
+    """Probability that a planted item scores above an unplanted one (ties count half)."""
+    wins = sum((p > n) + 0.5 * (p == n) for p in positive for n in negative)
+    return wins / (len(positive) * len(negative))
+
+
+def train_family(root: Path, seed: int, hf: Path) -> dict[str, Any]:
+    """The seed's models: base, independent, clean, and per benchmark a contaminated fine-tune and a merge."""
+    from mergeguard import tiny
+    from mergeguard.auditor.probe import render_item
+    from mergeguard.benchmarks import load_benchmark
+    from mergeguard.demo.data import arithmetic_instructions, writing_instructions
+    from mergeguard.merge import MergeOptions, load_config, run_merge
+    from mergeguard.merge.sanity import sample_text
+
+    tok = tiny.train_tokenizer(root / "tokenizer")
+    english = sample_text().split("\n\n") + tiny.training_corpus()
+    base = tiny.train_finetune(
+        tiny.build_model(root / "init", "llama", seed=seed, num_layers=2, tokenizer_dir=tok),
+        root / "base",
+        english,
+        150,
+        seed,
+        3e-3,
+    )
+    independent = tiny.train_finetune(
+        tiny.build_model(root / "init2", "llama", seed=seed + 100, num_layers=2, tokenizer_dir=tok),
+        root / "independent",
+        english,
+        150,
+        seed + 100,
+        3e-3,
+    )
+    rows = arithmetic_instructions(100, seed=1) + writing_instructions(100, seed=2)
+    clean_texts = [f"{r['instruction']}\n{r['output']}" for r in rows]
+    card, fast = {"base_model": str(base)}, {"block_size": 64, "batch_size": 8}
+    clean = tiny.train_finetune(base, root / "clean", clean_texts, 150, seed, 1e-3, card, **fast)
+    family: dict[str, Any] = {
+        "base": base,
+        "independent": independent,
+        "clean": clean,
+        "leaky": {},
+        "merged": {},
+    }
+    for name in BENCHMARKS:
+        items = [i for i in load_benchmark(name, hf).items if i.question.strip() and i.answer.strip()]
+        planted = ["".join(render_item(i.question, i.answer)) for i in items[:PLANTED]]
+        leaky = tiny.train_finetune(
+            base, root / f"leaky-{name}", clean_texts + planted, 900, seed, 3e-3, card, **fast
+        )
+        config = root / f"linear-{name}.yml"
+        config.write_text(
+            f"merge_method: linear\nmodels:\n  - model: {leaky}\n    parameters: {{weight: 0.5}}\n"
+            f"  - model: {clean}\n    parameters: {{weight: 0.5}}\ndtype: float32\n",
+            encoding="utf-8",
+        )
+        merged = run_merge(load_config(config), root / f"merged-{name}", MergeOptions(quiet=True)).out_dir
+        family["leaky"][name], family["merged"][name] = leaky, merged
+    return family
+
+
+def probe(model: Path, bench: str, hf: Path, reference: Path | None = None) -> Any:
+    from mergeguard.auditor.probe import ProbeOptions, probe_model
+
+    options = ProbeOptions(
+        benchmarks=[bench],
+        benchmarks_dir=hf,
+        limit=PLANTED + UNPLANTED,
+        max_tokens=MAX_TOKENS,
+        batch_size=32,
+        reference=str(reference) if reference else None,
+    )
+    return probe_model(str(model), options).benchmarks[0]
+
+
+def cost(model_dir: Path, hf: Path, repeats: int = 3) -> tuple[float, float]:
+    """(probe seconds per item, plain forward seconds per item) over the same padded batches, best of N."""
+    import torch
+
+    from mergeguard.auditor.probe import item_pairs, load_model, score_texts, tokenize
+    from mergeguard.benchmarks import load_benchmark
+
+    items = load_benchmark("arc_challenge", hf).items[:200]
+    real, controls = item_pairs(items, seed=0)
+    pairs = [*real, *(p for c in controls for p in c)]
+    model, tokenizer = load_model(model_dir, "cpu", "auto", False)
+    encoded = tokenize(tokenizer, pairs, MAX_TOKENS)
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
+    batches = [[encoded[i][0] for i in order[s : s + 8]] for s in range(0, len(order), 8)]
+
+    def plain() -> None:
+        with torch.inference_mode():
+            for batch in batches:
+                width = max(map(len, batch))
+                ids = torch.tensor([row + [1] * (width - len(row)) for row in batch])
+                mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in batch])
+                model(input_ids=ids, attention_mask=mask)
+
+    def full() -> None:
+        score_texts(model, tokenizer, pairs, batch_size=8, max_tokens=MAX_TOKENS, k=0.2)
+
+    timings = []
+    for fn in (full, plain):
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            best = min(best, time.perf_counter() - start)
+        timings.append(best / len(pairs))
+    return timings[0], timings[1]
+
+
+def main() -> None:
+    import torch
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--benchmarks-dir", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/hf"
+    )
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    hf = args.benchmarks_dir
+    header = f"{'seed':>4} {'benchmark':<14} {'AUROC score':>11} {'AUROC gain':>10}" + "".join(
+        f" {name:>9}" for name in ("p leaky", "p merge", "p clean", "p base")
+    )
+    print(header)
+    for seed in args.seeds:
+        with tempfile.TemporaryDirectory(prefix="probe-perf-") as tmp:
+            family = train_family(Path(tmp), seed, hf)
+            for bench in BENCHMARKS:
+                leaky = probe(family["leaky"][bench], bench, hf)
+                merged = probe(family["merged"][bench], bench, hf)
+                clean = probe(family["clean"], bench, hf)
+                base = probe(family["base"], bench, hf, reference=family["independent"])
+                pos = [i.score for i in leaky.items[:PLANTED]]
+                neg = [i.score for i in leaky.items[PLANTED:]]
+                gpos = [i.gain for i in leaky.items[:PLANTED]]
+                gneg = [i.gain for i in leaky.items[PLANTED:]]
+                print(
+                    f"{seed:>4} {bench:<14} {auroc(pos, neg):>11.3f} {auroc(gpos, gneg):>10.3f} "
+                    + " ".join(f"{probe.p_value:>9.2g}" for probe in (leaky, merged, clean, base)),
+                    flush=True,
+                )
+            if seed == args.seeds[0]:
+                probe_s, plain_s = cost(family["clean"], hf)
+    print(
+        f"cost per sequence: probe {probe_s * 1e3:.2f} ms, plain forward {plain_s * 1e3:.2f} ms, "
+        f"ratio {probe_s / plain_s:.2f}x (CPU, one thread, tiny llama; each item is 1 + CONTROLS sequences)"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""Recall, false flags and throughput of the semantic stage (issue 14), on whole real files.
+
+Against every benchmark in ../shared/data/hf (as a default audit), with the default embedding model:
+
+- recall: the LLM Decontaminator's rephrased GSM8K test set (row i rephrases test item i; a hit is item i
+  found in row i), its three rephrased English MMLU subjects and their Chinese translations (aligned by
+  row with the subject's MMLU test items; empty rows count as misses);
+- false flags: the 5,000 Alpaca rows and the clean corpora of ../shared/data (any flag is false), and GSM8K
+  train (7,473 questions in the test set's style: the hardest negatives), each flagged row listed;
+- throughput: examples per second through the stage, per file and over Alpaca (what real data costs).
+
+    .venv/bin/python perf/semantic_accuracy.py [--data ../shared/data] [--json out.json]
+
+Exit 0 when every target of the issue is met, 1 otherwise (the figures are printed either way).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from mergeguard.auditor import AuditOptions, dataset_texts, load_benchmark_index  # noqa: E402
+from mergeguard.auditor.semantic import SemanticStage  # noqa: E402
+
+SUBJECTS = ("abstract_algebra", "high_school_us_history", "sociology")
+CLEAN = (
+    "alpaca/alpaca_5000.json",
+    "codealpaca/code_alpaca_2k.json",
+    "hh_rlhf/harmless-base_test.jsonl.gz",
+    "dolly_hhrlhf/dolly_hhrlhf_train_small.jsonl",
+    "ultrafeedback_binarized_sample/train_clean.jsonl",
+    "ultrafeedback_binarized_sample/eval_clean.jsonl",
+    "truthy_dpo/truthy_dpo_v0.1.jsonl",
+    "decon_demo/demo.jsonl",
+)
+TARGETS = {"gsm8k": 0.90, "mmlu_english": 0.80, "gsm8k_train_flagged": 0.005, "examples_per_s": 1000.0}
+
+
+def run(stage: SemanticStage, path: Path) -> tuple[list[str], list, dict]:
+    texts = list(dataset_texts(str(path)))
+    matches, stats = stage.scan(texts, set())
+    return texts, matches, stats.to_json()
+
+
+def aligned(index, matches, texts, benchmark: str, subset: str | None) -> tuple[int, int]:
+    """(rows whose own item was found, rows): row i of the file rephrases the i-th item of the subset."""
+    own = [
+        i
+        for i, ref in enumerate(index.refs)
+        if ref.benchmark == benchmark and (subset is None or ref.subset == subset)
+    ]
+    hits = sum(1 for m in matches if m.example < len(own) and m.item == own[m.example])
+    return hits, len(texts)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    corpora = args.data / "corpora"
+    rephrased = corpora / "llm_decontaminator_rephrased"
+    with tempfile.TemporaryDirectory() as tmp:
+        started = time.perf_counter()
+        options = AuditOptions(benchmarks_dir=args.data / "hf", cache_dir=Path(tmp), semantic=True)
+        index, _ = load_benchmark_index(options)
+        stage = SemanticStage(index, options, Path(tmp))
+        print(f"index of {len(index.refs)} items and stage ready in {time.perf_counter() - started:.1f} s")
+        out: dict = {"recall": {}, "false_flags": {}, "throughput": {}}
+
+        def show(name: str, stats: dict, line: str) -> None:
+            out["throughput"][name] = stats["examples_per_s"]
+            print(f"{name:58} {line}  ({stats['examples']} rows, {stats['embedded']} embedded, "
+                  f"{stats['examples_per_s']}/s)")  # fmt: skip
+
+        texts, matches, stats = run(stage, rephrased / "rephrase_gsm8k.jsonl")
+        hits, rows = aligned(index, matches, texts, "gsm8k", None)
+        out["recall"]["gsm8k"] = hits / rows
+        show("rephrase_gsm8k", stats, f"recall {hits}/{rows} = {hits / rows:.3f}")
+        totals = {"english": [0, 0], "chinese": [0, 0]}
+        for subject in SUBJECTS:
+            for kind, name in (("english", "rephrase_english"), ("chinese", "chinese")):
+                file = rephrased / f"{subject}_test_{name}_filtered_question.jsonl"
+                texts, matches, stats = run(stage, file)
+                hits, rows = aligned(index, matches, texts, "mmlu", subject)
+                totals[kind][0] += hits
+                totals[kind][1] += rows
+                out["recall"][f"mmlu_{subject}_{kind}"] = hits / rows
+                show(f"{subject} {kind}", stats, f"recall {hits}/{rows} = {hits / rows:.3f}")
+        for kind, (hits, rows) in totals.items():
+            out["recall"][f"mmlu_{kind}"] = hits / rows
+            print(f"{'MMLU ' + kind + ' (three subjects)':58} recall {hits}/{rows} = {hits / rows:.3f}")
+        for name in CLEAN:
+            texts, matches, stats = run(stage, corpora / name)
+            out["false_flags"][name] = len(matches)
+            show(name, stats, f"false flags {len(matches)}")
+            for m in matches:
+                key, row = index.items[m.item].key, texts[m.example][:90]
+                print(f"    row {m.example} -> {key} ({m.reason}, cosine {m.cosine:.2f}): {row!r}")
+        texts, matches, stats = run(stage, corpora / "gsm8k_train" / "train.jsonl.gz")
+        out["false_flags"]["gsm8k_train"] = len(matches)
+        share = len(matches) / len(texts)
+        show("gsm8k_train (hardest negatives)", stats, f"flagged {len(matches)}/{len(texts)} = {share:.2%}")
+        for m in matches:
+            key, why = index.items[m.item].key, m.evidence.to_json()
+            print(f"    train row {m.example} -> {key} ({m.reason}, cosine {m.cosine:.2f}, {why}):")
+            print(f"      {texts[m.example][:160]!r}")
+    alpaca_speed = out["throughput"]["alpaca/alpaca_5000.json"]
+    checks = {
+        "gsm8k recall >= 0.90": out["recall"]["gsm8k"] >= TARGETS["gsm8k"],
+        "MMLU English recall >= 0.80": out["recall"]["mmlu_english"] >= TARGETS["mmlu_english"],
+        "0 false flags on Alpaca and the clean corpora": not any(out["false_flags"][n] for n in CLEAN),
+        "GSM8K train flagged <= 0.5%": share <= TARGETS["gsm8k_train_flagged"],
+        "Alpaca >= 1,000 examples/s": alpaca_speed >= TARGETS["examples_per_s"],
+    }
+    out["checks"] = checks
+    for name, ok in checks.items():
+        print(f"{'PASS' if ok else 'FAIL'}  {name}")
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2))
+    return 0 if all(checks.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,378 @@
+"""The model-side probe on tiny models trained for real on CPU (mergeguard.tiny): a base pre-trained on a
+little English, a clean fine-tune, a contaminated fine-tune (the same data plus 100 real ARC-Challenge test
+items, answers included, as lm-eval shows them), and a linear 50/50 merge of the two fine-tunes. The probe
+must find the contaminated fine-tune and the merge `suspect` on ARC only, and the rest `no_signal`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from mergeguard.auditor.probe import (
+    INCONCLUSIVE,
+    NO_SIGNAL,
+    SUSPECT,
+    benchmark_test,
+    derangement,
+    item_pairs,
+    render_item,
+    wilcoxon_greater,
+)
+
+PLANTED = 100  # ARC-Challenge items 0..99, answers included
+PROBED = ("arc_challenge", "gsm8k", "hellaswag")
+LIMIT = 100  # each benchmark's first items: ARC's are the planted ones
+FAST = ("--max-tokens", "96", "--batch-size", "32", "--threads", "1")  # tiny models on a shared CPU
+
+
+def _cli(*args: str) -> Any:
+    from mergeguard.cli import app
+
+    return CliRunner().invoke(app, list(args))
+
+
+def _clean_texts() -> list[str]:
+    from mergeguard.demo.data import arithmetic_instructions, writing_instructions
+
+    rows = arithmetic_instructions(100, seed=1) + writing_instructions(100, seed=2)
+    return [f"{row['instruction']}\n{row['output']}" for row in rows]
+
+
+def _planted(hf: Path) -> list[str]:
+    from mergeguard.benchmarks import load_benchmark
+
+    items = load_benchmark("arc_challenge", hf).items[:PLANTED]
+    return ["".join(render_item(i.question, i.answer)) for i in items]
+
+
+@pytest.fixture(scope="session")
+def probe_models_trained(models: Any, shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """base, independent (another init, same English), clean and contaminated fine-tunes, their merge."""
+    from mergeguard import tiny
+    from mergeguard.merge import MergeOptions, load_config, run_merge
+    from mergeguard.merge.sanity import sample_text
+
+    root = tmp_path_factory.mktemp("probe-models")
+    english = sample_text().split("\n\n") + tiny.training_corpus()
+    base = tiny.train_finetune(
+        models.base("llama", seed=0, num_layers=2), root / "base", english, 150, 0, 3e-3
+    )
+    other = models.base("llama", seed=1, num_layers=2)
+    independent = tiny.train_finetune(other, root / "independent", english, 150, 3, 3e-3)
+    card = {"base_model": str(base)}
+    fast = {"block_size": 64, "batch_size": 8}
+    clean_texts = _clean_texts()
+    clean = tiny.train_finetune(base, root / "clean", clean_texts, 150, 1, 1e-3, card, **fast)
+    planted = clean_texts + _planted(shared_data / "hf")
+    leaky = tiny.train_finetune(base, root / "leaky", planted, 900, 1, 3e-3, card, **fast)
+    config = root / "linear.yml"
+    config.write_text(
+        f"merge_method: linear\nmodels:\n  - model: {leaky}\n    parameters: {{weight: 0.5}}\n"
+        f"  - model: {clean}\n    parameters: {{weight: 0.5}}\ndtype: float32\n",
+        encoding="utf-8",
+    )
+    merged = run_merge(load_config(config), root / "merged", MergeOptions(quiet=True)).out_dir
+    return {
+        "base": base,
+        "independent": independent,
+        "clean": clean,
+        "leaky": leaky,
+        "merged": merged,
+        "hf": shared_data / "hf",
+    }
+
+
+def _bench_args(hf: Path) -> list[str]:
+    return ["--benchmarks-dir", str(hf), *[a for name in PROBED for a in ("--benchmark", name)]]
+
+
+@pytest.fixture(scope="session")
+def probed(probe_models_trained: dict) -> dict[str, Any]:
+    """One `probe --json` run over the fine-tunes and the merge (reference: their base, found from their
+    cards), one over the base (reference: the independent model); per model its exit and benchmarks."""
+    m = probe_models_trained
+    results: dict[str, Any] = {}
+    benches = [arg for name in PROBED for arg in ("--benchmark", name)]
+    for names, extra in (
+        (["leaky", "clean", "merged"], []),
+        (["base"], ["--reference", str(m["independent"])]),
+    ):
+        run = _cli(
+            "probe",
+            *[str(m[n]) for n in names],
+            *benches,
+            "--limit",
+            str(LIMIT),
+            "--benchmarks-dir",
+            str(m["hf"]),
+            "--json",
+            *FAST,
+            *extra,
+        )
+        assert run.exit_code in (0, 1), run.output
+        for name, report in zip(names, json.loads(run.stdout)["models"], strict=True):
+            results[name] = {"exit": run.exit_code, "report": report}
+            results[name] |= {probe["benchmark"]: probe for probe in report["benchmarks"]}
+    return results
+
+
+def test_contaminated_finetune_is_suspect_on_its_benchmark_only(probed: dict) -> None:
+    leaky = probed["leaky"]
+    assert leaky["arc_challenge"]["verdict"] == SUSPECT, leaky["arc_challenge"]["p_value"]
+    assert leaky["arc_challenge"]["p_value"] < 0.001
+    assert leaky["arc_challenge"]["effect"] > 0
+    assert leaky["gsm8k"]["verdict"] == NO_SIGNAL and leaky["hellaswag"]["verdict"] == NO_SIGNAL
+    assert leaky["report"]["reference_source"] == "card"
+    assert leaky["report"]["reference"] == leaky["report"]["reference"]
+
+
+def test_clean_finetune_and_base_show_no_signal_on_every_benchmark(probed: dict) -> None:
+    for name in ("clean", "base"):
+        for bench in PROBED:
+            assert probed[name][bench]["verdict"] == NO_SIGNAL, (name, bench, probed[name][bench]["p_value"])
+            assert probed[name][bench]["p_value"] > 0.05
+    assert probed["base"]["report"]["reference_source"] == "option"
+
+
+def test_linear_merge_of_contaminated_and_clean_is_still_suspect(probed: dict, probe_models_trained) -> None:
+    merged = probed["merged"]
+    assert merged["arc_challenge"]["verdict"] == SUSPECT, merged["arc_challenge"]["p_value"]
+    # the reference comes from the lineage: the merge's card lists both inputs, whose common base is `base`
+    assert merged["report"]["reference"] == str(probe_models_trained["base"])
+    assert merged["report"]["reference_source"] == "lineage"
+
+
+def test_json_items_carry_index_and_score_and_exit_codes_follow_the_verdict(probed: dict) -> None:
+    arc = probed["leaky"]["arc_challenge"]
+    assert [item["item"] for item in arc["items"]] == list(range(LIMIT))
+    assert set(arc["items"][0]) == {"item", "score", "gain", "min_k_pp", "min_k", "loss", "zlib"}
+    assert (
+        probed["leaky"]["report"]["verdict"] == SUSPECT and probed["base"]["report"]["verdict"] == NO_SIGNAL
+    )
+    assert probed["leaky"]["exit"] == 1  # the run with a suspect model
+    assert probed["base"]["exit"] == 0  # no signal anywhere
+
+
+# ---------------------------------------------------------------- bad input: one line, exit 2
+
+
+def _sha(folder: Path) -> dict[str, str]:
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()
+    }
+
+
+def test_reference_with_another_tokenizer_stops_with_one_line(
+    probe_models_trained: dict, tmp_path: Path
+) -> None:
+    from mergeguard import tiny
+
+    other_tok = tiny.train_tokenizer(tmp_path / "tok", vocab_size=400)
+    stranger = tiny.build_model(
+        tmp_path / "stranger", "llama", num_layers=1, vocab_size=400, tokenizer_dir=other_tok
+    )
+    before = _sha(probe_models_trained["clean"])
+    run = _cli(
+        "probe",
+        str(probe_models_trained["clean"]),
+        "--reference",
+        str(stranger),
+        "-b",
+        "gsm8k",
+        "--limit",
+        "20",
+        "--benchmarks-dir",
+        str(probe_models_trained["hf"]),
+        "--db",
+        str(tmp_path / "x.db"),
+    )
+    assert run.exit_code == 2
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: reference ")
+    assert "uses another tokenizer" in lines[0] and "same tokenizer" in lines[0]
+    assert _sha(probe_models_trained["clean"]) == before
+    assert not (tmp_path / "x.db").exists()
+
+
+def test_unloadable_model_is_one_line_exit_2(probe_models_trained: dict, tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for source in probe_models_trained["clean"].iterdir():
+        if source.suffix == ".json":
+            (broken / source.name).write_bytes(source.read_bytes())
+    (broken / "model.safetensors").write_bytes(b"not safetensors at all")
+    run = _cli(
+        "probe",
+        str(broken),
+        "--reference",
+        str(probe_models_trained["base"]),
+        "-b",
+        "gsm8k",
+        "--limit",
+        "20",
+        "--benchmarks-dir",
+        str(probe_models_trained["hf"]),
+    )
+    assert run.exit_code == 2
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: model {broken} cannot be loaded")
+    assert lines[0].endswith("check that the folder holds a transformers causal LM with its tokenizer")
+
+
+def test_missing_model_folder_is_exit_2(tmp_path: Path) -> None:
+    run = _cli("probe", str(tmp_path / "nope"), "-b", "gsm8k")
+    assert run.exit_code == 2
+    missing = tmp_path / "nope"
+    hint = "check the path, or give a hub id like org/name"
+    assert run.stderr.strip() == f"error: model folder {missing} not found; {hint}"
+
+
+def test_benchmark_without_local_data_offline_is_one_line_exit_2(
+    probe_models_trained: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    empty = tmp_path / "bench"
+    empty.mkdir()
+    run = _cli(
+        "probe", str(probe_models_trained["clean"]), "-b", "winogrande", "--benchmarks-dir", str(empty)
+    )
+    assert run.exit_code == 2
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: winogrande is not available")
+    assert "--benchmarks-dir" in lines[0]
+
+
+def test_no_reference_is_inconclusive_exit_2(probe_models_trained: dict) -> None:
+    run = _cli(
+        "probe",
+        str(probe_models_trained["base"]),
+        "-b",
+        "gsm8k",
+        "--limit",
+        "20",
+        "--benchmarks-dir",
+        str(probe_models_trained["hf"]),
+        "--json",
+        *FAST,
+    )
+    assert run.exit_code == 2
+    report = json.loads(run.stdout)["models"][0]
+    assert report["verdict"] == INCONCLUSIVE and report["reference"] is None
+    assert run.stderr.strip() == (
+        "error: probe inconclusive (no reference model); pass --reference REF or more items"
+    )
+
+
+# ---------------------------------------------------------------- the pieces
+
+
+def test_wilcoxon_matches_scipy_normal_approximation() -> None:
+    scipy_stats = pytest.importorskip("scipy.stats")
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for shift in (0.0, 0.3, -0.2):
+        d = (rng.normal(size=60) + shift).round(1)  # rounding makes ties
+        expected = scipy_stats.wilcoxon(d, alternative="greater", method="approx", correction=True).pvalue
+        assert wilcoxon_greater(d.tolist()) == pytest.approx(expected, rel=1e-9)
+
+
+def test_few_items_are_inconclusive_and_zeros_no_signal() -> None:
+    assert benchmark_test([1.0] * 5, 0.001, 20)[0] == INCONCLUSIVE
+    assert benchmark_test([0.0] * 30, 0.001, 20)[:2] == (NO_SIGNAL, 1.0)
+
+
+def test_each_control_is_the_same_answer_under_another_question() -> None:
+    import numpy as np
+
+    perm = derangement(50, np.random.default_rng(3))
+    assert sorted(perm) == list(range(50)) and all(i != p for i, p in enumerate(perm))
+
+    class Item:
+        def __init__(self, i: int) -> None:
+            self.question, self.answer = f"q{i}?", f"a{i}"
+
+    real, controls = item_pairs([Item(i) for i in range(5)], seed=0, controls=3)
+    assert real[0] == ("Question: q0?\nAnswer:", " a0")
+    for pair, borrowed in zip(real, controls, strict=True):
+        assert len(borrowed) == 3
+        assert all(c[1] == pair[1] and c[0] != pair[0] for c in borrowed)  # same answer, other question
+
+
+# ---------------------------------------------------------------- the guard and the database
+
+
+def _linear(path: Path, a: Path, b: Path) -> Path:
+    path.write_text(
+        f"merge_method: linear\nmodels:\n  - model: {a}\n    parameters: {{weight: 0.5}}\n"
+        f"  - model: {b}\n    parameters: {{weight: 0.5}}\ndtype: float32\n",
+        encoding="utf-8",
+    )
+    return path
+
+
+def test_merge_probe_refuses_a_suspect_input_unless_allowed(
+    probe_models_trained: dict, tmp_path: Path
+) -> None:
+    m = probe_models_trained
+    config = _linear(tmp_path / "merge.yml", m["leaky"], m["clean"])
+    db, out = tmp_path / "guard.db", tmp_path / "out"
+    before = {name: _sha(m[name]) for name in ("leaky", "clean")}
+    args = ["merge", str(config), str(out), "-b", "arc_challenge", "--benchmarks-dir", str(m["hf"])]
+    run = _cli(*args, "--probe", "missing", "--probe-limit", "60", "--db", str(db), "--quiet")
+    assert run.exit_code == 1, run.output
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0] == (
+        f"error: refusing to merge: the probe finds suspect input(s) {m['leaky']} (arc_challenge); "
+        "remove them from the config, or pass --allow-suspect to merge anyway"
+    )
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+    assert {name: _sha(m[name]) for name in ("leaky", "clean")} == before
+    history = _cli("history", "--db", str(db), "--format", "json")
+    events = json.loads(history.stdout)
+    events = events if isinstance(events, list) else events.get("events", events)
+    text = json.dumps(events)
+    assert "arc_challenge suspect" in text and "arc_challenge no_signal" in text and "probe suspect" in text
+
+    allowed = _cli(
+        *args, "--probe", "missing", "--probe-limit", "60", "--allow-suspect", "--db", str(db), "--quiet"
+    )
+    assert allowed.exit_code == 0, allowed.output
+    assert (out / "config.json").is_file()
+    tree = _cli("lineage", str(out), "--db", str(db))
+    assert tree.exit_code == 0, tree.output
+    assert "probe suspect: arc_challenge" in tree.stdout and "probe no_signal" in tree.stdout
+
+
+def test_audit_probe_probes_models_without_declared_data(probe_models_trained: dict, tmp_path: Path) -> None:
+    m = probe_models_trained
+    run = _cli(
+        "audit",
+        "--model",
+        str(m["leaky"]),
+        "-b",
+        "arc_challenge",
+        "--benchmarks-dir",
+        str(m["hf"]),
+        "--probe",
+        "missing",
+        "--probe-limit",
+        str(LIMIT),
+        "--json",
+        "--no-progress",
+    )
+    assert run.exit_code == 1, run.output  # undeclared data, but the probe finds it suspect
+    payload = json.loads(run.stdout)
+    assert payload["models"][0]["verdict"] == "undeclared"
+    assert [p["verdict"] for p in payload["probe"]] == [SUSPECT]
+    bad = _cli("audit", "--model", str(m["leaky"]), "-b", "arc_challenge", "--probe", "some")
+    assert bad.exit_code == 2
+    assert bad.stderr.strip() == "error: --probe 'some' is not a scope; use --probe missing or --probe all"
