@@ -21,7 +21,7 @@ from sqlite_utils import Database
 from mergeguard.benchmarks.registry import REGISTRY, suite_names
 from mergeguard.db.lm_eval_import import parse_results_file
 from mergeguard.db.queries import resolve_benchmarks
-from mergeguard.db.records import record_evaluations
+from mergeguard.db.records import ResultsFile, record_evaluations
 from mergeguard.errors import BenchmarkError, MergeguardError, ModelNotFoundError, UsageError
 from mergeguard.refs import require_no_custom_code
 
@@ -429,92 +429,99 @@ def run_eval(
     with its card's `base_model:` as its parent. A model that needs its own code (auto_map) is refused
     unless `trust_remote_code`.
     """
-    from mergeguard.paths import benchmarks_dir as default_benchmarks_dir
-
     extras = extras or LmEvalExtras()
-    folder = Path(model_dir).expanduser().resolve()
-    if not folder.is_dir() or not (folder / "config.json").is_file():
-        raise ModelNotFoundError(
-            f"{model_dir} is not a local model folder (no config.json)", hint="give the folder a merge wrote"
-        )
-    require_no_custom_code(folder, trust_remote_code)  # lm-eval's own default would prompt or refuse later
-    from mergeguard.benchmarks import load_custom_spec
-
-    custom = {spec.name: spec for path in custom_specs for spec in load_custom_spec(Path(path))}
-    wanted_custom = [t.strip() for t in tasks or [] if t.strip() in custom] if tasks else list(custom)
-    names = _benchmarks(tasks, suite, tuple(custom)) if (tasks or suite or not custom) else []
-    local = default_benchmarks_dir(benchmarks_dir)
-    from lm_eval.loggers import EvaluationTracker
-    from lm_eval.tasks import TaskManager
-
-    plans: list[GroupPlan] = []
-    include = {"include_path": extras.include_path} if extras.include_path else {}
-    if local is not None or not names:
-        specs: list[Any] = []
-        for name in names:
-            configs, plan = task_configs(name, local, num_fewshot=num_fewshot)
-            specs += configs
-            plans += [plan] if plan else []
-        manager = TaskManager(include_defaults=False, **include)
-    else:
-        specs = [REGISTRY[name].lm_eval_task for name in names]
-        manager = TaskManager(**include)
+    folder = _model_folder(model_dir, trust_remote_code)
     out = Path(output_dir).expanduser() if output_dir else default_output_dir(db)
-    if wanted_custom:
-        specs += [custom_task_config(custom[name], out / "custom") for name in wanted_custom]
-    tracker = EvaluationTracker(output_path=str(out))
-    if device is None:  # lm-eval's own default is cuda, which a CPU-only machine does not have
-        import torch
+    specs, plans, manager = _plan_tasks(
+        tasks, suite, custom_specs, benchmarks_dir, num_fewshot, extras.include_path, out
+    )
+    from lm_eval.loggers import EvaluationTracker
 
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    model_args = {
-        "pretrained": str(folder),
-        "dtype": "auto",
-        **extras.model_args,
-        "trust_remote_code": trust_remote_code,
-    }
+    tracker = EvaluationTracker(output_path=str(out))
     run = partial(
         _evaluate,
         folder=folder,
-        model_args=model_args,
+        model_args=_model_args(folder, extras, trust_remote_code),
         limit=limit,
-        device=device,
+        device=_default_device() if device is None else device,
         batch_size=batch_size,
         manager=manager,
         bootstrap_iters=bootstrap_iters,
         tracker=tracker,
         extras=extras,
     )
-    failed: dict[str, str] = {}
+    results, failed = _run_all(run, specs)
+    table = _aggregate_table(results, plans)
+    written = _save_results(tracker, results, out, extras.log_samples)
+    parsed = _store(db, folder, written)
+    return _summary(folder, written, parsed, table, failed)
+
+
+def _plan_tasks(
+    tasks: Sequence[str] | None,
+    suite: str | None,
+    custom_specs: Sequence[str | Path],
+    benchmarks_dir: str | Path | None,
+    num_fewshot: int | None,
+    include_path: str | None,
+    out: Path,
+) -> tuple[list[Any], list[GroupPlan], Any]:
+    """Every task of the run: the registry benchmarks asked for (see `_task_specs`), then the custom YAML
+    benchmarks asked for (all of them when no --tasks), their task configs written under `out`/custom."""
+    from mergeguard.benchmarks import load_custom_spec
+
+    custom = {spec.name: spec for path in custom_specs for spec in load_custom_spec(Path(path))}
+    wanted_custom = [t.strip() for t in tasks or [] if t.strip() in custom] if tasks else list(custom)
+    names = _benchmarks(tasks, suite, tuple(custom)) if (tasks or suite or not custom) else []
+    specs, plans, manager = _task_specs(names, benchmarks_dir, num_fewshot, include_path)
+    if wanted_custom:
+        specs += [custom_task_config(custom[name], out / "custom") for name in wanted_custom]
+    return specs, plans, manager
+
+
+def _default_device() -> str:
+    """lm-eval's own default is cuda, which a CPU-only machine does not have."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _model_args(folder: Path, extras: LmEvalExtras, trust_remote_code: bool) -> dict[str, Any]:
+    """The HF backend's model_args: the folder in its own dtype, the user's --model_args on top, and
+    trust_remote_code always ours (the folder was checked against it)."""
+    return {
+        "pretrained": str(folder),
+        "dtype": "auto",
+        **extras.model_args,
+        "trust_remote_code": trust_remote_code,
+    }
+
+
+def _run_all(run: Any, specs: list[Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """All tasks in one lm-eval run; when that fails and there are several, each alone, so one failing task
+    does not take the others' results with it (see `_one_task_at_a_time`)."""
     try:
-        results = run(specs)
+        return run(specs), {}
     except MergeguardError as error:
         if len(specs) < 2:
             raise
-        results, failed = _one_task_at_a_time(run, specs, error)
+        return _one_task_at_a_time(run, specs, error)
+
+
+def _aggregate_table(results: dict[str, Any], plans: list[GroupPlan]) -> str:
+    """Fill in the groups that ran as separate tasks, then lm-eval's own results table (as `lm_eval`
+    prints it, groups below)."""
     for plan in plans:
         aggregate_group(results, plan)
     from lm_eval.utils import make_table
 
-    table = make_table(results) + (make_table(results, "groups") if "groups" in results else "")
-    tracker.save_results_aggregated(
-        results=results, samples=results.get("samples") if extras.log_samples else None
-    )
-    if extras.log_samples:
-        for task_name in results.get("configs", {}):
-            samples = (results.get("samples") or {}).get(task_name)
-            if samples is not None:
-                tracker.save_results_samples(task_name=task_name, samples=samples)
-    sanitized = tracker.general_config_tracker.model_name_sanitized
-    written = out / str(sanitized) / f"results_{tracker.date_id}.json"
-    if not written.is_file():  # lm-eval moved its files: take the newest one it wrote
-        written = sorted(out.rglob("results_*.json"), key=lambda p: p.stat().st_mtime)[-1]
-    from mergeguard.db.records import register_model
+    return make_table(results) + (make_table(results, "groups") if "groups" in results else "")
 
-    register_model(db, folder)  # the card's base_model: the evaluated fine-tune has its parent
-    parsed = parse_results_file(written, model=str(folder))
-    parsed.source = "eval"
-    record_evaluations(db, parsed)
+
+def _summary(
+    folder: Path, written: Path, parsed: ResultsFile, table: str, failed: dict[str, str]
+) -> EvalSummary:
+    """What the caller is told: each benchmark's primary score among what was stored."""
     scores = {
         r.benchmark: r.value for r in parsed.rows if r.is_primary and r.benchmark and r.value is not None
     }
@@ -526,6 +533,68 @@ def run_eval(
         table=table,
         failed=failed,
     )
+
+
+def _model_folder(model_dir: str | Path, trust_remote_code: bool) -> Path:
+    """The model folder, resolved; refused before lm-eval loads anything when it is not a model folder or
+    needs its own code that the user did not trust (lm-eval's own default would prompt or refuse later)."""
+    folder = Path(model_dir).expanduser().resolve()
+    if not folder.is_dir() or not (folder / "config.json").is_file():
+        raise ModelNotFoundError(
+            f"{model_dir} is not a local model folder (no config.json)", hint="give the folder a merge wrote"
+        )
+    require_no_custom_code(folder, trust_remote_code)
+    return folder
+
+
+def _task_specs(
+    names: list[str], benchmarks_dir: str | Path | None, num_fewshot: int | None, include_path: str | None
+) -> tuple[list[Any], list[GroupPlan], Any]:
+    """lm-eval task specs for registry benchmarks, the group plans to aggregate after the run, and the task
+    manager: offline (a benchmarks folder) each task's YAML pointed at local files, else lm-eval's tasks."""
+    from mergeguard.paths import benchmarks_dir as default_benchmarks_dir
+
+    local = default_benchmarks_dir(benchmarks_dir)
+    from lm_eval.tasks import TaskManager
+
+    include = {"include_path": include_path} if include_path else {}
+    if local is None and names:
+        return [REGISTRY[name].lm_eval_task for name in names], [], TaskManager(**include)
+    specs: list[Any] = []
+    plans: list[GroupPlan] = []
+    for name in names:
+        configs, plan = task_configs(name, local, num_fewshot=num_fewshot)
+        specs += configs
+        plans += [plan] if plan else []
+    return specs, plans, TaskManager(include_defaults=False, **include)
+
+
+def _save_results(tracker: Any, results: dict[str, Any], out: Path, log_samples: bool) -> Path:
+    """Write the results file (and with `log_samples` each task's samples) through lm-eval's tracker; the
+    results file's path, or the newest one under `out` when lm-eval put it elsewhere."""
+    tracker.save_results_aggregated(results=results, samples=results.get("samples") if log_samples else None)
+    if log_samples:
+        for task_name in results.get("configs", {}):
+            samples = (results.get("samples") or {}).get(task_name)
+            if samples is not None:
+                tracker.save_results_samples(task_name=task_name, samples=samples)
+    sanitized = tracker.general_config_tracker.model_name_sanitized
+    written = out / str(sanitized) / f"results_{tracker.date_id}.json"
+    if not written.is_file():  # lm-eval moved its files: take the newest one it wrote
+        written = sorted(out.rglob("results_*.json"), key=lambda p: p.stat().st_mtime)[-1]
+    return written
+
+
+def _store(db: Database, folder: Path, written: Path) -> ResultsFile:
+    """Record the model (its card's base_model: the evaluated fine-tune has its parent) and import the
+    results file like any other, marked as mergeguard's own run."""
+    from mergeguard.db.records import register_model
+
+    register_model(db, folder)
+    parsed = parse_results_file(written, model=str(folder))
+    parsed.source = "eval"
+    record_evaluations(db, parsed)
+    return parsed
 
 
 def _task_name(spec: Any) -> str:

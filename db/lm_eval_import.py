@@ -211,8 +211,9 @@ def import_results(db: Database, paths: list[str | Path], *, model: str | None =
                 summary.evaluations += len(results.rows)
             else:
                 summary.already_imported += 1
-            if results.model_ref not in summary.models:
-                summary.models.append(results.model_ref)
+            if results.model_ref in summary.models:
+                continue
+            summary.models.append(results.model_ref)
             if Path(results.model_ref).is_dir():  # its card's base_model: the imported model's parent
                 register_model(db, results.model_ref)
     return summary

@@ -259,30 +259,7 @@ def leaderboard(
     if benchmarks and suite:
         benchmarks = [b for b in benchmarks if b in suite_names(suite)] or benchmarks
     want = limit if limit and limit > 0 else None
-    page = want if want and not clean_only else max((want or 0) * 2, 200)
-    picked: list[tuple[int, float | None, int]] = []
-    verdicts: dict[int, Contamination] = {}
-    offset = 0
-    fast: list[tuple[int, float, int]] = []
-    if benchmarks and len(benchmarks) > 1 and want and not clean_only:
-        fast = _top_complete(db, benchmarks, "normalized" if suite == "v2" else "value", want)
-    if fast:
-        picked = fast
-        verdicts = contamination(db, [r[0] for r in fast])
-    while not fast and (want is None or len(picked) < want):
-        batch = _ranked_page(db, suite, benchmarks, page, offset)
-        if not batch:
-            break
-        offset += len(batch)
-        verdicts.update(contamination(db, [r[0] for r in batch]))
-        picked += [r for r in batch if not clean_only or verdicts[r[0]].verdict == "clean"]
-        if len(batch) < page:
-            break
-    picked = picked[:want] if want else picked
-    if not benchmarks and (want is None or len(picked) < want):
-        unscored = _unscored_merges(db, (want - len(picked)) if want else None)
-        verdicts.update(contamination(db, unscored))
-        picked += [(i, None, 0) for i in unscored if not clean_only or verdicts[i].verdict == "clean"]
+    picked, verdicts = _pick(db, suite, benchmarks, want, clean_only)
     ids = [r[0] for r in picked]
     names, scores, parents, merged = _details(db, ids)
     if benchmarks:
@@ -291,13 +268,14 @@ def leaderboard(
         columns = suite_names(suite)
     else:
         columns = _order(b for i in ids for b in scores[i])
-    use_normalized = suite == "v2"
-    rows = []
-    checks = latest_checks(db, [row[0] for row in picked])
-    probes = latest_probes(db, [row[0] for row in picked])
+    score_index = 1 if suite == "v2" else 0  # (value, normalized)
+    checks = latest_checks(db, ids)
+    probes = latest_probes(db, ids)
     limited = limited_scores(db, ids)
+    rows = []
     for rank, (model_id, average, n_scores) in enumerate(picked, start=1):
         verdict = verdicts[model_id]
+        own = scores[model_id]
         rows.append(
             LeaderboardRow(
                 rank=rank,
@@ -305,14 +283,7 @@ def leaderboard(
                 ref=names[model_id][1],
                 average=None if average is None else average * 100,
                 n_scores=n_scores,
-                scores={
-                    b: (
-                        scores[model_id][b][1 if use_normalized else 0] * 100
-                        if b in scores[model_id]
-                        else None
-                    )
-                    for b in columns
-                },
+                scores={b: own[b][score_index] * 100 if b in own else None for b in columns},
                 verdict=verdict.verdict,
                 contaminated_via=verdict.via,
                 check=checks.get(model_id),
@@ -324,6 +295,52 @@ def leaderboard(
             )
         )
     return Leaderboard(suite=suite, columns=columns, rows=rows)
+
+
+def _pick(
+    db: Database, suite: str | None, benchmarks: list[str] | None, want: int | None, clean_only: bool
+) -> tuple[list[tuple[int, float | None, int]], dict[int, Contamination]]:
+    """The board's (model, average, n) rows in rank order and every read model's verdict: the top-k walk
+    when it applies, else ranked pages until `want` rows pass the clean filter; unscored merges fill the
+    rest of an all-benchmark board."""
+    verdicts: dict[int, Contamination] = {}
+    picked: list[tuple[int, float | None, int]] = []
+    if benchmarks and len(benchmarks) > 1 and want and not clean_only:
+        picked = list(_top_complete(db, benchmarks, "normalized" if suite == "v2" else "value", want))
+    if picked:
+        verdicts = contamination(db, [r[0] for r in picked])
+    else:
+        picked = _ranked_clean(db, suite, benchmarks, want, clean_only, verdicts)
+    if not benchmarks and (want is None or len(picked) < want):
+        unscored = _unscored_merges(db, (want - len(picked)) if want else None)
+        verdicts.update(contamination(db, unscored))
+        picked += [(i, None, 0) for i in unscored if not clean_only or verdicts[i].verdict == "clean"]
+    return picked, verdicts
+
+
+def _ranked_clean(
+    db: Database,
+    suite: str | None,
+    benchmarks: list[str] | None,
+    want: int | None,
+    clean_only: bool,
+    verdicts: dict[int, Contamination],
+) -> list[tuple[int, float | None, int]]:
+    """Ranked pages read until `want` rows are kept (`clean_only` drops the rest, so it reads bigger
+    pages); each page's verdicts go into `verdicts`."""
+    page = want if want and not clean_only else max((want or 0) * 2, 200)
+    picked: list[tuple[int, float | None, int]] = []
+    offset = 0
+    while want is None or len(picked) < want:
+        batch = _ranked_page(db, suite, benchmarks, page, offset)
+        if not batch:
+            break
+        offset += len(batch)
+        verdicts.update(contamination(db, [r[0] for r in batch]))
+        picked += [r for r in batch if not clean_only or verdicts[r[0]].verdict == "clean"]
+        if len(batch) < page:
+            break
+    return picked[:want] if want else picked
 
 
 def _unscored_merges(db: Database, limit: int | None) -> list[int]:
@@ -443,41 +460,21 @@ def lineage(
     """The model's ancestors and descendants with each node's average, its delta against its best parent
     (on the benchmarks both were scored on) and its contamination, own or inherited."""
     root = find_model(db, model)
-    ancestors = _walk(db, root["id"], True)
-    descendants = _walk(db, root["id"], False)
-    ids = [root["id"], *sorted(ancestors | descendants)]
+    ids, edges_raw, depth = _family(db, root["id"], max_depth)
     names, scores, _, merged = _details(db, ids)
-    edges_raw: list[tuple[int, int, str, str | None, float | None]] = []
-    for chunk in _chunks(ids):
-        edges_raw += db.execute(
-            f"SELECT child_id, parent_id, relation, method, weight FROM lineage_edges "
-            f"WHERE child_id IN ({_marks(chunk)}) ORDER BY id",
-            list(chunk),
-        ).fetchall()
-    inside = set(ids)
-    edges_raw = [e for e in edges_raw if e[1] in inside]
-    depth = _depths(root["id"], edges_raw, ancestors, descendants)
-    if max_depth is not None:
-        keep = {i for i, d in depth.items() if abs(d) <= max_depth}
-        ids = [i for i in ids if i in keep]
-        edges_raw = [e for e in edges_raw if e[0] in keep and e[1] in keep]
     verdicts = contamination(db, ids)
     checks = latest_checks(db, ids)
     probes = latest_probes(db, ids)
     only = set(suite_names(suite)) if suite else None
+    into: dict[int, list[tuple[int, int, str, str | None, float | None]]] = {}
+    for edge in edges_raw:
+        into.setdefault(edge[0], []).append(edge)
     nodes = []
     for model_id in sorted(ids, key=lambda i: (depth[i], names[i][0])):
         own = scores[model_id]
-        parent_ids = [e[1] for e in edges_raw if e[0] == model_id]
-        into = [e for e in edges_raw if e[0] == model_id]
-        method = next((e[3] for e in into if e[3]), None) or ("finetune" if into else None)
-        best: tuple[float, str, float] | None = None
-        for parent_id in parent_ids:
-            common = set(own) & set(scores[parent_id]) & (only if only is not None else set(own))
-            parent_avg = _family_average(scores[parent_id], suite, common) if common else None
-            if parent_avg is not None and (best is None or parent_avg > best[0]):
-                child_avg = _family_average(own, suite, common)
-                best = (parent_avg, names[parent_id][0], (child_avg or 0.0) - parent_avg)
+        edges_in = into.get(model_id, [])
+        method = next((e[3] for e in edges_in if e[3]), None) or ("finetune" if edges_in else None)
+        best = _best_parent(own, [(names[e[1]][0], scores[e[1]]) for e in edges_in], suite, only)
         verdict = verdicts[model_id]
         nodes.append(
             LineageNode(
@@ -488,8 +485,8 @@ def lineage(
                 method=method,
                 is_merge=model_id in merged,
                 average=_family_average(own, suite, only),
-                delta=best[2] if best else None,
-                best_parent=best[1] if best else None,
+                delta=best[1] if best else None,
+                best_parent=best[0] if best else None,
                 verdict=verdict.verdict,
                 contaminated_via=verdict.via,
                 scores={b: v[0] * 100 for b, v in own.items() if only is None or b in only},
@@ -502,6 +499,49 @@ def lineage(
         for c, p, relation, method, weight in edges_raw
     ]
     return LineageGraph(root=root["name"], suite=suite, nodes=nodes, edges=edges)
+
+
+def _family(
+    db: Database, root: int, max_depth: int | None
+) -> tuple[list[int], list[tuple[int, int, str, str | None, float | None]], dict[int, int]]:
+    """The family's model ids (root first), the edges between them (child, parent, relation, method,
+    weight) and each one's generation from the root, cut at `max_depth`."""
+    ancestors = _walk(db, root, True)
+    descendants = _walk(db, root, False)
+    ids = [root, *sorted(ancestors | descendants)]
+    edges_raw: list[tuple[int, int, str, str | None, float | None]] = []
+    for chunk in _chunks(ids):
+        edges_raw += db.execute(
+            f"SELECT child_id, parent_id, relation, method, weight FROM lineage_edges "
+            f"WHERE child_id IN ({_marks(chunk)}) ORDER BY id",
+            list(chunk),
+        ).fetchall()
+    inside = set(ids)
+    edges_raw = [e for e in edges_raw if e[1] in inside]
+    depth = _depths(root, edges_raw, ancestors, descendants)
+    if max_depth is not None:
+        keep = {i for i, d in depth.items() if abs(d) <= max_depth}
+        ids = [i for i in ids if i in keep]
+        edges_raw = [e for e in edges_raw if e[0] in keep and e[1] in keep]
+    return ids, edges_raw, depth
+
+
+def _best_parent(
+    own: dict[str, tuple[float, float]],
+    parents: list[tuple[str, dict[str, tuple[float, float]]]],
+    suite: str | None,
+    only: set[str] | None,
+) -> tuple[str, float] | None:
+    """The parent (name, scores) with the highest average on the benchmarks it shares with the child, and
+    the child's delta against it on those same benchmarks; None when no parent shares a score."""
+    best: tuple[float, str, float] | None = None
+    for name, parent_scores in parents:
+        common = set(own) & set(parent_scores) & (only if only is not None else set(own))
+        parent_avg = _family_average(parent_scores, suite, common) if common else None
+        if parent_avg is not None and (best is None or parent_avg > best[0]):
+            child_avg = _family_average(own, suite, common)
+            best = (parent_avg, name, (child_avg or 0.0) - parent_avg)
+    return (best[1], best[2]) if best else None
 
 
 # ---------------------------------------------------------------- history

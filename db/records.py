@@ -351,67 +351,90 @@ def record_audit(
             if input_key:
                 db.execute("UPDATE audits SET input_key = ? WHERE id = ?", [input_key, existing[0]])
             return int(existing[0])
-        audit_id = int(
-            db.execute(
-                "INSERT INTO audits (created_at, index_hash, thresholds, benchmark_rates, tool_version, "
-                "report_hash, input_key, report) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    report.get("created_at") or now_iso(),
-                    report.get("index_hash"),
-                    json.dumps(report.get("thresholds") or {}, default=str),
-                    json.dumps(report.get("benchmark_rates") or {}, default=str),
-                    tool_version,
-                    report_hash,
-                    input_key,
-                    report_text,
-                ],
-            ).lastrowid
-        )
-        origins = _contamination_origins(report.get("findings", []))
-        for entry in report.get("models", []):
-            if entry.get("kind", "model") != "model":
-                continue  # `audit --dataset` verdicts are about datasets, not models
-            verdict = entry.get("verdict")
-            if verdict not in VERDICTS:
-                raise DatabaseError(
-                    f"audit verdict {verdict!r} for {entry.get('model')!r} is unknown",
-                    hint=f"verdicts are {', '.join(VERDICTS)}",
-                )
-            model_id = upsert_model(db, entry["model"])
-            db.execute(
-                "INSERT OR REPLACE INTO audit_verdicts "
-                "(audit_id, model_id, verdict, inherited_from, datasets) "
-                "VALUES (?, ?, ?, ?, ?)",
-                [
-                    audit_id,
-                    model_id,
-                    verdict,
-                    _via(entry, origins) if verdict == "contaminated" else None,
-                    json.dumps(entry.get("datasets") or [], default=str),
-                ],
-            )
-        for finding in report.get("findings", []):
-            model_id = upsert_model(db, finding["model"]) if finding.get("model") else None
-            db.execute(
-                "INSERT INTO findings (audit_id, model_id, dataset, example, benchmark, split, item, "
-                "item_id, score, severity, inherited_from, evidence) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    audit_id,
-                    model_id,
-                    _text(finding.get("dataset")),
-                    _text(finding.get("example")),
-                    finding.get("benchmark"),
-                    finding.get("split"),
-                    finding.get("item"),
-                    _text(finding.get("item_id")),
-                    finding.get("score"),
-                    finding.get("severity"),
-                    _text(finding.get("inherited_from")),
-                    _text(finding.get("evidence")),
-                ],
-            )
+        audit_id = _insert_audit(db, report, report_text, report_hash, tool_version, input_key)
+        _insert_verdicts(db, audit_id, report)
+        _insert_findings(db, audit_id, report.get("findings", []))
     return audit_id
+
+
+def _insert_audit(
+    db: Database,
+    report: dict[str, Any],
+    report_text: str,
+    report_hash: str,
+    tool_version: str | None,
+    input_key: str | None,
+) -> int:
+    """The audit's own row (the whole report kept as text, so a report can be shown or reused later)."""
+    return int(
+        db.execute(
+            "INSERT INTO audits (created_at, index_hash, thresholds, benchmark_rates, tool_version, "
+            "report_hash, input_key, report) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                report.get("created_at") or now_iso(),
+                report.get("index_hash"),
+                json.dumps(report.get("thresholds") or {}, default=str),
+                json.dumps(report.get("benchmark_rates") or {}, default=str),
+                tool_version,
+                report_hash,
+                input_key,
+                report_text,
+            ],
+        ).lastrowid
+    )
+
+
+def _insert_verdicts(db: Database, audit_id: int, report: dict[str, Any]) -> None:
+    """One verdict row per audited model; an unknown verdict refuses the whole audit (the caller's
+    transaction rolls back), since the leaderboard and the guard read these verdicts."""
+    origins = _contamination_origins(report.get("findings", []))
+    for entry in report.get("models", []):
+        if entry.get("kind", "model") != "model":
+            continue  # `audit --dataset` verdicts are about datasets, not models
+        verdict = entry.get("verdict")
+        if verdict not in VERDICTS:
+            raise DatabaseError(
+                f"audit verdict {verdict!r} for {entry.get('model')!r} is unknown",
+                hint=f"verdicts are {', '.join(VERDICTS)}",
+            )
+        model_id = upsert_model(db, entry["model"])
+        db.execute(
+            "INSERT OR REPLACE INTO audit_verdicts "
+            "(audit_id, model_id, verdict, inherited_from, datasets) "
+            "VALUES (?, ?, ?, ?, ?)",
+            [
+                audit_id,
+                model_id,
+                verdict,
+                _via(entry, origins) if verdict == "contaminated" else None,
+                json.dumps(entry.get("datasets") or [], default=str),
+            ],
+        )
+
+
+def _insert_findings(db: Database, audit_id: int, findings: list[dict[str, Any]]) -> None:
+    """One row per finding; list-valued fields (datasets, ids, ancestors) are stored as comma-joined text."""
+    for finding in findings:
+        model_id = upsert_model(db, finding["model"]) if finding.get("model") else None
+        db.execute(
+            "INSERT INTO findings (audit_id, model_id, dataset, example, benchmark, split, item, "
+            "item_id, score, severity, inherited_from, evidence) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                audit_id,
+                model_id,
+                _text(finding.get("dataset")),
+                _text(finding.get("example")),
+                finding.get("benchmark"),
+                finding.get("split"),
+                finding.get("item"),
+                _text(finding.get("item_id")),
+                finding.get("score"),
+                finding.get("severity"),
+                _text(finding.get("inherited_from")),
+                _text(finding.get("evidence")),
+            ],
+        )
 
 
 @dataclass
@@ -530,11 +553,10 @@ def set_merge_guard(db: Database, merge_id: int, audit_id: int | None, guard: di
         )
 
 
-PROBE_VERDICTS = ("suspect", "no_signal", "inconclusive")
-
-
 def record_probe(db: Database, report: dict[str, Any]) -> list[int]:
     """A probe report (`ProbeReport.to_dict()`): one row per benchmark, in one transaction."""
+    from mergeguard.auditor.probe import VERDICTS as PROBE_VERDICTS
+
     rows = report.get("benchmarks") or []
     for row in rows:
         if row.get("verdict") not in PROBE_VERDICTS:

@@ -11,7 +11,7 @@ import unicodedata
 from dataclasses import asdict
 from typing import Any
 
-from mergeguard.db.queries import HistoryEvent, Leaderboard, LineageGraph, LineageNode
+from mergeguard.db.queries import HistoryEvent, Leaderboard, LineageEdge, LineageGraph, LineageNode
 
 MISSING = "—"
 TABLE_FORMATS = ("table", "json", "csv", "markdown")
@@ -289,6 +289,11 @@ def _tree(graph: LineageGraph) -> Any:
     return tree
 
 
+def _edge_label(edge: LineageEdge) -> str:
+    """An edge's label in the diagrams: the merge method (else the relation) and its weight."""
+    return (edge.method or edge.relation) + (f" {edge.weight:g}" if edge.weight is not None else "")
+
+
 def _ids(graph: LineageGraph) -> dict[str, str]:
     return {node.model: f"n{i}" for i, node in enumerate(graph.nodes)}
 
@@ -319,10 +324,7 @@ def lineage_mermaid(graph: LineageGraph) -> str:
     for node in graph.nodes:
         lines.append(f'    {ids[node.model]}["{mermaid_text(_node_text(node))}"]')
     for edge in graph.edges:
-        label = edge.method or edge.relation
-        if edge.weight is not None:
-            label += f" {edge.weight:g}"
-        lines.append(f"    {ids[edge.parent]} -->|{mermaid_text(label)}| {ids[edge.child]}")
+        lines.append(f"    {ids[edge.parent]} -->|{mermaid_text(_edge_label(edge))}| {ids[edge.child]}")
     lines.append("    classDef contaminated fill:#fdd,stroke:#c00")
     bad = [ids[n.model] for n in graph.nodes if n.verdict == "contaminated"]
     if bad:
@@ -339,10 +341,7 @@ def lineage_dot(graph: LineageGraph) -> str:
         bold = ", penwidth=2" if node.model == graph.root else ""
         lines.append(f'  {ids[node.model]} [label="{_quote(_node_text(node))}"{extra}{bold}];')
     for edge in graph.edges:
-        label = edge.method or edge.relation
-        if edge.weight is not None:
-            label += f" {edge.weight:g}"
-        lines.append(f'  {ids[edge.parent]} -> {ids[edge.child]} [label="{_quote(label)}"];')
+        lines.append(f'  {ids[edge.parent]} -> {ids[edge.child]} [label="{_quote(_edge_label(edge))}"];')
     lines.append("}")
     return "\n".join(lines) + "\n"
 
