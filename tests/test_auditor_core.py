@@ -11,6 +11,7 @@ from datasketch import MinHash, MinHashLSH
 from datasketch.hashfunc import sha1_hash32
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from real_benchmarks import items_of, load_real
 
 from mergeguard.auditor import build_index, scan_examples
 from mergeguard.auditor import signatures as sig
@@ -22,11 +23,7 @@ BENCHMARKS = ["truthfulqa_mc", "gsm8k", "arc_challenge", "mmlu"]
 
 @pytest.fixture(scope="session")
 def loaded(shared_data: Path):
-    from mergeguard.benchmarks.loading import load_benchmarks
-
-    benchmarks, problems = load_benchmarks(BENCHMARKS, shared_data / "hf")
-    assert not problems
-    return benchmarks
+    return load_real(BENCHMARKS, shared_data)
 
 
 @pytest.fixture(scope="session")
@@ -46,7 +43,7 @@ def alpaca(shared_data: Path) -> list[str]:
 
 
 def item_of(loaded, benchmark: str, row: int):
-    return next(b for b in loaded if b.spec.name == benchmark).items[row]
+    return items_of(loaded, benchmark)[row]
 
 
 def position(index, benchmark: str, row: int) -> int:
@@ -178,7 +175,7 @@ def test_item_inside_a_long_example_is_found_with_its_severity(loaded, index, al
 
 
 def test_short_truthfulqa_question_inside_text_needs_its_answer(loaded, index) -> None:
-    truthfulqa = next(b for b in loaded if b.spec.name == "truthfulqa_mc").items
+    truthfulqa = items_of(loaded, "truthfulqa_mc")
     k, item = next(
         (k, it)
         for k, it in enumerate(truthfulqa)
@@ -212,7 +209,7 @@ def test_untouched_alpaca_rows_and_near_misses_are_clean(
 
 
 def test_a_shared_reading_passage_without_the_items_question_is_a_passage_note(loaded, index) -> None:
-    mmlu = next(b for b in loaded if b.spec.name == "mmlu").items
+    mmlu = items_of(loaded, "mmlu")
     k = next(k for k in range(len(mmlu)) if len(index.row(index.stem, position(index, "mmlu", k))) >= 3)
     item = mmlu[k]
     lines = [line for line in item.question.splitlines() if line.strip()]
@@ -228,7 +225,7 @@ def test_a_shared_reading_passage_without_the_items_question_is_a_passage_note(l
 
 
 def test_a_sibling_of_a_many_item_template_is_not_a_finding(loaded, index) -> None:
-    mmlu = next(b for b in loaded if b.spec.name == "mmlu").items
+    mmlu = items_of(loaded, "mmlu")
     k, item = next(
         (k, it)
         for k, it in enumerate(mmlu)

@@ -12,67 +12,33 @@ import json
 from pathlib import Path
 
 import pytest
+from quiz_setup import merge_config, quiz_args, quiz_family_data
 
 from mergeguard.cli import main
-from mergeguard.demo.data import (
-    arithmetic_instructions,
-    contaminated_instructions,
-    quiz_items,
-    write_jsonl,
-    write_quiz_benchmark,
-    write_quiz_spec,
-    writing_instructions,
-)
 
 
 @pytest.fixture(scope="module")
 def family(models, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A base, a clean fine-tune, a second clean one, and one fine-tuned on 12 of the quiz's items."""
     root = tmp_path_factory.mktemp("coherence")
-    items = quiz_items(30)
-    spec = write_quiz_spec(root / "bench", write_quiz_benchmark(root / "bench", items))
-    clean_a = write_jsonl(root / "data" / "math.jsonl", arithmetic_instructions(40, seed=1))
-    clean_b = write_jsonl(root / "data" / "writing.jsonl", writing_instructions(40, seed=2))
-    leaky = write_jsonl(
-        root / "data" / "leaky.jsonl", contaminated_instructions(items[:12], writing_instructions(20, seed=3))
-    )
-    base = models.base("llama", seed=21, num_layers=2)
-    pretrain = root / "data" / "pretrain.txt"
-    pretrain.write_text("Plain English text about the weather and the sea.\n", encoding="utf-8")
-    from mergeguard import tiny
+    data = quiz_family_data(models, root, clean_rows=40, leaked=12, base_seed=21)
+    base = data["base"]
 
-    tiny.write_card(base, datasets=[str(pretrain)])
-
-    def ft(seed: int, data: Path) -> Path:
-        return models.finetune(base, seed=seed, card={"base_model": str(base), "datasets": [str(data)]})
+    def ft(seed: int, dataset: Path) -> Path:
+        return models.finetune(base, seed=seed, card={"base_model": str(base), "datasets": [str(dataset)]})
 
     return {
         "root": root,
-        "spec": spec,
+        "spec": data["spec"],
         "base": base,
-        "a": ft(1, clean_a),
-        "b": ft(2, clean_b),
-        "leaky": ft(3, leaky),
+        "a": ft(1, data["math"]),
+        "b": ft(2, data["writing"]),
+        "leaky": ft(3, data["leaky"]),
     }
 
 
 def _bench(family: dict[str, Path], tmp_path: Path) -> list[str]:
-    return [
-        "--benchmark-spec",
-        str(family["spec"]),
-        "--benchmark",
-        "demo_quiz",
-        "--cache-dir",
-        str(tmp_path / "cache"),
-    ]
-
-
-def _config(path: Path, base: Path, inputs: list[Path]) -> Path:
-    lines = ["merge_method: ties", f"base_model: {base}", "dtype: float32", "models:"]
-    for model in inputs:
-        lines += [f"  - model: {model}", "    parameters:", "      weight: 0.5", "      density: 0.8"]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+    return quiz_args(family["spec"], tmp_path / "cache")
 
 
 def _json(capsys: pytest.CaptureFixture[str]) -> object:
@@ -106,7 +72,7 @@ def test_audit_db_stores_the_audit_and_the_card_parent(family, tmp_path, capsys)
 
 
 def test_refused_merge_is_in_history_and_writes_nothing(family, tmp_path, capsys) -> None:
-    config = _config(tmp_path / "all.yml", family["base"], [family["a"], family["leaky"]])
+    config = merge_config(tmp_path / "all.yml", family["base"], [family["a"], family["leaky"]])
     before = _sha(config)
     db = tmp_path / "mg.db"
     code = main(
@@ -130,7 +96,7 @@ def test_refused_merge_is_in_history_and_writes_nothing(family, tmp_path, capsys
 
 
 def test_unscored_merge_is_on_the_leaderboard(family, tmp_path, capsys) -> None:
-    config = _config(tmp_path / "clean.yml", family["base"], [family["a"], family["b"]])
+    config = merge_config(tmp_path / "clean.yml", family["base"], [family["a"], family["b"]])
     db = tmp_path / "mg.db"
     code = main(
         ["merge", str(config), str(tmp_path / "clean"), "--db", str(db), "--json", *_bench(family, tmp_path)]
@@ -207,7 +173,7 @@ def test_benchmark_takes_commas_and_repeats(family, tmp_path, capsys) -> None:
 
 
 def test_merge_accepts_every_mergekit_yaml_flag(family, tmp_path, capsys) -> None:
-    config = _config(tmp_path / "clean.yml", family["base"], [family["a"], family["b"]])
+    config = merge_config(tmp_path / "clean.yml", family["base"], [family["a"], family["b"]])
     flags = [
         "-v", "--trust-remote-code", "-j", "2", "--safe-serialization", "--clone-tensors",
         "--lora-merge-cache", str(tmp_path / "lora"), "--lora-merge-dtype", "float16",
@@ -360,7 +326,7 @@ def test_check_finds_the_base_in_the_database(family, tmp_path) -> None:
     from mergeguard.db import open_db, parents_of
     from mergeguard.db.queries import base_of
 
-    config = _config(tmp_path / "clean.yml", family["base"], [family["a"], family["b"]])
+    config = merge_config(tmp_path / "clean.yml", family["base"], [family["a"], family["b"]])
     db = tmp_path / "mg.db"
     assert main(["merge", str(config), str(tmp_path / "out"), "--no-audit", "-q", "--db", str(db)]) == 0
     store = open_db(db, write=False)

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+from real_benchmarks import items_of, load_real
 
 from mergeguard.auditor import build_index, scan_examples
 from mergeguard.benchmarks.registry import REGISTRY
@@ -18,20 +19,16 @@ DOLLY = "corpora/dolly_hhrlhf/dolly_hhrlhf_train_small.jsonl"
 
 @pytest.fixture(scope="module")
 def ifeval(shared_data: Path):
-    from mergeguard.benchmarks.loading import load_benchmarks
-
-    loaded, problems = load_benchmarks(["ifeval", "mmlu"], shared_data / "hf")
-    assert not problems
-    return loaded
+    return load_real(["ifeval", "mmlu"], shared_data)
 
 
 def test_registry_names_the_source_text_of_ifeval_and_mmlu(ifeval) -> None:
     assert REGISTRY["ifeval"].source_text == "paragraphs" and REGISTRY["mmlu"].source_text
     assert not REGISTRY["hellaswag"].source_text and not REGISTRY["arc_challenge"].source_text
-    item = next(b for b in ifeval if b.spec.name == "ifeval").items[184]
+    item = items_of(ifeval, "ifeval")[184]
     assert item.source.startswith("World War II or the Second World War")
     assert "in all capital letters" in item.question and "capital letters" not in item.source
-    mmlu = next(b for b in ifeval if b.spec.name == "mmlu").items
+    mmlu = items_of(ifeval, "mmlu")
     with_passage = [it for it in mmlu if it.source]
     assert with_passage and all(it.question.startswith(it.source) for it in with_passage[:50])
 

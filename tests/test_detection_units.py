@@ -9,6 +9,7 @@ import random
 from pathlib import Path
 
 import pytest
+from real_benchmarks import items_of, load_real
 
 from mergeguard.auditor import build_index, scan_examples
 
@@ -17,20 +18,12 @@ BENCHMARKS = ["truthfulqa_mc", "mmlu", "winogrande", "arc_challenge"]
 
 @pytest.fixture(scope="module")
 def loaded(shared_data: Path):
-    from mergeguard.benchmarks.loading import load_benchmarks
-
-    benchmarks, problems = load_benchmarks(BENCHMARKS, shared_data / "hf")
-    assert not problems
-    return benchmarks
+    return load_real(BENCHMARKS, shared_data)
 
 
 @pytest.fixture(scope="module")
 def index(loaded, tmp_path_factory: pytest.TempPathFactory):
     return build_index(loaded, tmp_path_factory.mktemp("units-cache"))
-
-
-def items_of(loaded, name: str):
-    return next(b for b in loaded if b.spec.name == name).items
 
 
 def found(index, texts: list[str]) -> set[tuple[int, str, int]]:

@@ -10,21 +10,15 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from quiz_setup import carded_base, leaky_jsonl, merge_config, quiz_args, quiz_benchmark
 
-from mergeguard import tiny
 from mergeguard.auditor.datasets import ReadLog, dataset_texts
 from mergeguard.cli import main
-from mergeguard.demo.data import (
-    contaminated_instructions,
-    quiz_items,
-    write_jsonl,
-    write_quiz_benchmark,
-    write_quiz_spec,
-    writing_instructions,
-)
+from mergeguard.demo.data import write_jsonl, writing_instructions
 from mergeguard.errors import DatasetError
 
 BROKEN_LINE = 5  # the rows before it are clean writing instructions; the leaked quiz items come after
@@ -34,24 +28,14 @@ BROKEN_LINE = 5  # the rows before it are clean writing instructions; the leaked
 def quiz(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The demo's quiz benchmark (a custom spec), leaky and clean data, and a cache for its index."""
     root = tmp_path_factory.mktemp("failclosed")
-    items = quiz_items(20)
-    spec = write_quiz_spec(root / "bench", write_quiz_benchmark(root / "bench", items))
-    leaky = write_jsonl(
-        root / "leaky.jsonl", contaminated_instructions(items[:8], writing_instructions(12, seed=3))
-    )
+    items, spec = quiz_benchmark(root / "bench", 20)
+    leaky = leaky_jsonl(root / "leaky.jsonl", items[:8], 12)
     clean = write_jsonl(root / "clean.jsonl", writing_instructions(30, seed=2))
     return {"root": root, "spec": spec, "leaky": leaky, "clean": clean, "cache": root / "cache"}
 
 
 def _bench(quiz: dict[str, Path]) -> list[str]:
-    return [
-        "--benchmark-spec",
-        str(quiz["spec"]),
-        "--benchmark",
-        "demo_quiz",
-        "--cache-dir",
-        str(quiz["cache"]),
-    ]
+    return quiz_args(quiz["spec"], quiz["cache"])
 
 
 def _audit(quiz: dict[str, Path], *args: str) -> int:
@@ -107,28 +91,18 @@ def _empty_folder(folder: Path, quiz: dict[str, Path]) -> Path:
     return path
 
 
-def _garbage_parquet(folder: Path, quiz: dict[str, Path]) -> Path:
-    path = folder / "sft.parquet"
-    path.write_bytes(b"PAR1 this is not parquet at all")
-    return path
+def _file(name: str, data: bytes) -> Callable[[Path, dict[str, Path]], Path]:
+    """A bad input that is these few bytes, written as `name`."""
+
+    def make(folder: Path, quiz: dict[str, Path]) -> Path:
+        path = folder / name
+        path.write_bytes(data)
+        return path
+
+    return make
 
 
-def _invalid_utf8(folder: Path, quiz: dict[str, Path]) -> Path:
-    path = folder / "sft.txt"
-    path.write_bytes(b"a clean first line\nsecond line \xff\xfe broken\nthird line\n")
-    return path
-
-
-def _empty_file(folder: Path, quiz: dict[str, Path]) -> Path:
-    path = folder / "sft.jsonl"
-    path.write_bytes(b"")
-    return path
-
-
-def _numbers(folder: Path, quiz: dict[str, Path]) -> Path:
-    path = folder / "sft.json"
-    path.write_text("[1,2,3]")
-    return path
+_invalid_utf8 = _file("sft.txt", b"a clean first line\nsecond line \xff\xfe broken\nthird line\n")
 
 
 def _long_line(folder: Path, quiz: dict[str, Path]) -> Path:
@@ -144,10 +118,13 @@ BAD_INPUTS = {
     "truncated_gzip": (_truncated_gzip, "is truncated or corrupt after line"),
     "unknown_extension": (_unknown_extension, "has an unknown type"),
     "empty_folder": (_empty_folder, "holds no data files"),
-    "garbage_parquet": (_garbage_parquet, "is not a readable parquet file"),
+    "garbage_parquet": (
+        _file("sft.parquet", b"PAR1 this is not parquet at all"),
+        "is not a readable parquet file",
+    ),
     "invalid_utf8": (_invalid_utf8, "sft.txt line 2 is not UTF-8"),
-    "empty_file": (_empty_file, "holds no text (0 rows"),
-    "numbers": (_numbers, "holds no text (3 rows"),
+    "empty_file": (_file("sft.jsonl", b""), "holds no text (0 rows"),
+    "numbers": (_file("sft.json", b"[1,2,3]"), "holds no text (3 rows"),
     "long_line": (_long_line, "line 1 is longer than 16777216 bytes"),
 }
 
@@ -185,10 +162,7 @@ def family(models, quiz) -> dict[str, Path]:
     """The demo's story: a base pre-trained on plain text (readable), a clean fine-tune, and copies of the
     leaky and the clean fine-tunes whose declared data has one broken JSON line."""
     root = quiz["root"]
-    pretrain = root / "pretrain.txt"
-    pretrain.write_text("Plain English text about the weather and the sea.\n", encoding="utf-8")
-    base = models.base("llama", seed=21, num_layers=2)
-    tiny.write_card(base, datasets=[str(pretrain)])
+    base = carded_base(models, root / "pretrain.txt", seed=21)
     broken_leaky = _broken_copy(quiz["leaky"], root / "broken" / "leaky.jsonl")
     broken_clean = _broken_copy(quiz["clean"], root / "broken" / "clean.jsonl")
 
@@ -206,11 +180,7 @@ def family(models, quiz) -> dict[str, Path]:
 
 
 def _merge(quiz, family, tmp_path: Path, inputs: list[Path], *extra: str) -> int:
-    lines = ["merge_method: linear", f"base_model: {family['base']}", "dtype: float32", "models:"]
-    for model in inputs:
-        lines += [f"  - model: {model}", "    parameters:", "      weight: 0.5"]
-    config = tmp_path / "merge.yml"
-    config.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    config = merge_config(tmp_path / "merge.yml", family["base"], inputs, "linear")
     db = ["--db", str(tmp_path / "mg.db")]
     return main(["merge", str(config), str(tmp_path / "out"), "--quiet", *db, *_bench(quiz), *extra])
 

@@ -349,17 +349,10 @@ def test_a_fifo_as_weights_is_refused_without_blocking(pair, tmp_path) -> None:
         f"models:\n  - model: {base}\n  - model: {ft}\nmerge_method: linear\nparameters: {{weight: 0.5}}\n"
     )
     env = {**os.environ, "MERGEGUARD_DB": str(tmp_path / "mg.db")}
-    from mergeguard.demo.data import quiz_items, write_quiz_benchmark, write_quiz_spec
+    from quiz_setup import quiz_args, quiz_benchmark
 
-    spec = write_quiz_spec(tmp_path / "bench", write_quiz_benchmark(tmp_path / "bench", quiz_items(5)))
-    audit = [
-        "--benchmark-spec",
-        str(spec),
-        "--benchmark",
-        "demo_quiz",
-        "--cache-dir",
-        str(tmp_path / "cache"),
-    ]
+    _, spec = quiz_benchmark(tmp_path / "bench", 5)
+    audit = quiz_args(spec, tmp_path / "cache")
     for extra in (["--no-audit"], audit):  # the audit fingerprints the weights first: it blocked there too
         done = subprocess.run(
             [

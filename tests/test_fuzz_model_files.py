@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from quiz_setup import quiz_args, quiz_benchmark
 
 from mergeguard.cli import main
-from mergeguard.demo.data import quiz_items, write_quiz_benchmark, write_quiz_spec
 
 SEED = 20
 CASES = 400
@@ -156,8 +156,8 @@ def test_malformed_model_folders_never_crash(models, tmp_path: Path, capsys: pyt
     sharded = models.base("llama", seed=0, sharded=True)
     before = {p: _hash(p) for p in (base, single, sharded)}
     bench = tmp_path / "bench"
-    spec = write_quiz_spec(bench, write_quiz_benchmark(bench, quiz_items(5)))
-    audit = ["--benchmark-spec", str(spec), "--benchmark", "demo_quiz", "--cache-dir", str(bench / "cache")]
+    _, spec = quiz_benchmark(bench, 5)
+    audit = quiz_args(spec, bench / "cache")
     rng = random.Random(SEED)
     outcomes: Counter[str] = Counter()
     for case in range(CASES):

@@ -6,17 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
+from quiz_setup import merge_config, quiz_args, quiz_family_data
 
 from mergeguard.cli import main
-from mergeguard.demo.data import (
-    arithmetic_instructions,
-    contaminated_instructions,
-    quiz_items,
-    write_jsonl,
-    write_quiz_benchmark,
-    write_quiz_spec,
-    writing_instructions,
-)
 from mergeguard.refs import read_model_card
 
 
@@ -24,19 +16,8 @@ from mergeguard.refs import read_model_card
 def family(models, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A base, two clean fine-tunes, one fine-tuned on benchmark items, one with no declared data."""
     root = tmp_path_factory.mktemp("guard")
-    items = quiz_items(30)
-    spec = write_quiz_spec(root / "bench", write_quiz_benchmark(root / "bench", items))
-    clean_a = write_jsonl(root / "data" / "math.jsonl", arithmetic_instructions(50, seed=1))
-    clean_b = write_jsonl(root / "data" / "writing.jsonl", writing_instructions(50, seed=2))
-    leaky = write_jsonl(
-        root / "data" / "leaky.jsonl", contaminated_instructions(items[:10], writing_instructions(20, seed=3))
-    )
-    pretrain = root / "data" / "pretrain.txt"
-    pretrain.write_text("Plain English text about the weather and the sea.\n", encoding="utf-8")
-    base = models.base("llama", seed=11, num_layers=2)
-    from mergeguard import tiny
-
-    tiny.write_card(base, datasets=[str(pretrain)])
+    data = quiz_family_data(models, root, clean_rows=50, leaked=10, base_seed=11)
+    base = data["base"]
 
     def ft(seed: int, datasets: list[str] | None) -> Path:
         # a card that names neither data nor parent: nothing anywhere in its lineage is declared
@@ -45,27 +26,17 @@ def family(models, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
     return {
         "root": root,
-        "spec": spec,
+        "spec": data["spec"],
         "base": base,
-        "a": ft(1, [str(clean_a)]),
-        "b": ft(2, [str(clean_b)]),
-        "leaky": ft(3, [str(leaky)]),
+        "a": ft(1, [str(data["math"])]),
+        "b": ft(2, [str(data["writing"])]),
+        "leaky": ft(3, [str(data["leaky"])]),
         "secret": ft(4, None),
     }
 
 
-def _config(path: Path, base: Path, inputs: list[Path], method: str = "ties") -> Path:
-    lines = [f"merge_method: {method}", f"base_model: {base}", "dtype: float32", "models:"]
-    for model in inputs:
-        lines += [f"  - model: {model}", "    parameters:", "      weight: 0.5"]
-        if method == "ties":
-            lines.append("      density: 0.8")
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
-
-
 def _merge(family: dict[str, Path], tmp_path: Path, inputs: list[Path], *extra: str, out: str = "out") -> int:
-    config = _config(tmp_path / f"{out}.yml", family["base"], inputs)
+    config = merge_config(tmp_path / f"{out}.yml", family["base"], inputs)
     return main(
         [
             "merge",
@@ -74,12 +45,7 @@ def _merge(family: dict[str, Path], tmp_path: Path, inputs: list[Path], *extra: 
             "--quiet",
             "--db",
             str(tmp_path / "mg.db"),
-            "--benchmark-spec",
-            str(family["spec"]),
-            "--benchmark",
-            "demo_quiz",
-            "--cache-dir",
-            str(tmp_path / "cache"),
+            *quiz_args(family["spec"], tmp_path / "cache"),
             *extra,
         ]
     )
@@ -149,7 +115,7 @@ def test_clean_merge_reuses_the_stored_audit(family, tmp_path) -> None:
         benchmarks=["demo_quiz"], custom_specs=[family["spec"]], cache_dir=tmp_path / "cache"
     )
     guard = GuardOptions(audit=options, db_path=tmp_path / "mg.db")
-    config = _config(tmp_path / "c.yml", family["base"], [family["a"], family["b"]])
+    config = merge_config(tmp_path / "c.yml", family["base"], [family["a"], family["b"]])
     first = guarded_merge(config, tmp_path / "m1", MergeOptions(quiet=True), guard)
     second = guarded_merge(config, tmp_path / "m2", MergeOptions(quiet=True), guard)
     assert first.verdict == second.verdict == "clean"
@@ -227,7 +193,7 @@ def test_merge_check_is_stored_and_shown(family, tmp_path) -> None:
 
 
 def test_audit_of_a_config_shows_the_family_check(family, tmp_path, capsys) -> None:
-    config = _config(tmp_path / "c.yml", family["base"], [family["a"], family["b"]])
+    config = merge_config(tmp_path / "c.yml", family["base"], [family["a"], family["b"]])
     args = ["audit", str(config), "--benchmark-spec", str(family["spec"]), "--benchmark", "demo_quiz"]
     assert main([*args, "--no-progress"]) == 0
     assert "family check" in capsys.readouterr().out

@@ -232,33 +232,43 @@ import json, sys, yaml
 from mergekit.config import MergeConfiguration
 from mergekit.merge import run_merge
 from mergekit.options import MergeOptions
-for config_path, out in json.loads(sys.argv[1]):
+for config_path, out, extra in json.loads(sys.argv[1]):
     with open(config_path) as f:
         config = MergeConfiguration.model_validate(yaml.safe_load(f))
-    run_merge(config, out, MergeOptions(copy_tokenizer=False, random_seed=0, quiet=True))
+    options = {"copy_tokenizer": False, "random_seed": 0, "quiet": True, **extra}
+    run_merge(config, out, MergeOptions(**options))
 """
 
 
-@pytest.fixture(scope="module")
-def parity_outputs(models, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]]:
-    base = models.base("llama", seed=0)
-    refs = {
-        "base": base,
-        "ft1": models.finetune(base, seed=1),
-        "ft2": models.finetune(base, seed=2, scale=0.02),
-    }
-    root = tmp_path_factory.mktemp("parity")
+def _mergekit_outputs(
+    root: Path, refs: dict[str, Path], cases: dict[str, tuple[str, dict]]
+) -> dict[str, tuple[Path, Path]]:
+    """Per case (its config template, mergekit's options beyond the defaults): the config written under
+    `root` with `refs` filled in, and mergekit's output folder. All cases merge in one subprocess (fast)."""
     jobs, outputs = [], {}
-    for name, template in CASES.items():
+    for name, (template, theirs) in cases.items():
         path = root / f"{name}.yml"
         path.write_text(textwrap.dedent(template).format(**{k: str(v) for k, v in refs.items()}))
-        jobs.append((str(path), str(root / f"mk-{name}")))
+        jobs.append((str(path), str(root / f"mk-{name}"), theirs))
         outputs[name] = (path, root / f"mk-{name}")
     done = subprocess.run(
         [str(MERGEKIT_PYTHON), "-c", DRIVER, json.dumps(jobs)], capture_output=True, text=True, timeout=600
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return outputs
+
+
+def _finetunes(models) -> dict[str, Path]:
+    """The llama base and its two fine-tunes (the second with larger deltas) that most cases merge."""
+    base = models.base("llama", seed=0)
+    ft1, ft2 = models.finetune(base, seed=1), models.finetune(base, seed=2, scale=0.02)
+    return {"base": base, "ft1": ft1, "ft2": ft2}
+
+
+@pytest.fixture(scope="module")
+def parity_outputs(models, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]]:
+    cases = {name: (template, {}) for name, template in CASES.items()}
+    return _mergekit_outputs(tmp_path_factory.mktemp("parity"), _finetunes(models), cases)
 
 
 def _tensors(folder: Path) -> dict:
@@ -365,18 +375,8 @@ def vocab_outputs(models, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
             models.finetune(base, seed=2), root / "b", ["<|im_end|>", "quokka"], seed=4, rows=520
         ),
     }
-    jobs, outputs = [], {}
-    for name, template in VOCAB_CASES.items():
-        path = root / f"{name}.yml"
-        path.write_text(textwrap.dedent(template).format(**{k: str(v) for k, v in refs.items()}))
-        jobs.append((str(path), str(root / f"mk-{name}")))
-        outputs[name] = (path, root / f"mk-{name}")
-    driver = DRIVER.replace("copy_tokenizer=False", "copy_tokenizer=True")
-    done = subprocess.run(
-        [str(MERGEKIT_PYTHON), "-c", driver, json.dumps(jobs)], capture_output=True, text=True, timeout=600
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return outputs
+    cases = {name: (template, {"copy_tokenizer": True}) for name, template in VOCAB_CASES.items()}
+    return _mergekit_outputs(root, refs, cases)
 
 
 @pytest.mark.parametrize("backend", ["auto", "torch"])
@@ -411,17 +411,6 @@ def test_vocabularies_aligned_as_mergekit(case: str, backend: str, vocab_outputs
     ours_cfg = json.loads((ours_dir / "config.json").read_text())
     assert ours_cfg["vocab_size"] == json.loads((theirs_dir / "config.json").read_text())["vocab_size"]
 
-
-DRIVER_WITH_OPTIONS = """
-import json, sys, yaml
-from mergekit.config import MergeConfiguration
-from mergekit.merge import run_merge
-from mergekit.options import MergeOptions
-for config_path, out, extra in json.loads(sys.argv[1]):
-    with open(config_path) as f:
-        config = MergeConfiguration.model_validate(yaml.safe_load(f))
-    run_merge(config, out, MergeOptions(copy_tokenizer=False, random_seed=0, quiet=True, **extra))
-"""
 
 OPTION_CASES: dict[str, tuple[str, dict, dict]] = {
     # (config, mergekit's options, mergeguard's options and load_config's keywords)
@@ -509,29 +498,14 @@ OPTION_CASES: dict[str, tuple[str, dict, dict]] = {
 
 @pytest.fixture(scope="module")
 def option_outputs(models, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]]:
-    base = models.base("llama", seed=0)
     root = tmp_path_factory.mktemp("options")
-    refs = {
-        "base": base,
-        "ft1": models.finetune(base, seed=1),
-        "ft2": models.finetune(base, seed=2, scale=0.02),
-        "bf16": models.finetune(models.base("llama", seed=0, dtype="bfloat16"), seed=5),
-        "padded": with_tokens(models.finetune(base, seed=6), root / "padded", ["quokka"], seed=7, rows=520),
-    }
-    jobs, outputs = [], {}
-    for name, (template, theirs, _) in OPTION_CASES.items():
-        path = root / f"{name}.yml"
-        path.write_text(textwrap.dedent(template).format(**{k: str(v) for k, v in refs.items()}))
-        jobs.append((str(path), str(root / f"mk-{name}"), theirs))
-        outputs[name] = (path, root / f"mk-{name}")
-    done = subprocess.run(
-        [str(MERGEKIT_PYTHON), "-c", DRIVER_WITH_OPTIONS, json.dumps(jobs)],
-        capture_output=True,
-        text=True,
-        timeout=600,
+    refs = _finetunes(models)
+    refs["bf16"] = models.finetune(models.base("llama", seed=0, dtype="bfloat16"), seed=5)
+    refs["padded"] = with_tokens(
+        models.finetune(refs["base"], seed=6), root / "padded", ["quokka"], seed=7, rows=520
     )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return outputs
+    cases = {name: (template, theirs) for name, (template, theirs, _) in OPTION_CASES.items()}
+    return _mergekit_outputs(root, refs, cases)
 
 
 @pytest.mark.parametrize("backend", ["auto", "torch"])

@@ -97,7 +97,6 @@ def probed(probe_models_trained: dict) -> dict[str, Any]:
     cards), one over the base (reference: the independent model); per model its exit and benchmarks."""
     m = probe_models_trained
     results: dict[str, Any] = {}
-    benches = [arg for name in PROBED for arg in ("--benchmark", name)]
     for names, extra in (
         (["leaky", "clean", "merged"], []),
         (["base"], ["--reference", str(m["independent"])]),
@@ -105,11 +104,9 @@ def probed(probe_models_trained: dict) -> dict[str, Any]:
         run = _cli(
             "probe",
             *[str(m[n]) for n in names],
-            *benches,
+            *_bench_args(m["hf"]),
             "--limit",
             str(LIMIT),
-            "--benchmarks-dir",
-            str(m["hf"]),
             "--json",
             *FAST,
             *extra,
@@ -161,6 +158,11 @@ def test_json_items_carry_index_and_score_and_exit_codes_follow_the_verdict(prob
 # ---------------------------------------------------------------- bad input: one line, exit 2
 
 
+def _probe_gsm8k(m: dict, model: Path, *extra: str) -> Any:
+    """`probe MODEL` on GSM8K's first 20 items from the local test sets."""
+    return _cli("probe", str(model), "-b", "gsm8k", "--limit", "20", "--benchmarks-dir", str(m["hf"]), *extra)
+
+
 def _sha(folder: Path) -> dict[str, str]:
     return {
         p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()
@@ -177,17 +179,11 @@ def test_reference_with_another_tokenizer_stops_with_one_line(
         tmp_path / "stranger", "llama", num_layers=1, vocab_size=400, tokenizer_dir=other_tok
     )
     before = _sha(probe_models_trained["clean"])
-    run = _cli(
-        "probe",
-        str(probe_models_trained["clean"]),
+    run = _probe_gsm8k(
+        probe_models_trained,
+        probe_models_trained["clean"],
         "--reference",
         str(stranger),
-        "-b",
-        "gsm8k",
-        "--limit",
-        "20",
-        "--benchmarks-dir",
-        str(probe_models_trained["hf"]),
         "--db",
         str(tmp_path / "x.db"),
     )
@@ -206,18 +202,7 @@ def test_unloadable_model_is_one_line_exit_2(probe_models_trained: dict, tmp_pat
         if source.suffix == ".json":
             (broken / source.name).write_bytes(source.read_bytes())
     (broken / "model.safetensors").write_bytes(b"not safetensors at all")
-    run = _cli(
-        "probe",
-        str(broken),
-        "--reference",
-        str(probe_models_trained["base"]),
-        "-b",
-        "gsm8k",
-        "--limit",
-        "20",
-        "--benchmarks-dir",
-        str(probe_models_trained["hf"]),
-    )
+    run = _probe_gsm8k(probe_models_trained, broken, "--reference", str(probe_models_trained["base"]))
     assert run.exit_code == 2
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: model {broken} cannot be loaded")
@@ -250,18 +235,7 @@ def test_benchmark_without_local_data_offline_is_one_line_exit_2(
 
 
 def test_no_reference_is_inconclusive_exit_2(probe_models_trained: dict) -> None:
-    run = _cli(
-        "probe",
-        str(probe_models_trained["base"]),
-        "-b",
-        "gsm8k",
-        "--limit",
-        "20",
-        "--benchmarks-dir",
-        str(probe_models_trained["hf"]),
-        "--json",
-        *FAST,
-    )
+    run = _probe_gsm8k(probe_models_trained, probe_models_trained["base"], "--json", *FAST)
     assert run.exit_code == 2
     report = json.loads(run.stdout)["models"][0]
     assert report["verdict"] == INCONCLUSIVE and report["reference"] is None
