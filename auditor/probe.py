@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from mergeguard.errors import MergeguardError
+from mergeguard.merge.sanity import _finite  # JSON-safe floats (NaN/inf -> null), shared with `check`
 
 SUSPECT, NO_SIGNAL, INCONCLUSIVE = "suspect", "no_signal", "inconclusive"
 VERDICTS = (SUSPECT, NO_SIGNAL, INCONCLUSIVE)
@@ -139,16 +140,6 @@ class ProbeReport:
         data = asdict(self)
         data["verdict"] = self.verdict
         return _finite(data)
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
 
 
 def reports_json(reports: Sequence[ProbeReport]) -> str:

@@ -268,29 +268,16 @@ def inherited_report(output: str, audit: InputAudit) -> dict[str, Any]:
 
 
 def card_section(verdict: str, audit: InputAudit | None) -> str:
-    """The contamination section of the merged model's card: a verdict per benchmark, inherited from whom."""
+    """The contamination section of the merged model's card, rendered as `mergeguard card` renders it, with
+    what only the merge knows: undeclared data and rows skipped under --skip-bad-rows."""
     if audit is None:
         return "## Contamination\n\nNot audited (merged with `--no-audit`).\n"
-    lines = ["## Contamination", "", f"Verdict: **{verdict}** (audited by mergeguard {__version__}).", ""]
-    per_benchmark: dict[str, dict[str, Any]] = {}
-    for finding in audit.report.get("findings", []):
-        if finding.get("model") is None:
-            continue
-        row = per_benchmark.setdefault(finding["benchmark"], {"items": set(), "via": set(), "worst": set()})
-        row["items"].add(finding["item"])
-        row["via"].add(finding.get("inherited_from") or finding["model"])
-        row["worst"].add(finding["severity"])
-    if per_benchmark:
-        lines += ["| benchmark | items found | severities | inherited from |", "|---|---|---|---|"]
-        for name, row in sorted(per_benchmark.items()):
-            lines.append(
-                f"| {name} | {len(row['items'])} | {', '.join(sorted(row['worst']))} | "
-                f"{', '.join(sorted(row['via']))} |"
-            )
-    else:
-        lines.append("No benchmark test items were found in the inputs' declared datasets.")
+    from mergeguard.reports.card import contamination_section
+    from mergeguard.reports.gather import inputs_report
+
+    notes = []
     if audit.undeclared:
-        lines += ["", f"Undeclared training data (not auditable): {', '.join(audit.undeclared)}."]
+        notes.append(f"Undeclared training data (not auditable): {', '.join(audit.undeclared)}.")
     skipped = {
         d["ref"]: d["skipped"]
         for entry in audit.report.get("models", [])
@@ -299,8 +286,8 @@ def card_section(verdict: str, audit: InputAudit | None) -> str:
     }
     if skipped:  # the audit saw only the readable rows: say so where the verdict is read
         counts = ", ".join(f"{ref} ({n} skipped)" for ref, n in skipped.items())
-        lines += ["", f"Audited with `--skip-bad-rows`: unreadable rows or files were skipped in {counts}."]
-    return "\n".join(lines) + "\n"
+        notes.append(f"Audited with `--skip-bad-rows`: unreadable rows or files were skipped in {counts}.")
+    return contamination_section(inputs_report(audit.report, verdict), notes)
 
 
 def _scalar(value: Any) -> float | None:
@@ -345,58 +332,114 @@ def _guarded_merge(
     config_path: str | Path, out_dir: str | Path, merge_options: Any, guard: GuardOptions | None
 ) -> GuardedMerge:
     from mergeguard.auditor import AuditOptions
-    from mergeguard.merge import MergeOptions, config_models, load_config, run_merge
-    from mergeguard.merge.engine import preflight
-    from mergeguard.merge.family import config_family_check
-    from mergeguard.merge.numpy_stream import prestart_workers
+    from mergeguard.merge import MergeOptions
 
     guard = guard or GuardOptions()
     guard.audit = guard.audit or AuditOptions()
     merge_options = merge_options or MergeOptions()
     config_path = Path(config_path)
     started = time.perf_counter()
+    config, models, db = _prepare(config_path, out_dir, merge_options, guard)
+    timings: dict[str, float] = {}
+    audit = None
+    if not guard.no_audit:
+        audit = _audit_or_refuse(config_path, config, out_dir, models, guard, db)
+        timings["audit"] = time.perf_counter() - started
+    if guard.probe is not None:
+        if db is None:
+            from mergeguard.db import open_db
+
+            db = open_db(guard.db_path)
+        _probe_or_refuse(config, out_dir, models, audit, guard, db)
+    verdict = merged_verdict(audit)
+    result, family, db = _merge_checking_family(
+        config, out_dir, merge_options, guard, db, verdict, audit, timings
+    )
+    timings["merge"] = result.seconds
+    _register_inputs(db, models)  # after the merge: reading the cards would delay its start
+    record = _record_merge(db, config, result, merge_options, guard, audit, verdict, family, started, timings)
+    warnings = list(result.warnings)
+    if audit is not None and audit.undeclared:
+        warnings.append(
+            f"undeclared training data in {', '.join(audit.undeclared)}: the merge is `undeclared` too"
+        )
+    return GuardedMerge(audit, family, result, verdict, record.merge_id, record.model_id, warnings)
+
+
+def _prepare(config_path: Path, out_dir: str | Path, merge_options: Any, guard: GuardOptions) -> tuple:
+    """The config validated and the output checked before anything slow; the merge's workers start and the
+    database opens meanwhile (not under --no-audit: then it opens while the merge runs)."""
+    from mergeguard.merge import config_models, load_config
+    from mergeguard.merge.engine import preflight
+    from mergeguard.merge.numpy_stream import prestart_workers
+
     config = load_config(
         config_path, strict=merge_options.strict, allow_unknown_keys=merge_options.allow_unknown_keys
     )
     preflight(config, out_dir, merge_options)
     if merge_options.backend != "torch":
         prestart_workers(config, merge_options.device)  # they start while the database opens
-    models = config_models(config)
     db = None
     if not guard.no_audit:  # else the database code is imported and opened while the merge runs
         from mergeguard.db import open_db
 
         db = open_db(guard.db_path)
-    timings: dict[str, float] = {}
+    return config, config_models(config), db
 
-    audit = None
-    if not guard.no_audit:
-        audit = audit_inputs(config_path, models, guard, db)
-        timings["audit"] = time.perf_counter() - started
-        refusal: MergeguardError | None = None
-        if audit.contaminated and not guard.allow_contaminated:
-            refusal = ContaminatedInputsError(audit)
-        elif audit.unread:  # no override but --skip-bad-rows, which the audit itself records
-            refusal = UnreadableInputsError(audit)
-        if refusal is not None:
-            _register_inputs(db, models)  # a refused input's lineage still shows in `lineage` and `report`
-            _record_refusal(db, config, out_dir, models, audit, refusal)
-            raise refusal
-    if guard.probe is not None:
-        if db is None:
-            from mergeguard.db import open_db
 
-            db = open_db(guard.db_path)
-        suspects = {
-            r.model: [b.benchmark for b in r.benchmarks if b.verdict == "suspect"]
-            for r in probe_inputs(models, audit, guard, db)
-            if r.verdict == "suspect"
-        }
-        if suspects and not guard.allow_suspect:
-            _register_inputs(db, models)
-            _record_probe_refusal(db, config, out_dir, models, suspects)
-            raise SuspectInputsError(suspects)
-    verdict = merged_verdict(audit)
+def _audit_or_refuse(
+    config_path: Path, config: Any, out_dir: str | Path, models: list[str], guard: GuardOptions, db: Any
+) -> InputAudit:
+    """The inputs' audit; a contaminated input (unless allowed) or unread data refuses the merge, recorded."""
+    audit = audit_inputs(config_path, models, guard, db)
+    refusal: MergeguardError | None = None
+    if audit.contaminated and not guard.allow_contaminated:
+        refusal = ContaminatedInputsError(audit)
+    elif audit.unread:  # no override but --skip-bad-rows, which the audit itself records
+        refusal = UnreadableInputsError(audit)
+    if refusal is not None:
+        names = audit.contaminated or audit.unread
+        why = "contaminated" if audit.contaminated else "unreadable data in"
+        _refuse(db, config, out_dir, models, f"{why} {_names(names)}", refusal, audit.audit_id)
+    return audit
+
+
+def _probe_or_refuse(
+    config: Any,
+    out_dir: str | Path,
+    models: list[str],
+    audit: InputAudit | None,
+    guard: GuardOptions,
+    db: Any,
+) -> None:
+    """The model-side probe of the inputs `guard.probe_scope` names; a suspect one refuses the merge unless
+    --allow-suspect."""
+    suspects = {
+        r.model: [b.benchmark for b in r.benchmarks if b.verdict == "suspect"]
+        for r in probe_inputs(models, audit, guard, db)
+        if r.verdict == "suspect"
+    }
+    if suspects and not guard.allow_suspect:
+        _refuse(
+            db, config, out_dir, models, f"probe suspect {_names(suspects)}", SuspectInputsError(suspects)
+        )
+
+
+def _merge_checking_family(
+    config: Any,
+    out_dir: str | Path,
+    merge_options: Any,
+    guard: GuardOptions,
+    db: Any,
+    verdict: str,
+    audit: InputAudit | None,
+    timings: dict[str, float],
+) -> tuple[Any, Any, Any]:
+    """run_merge, with the family check and the database open overlapping its compute: (result, family
+    report, database). The caller's `on_started` hook still runs and is restored afterwards."""
+    from mergeguard.merge import run_merge
+    from mergeguard.merge.family import config_family_check
+
     checked: dict[str, Any] = {}
 
     def while_merging() -> None:
@@ -425,11 +468,24 @@ def _guarded_merge(
         result = run_merge(config, out_dir, merge_options)
     finally:
         merge_options.on_started = callers_hook
-    timings["merge"] = result.seconds
-    family, db = checked["family"], checked["db"]
+    return result, checked["family"], checked["db"]
+
+
+def _record_merge(
+    db: Any,
+    config: Any,
+    result: Any,
+    merge_options: Any,
+    guard: GuardOptions,
+    audit: InputAudit | None,
+    verdict: str,
+    family: Any,
+    started: float,
+    timings: dict[str, float],
+) -> Any:
+    """The written merge in the database: its lineage, the audit it inherits and the guard's decisions."""
     from mergeguard.db import record_audit, record_merge, set_merge_guard
 
-    _register_inputs(db, models)  # after the merge: reading the cards would delay its start
     output = str(result.out_dir)
     record = record_merge(
         db,
@@ -457,48 +513,39 @@ def _guarded_merge(
             "family": family.to_dict() if family is not None else None,
         },
     )
-    warnings = list(result.warnings)
-    if audit is not None and audit.undeclared:
-        warnings.append(
-            f"undeclared training data in {', '.join(audit.undeclared)}: the merge is `undeclared` too"
-        )
-    return GuardedMerge(audit, family, result, verdict, record.merge_id, record.model_id, warnings)
+    return record
 
 
-def _record_refusal(
-    db: Any, config: Any, out_dir: str | Path, models: list[str], audit: InputAudit, error: MergeguardError
+def _names(refs: Any) -> str:
+    """Models as a refusal reason names them: folder names for local paths."""
+    return ", ".join(Path(n).name or n for n in refs)
+
+
+def _refuse(
+    db: Any,
+    config: Any,
+    out_dir: str | Path,
+    models: list[str],
+    reason: str,
+    error: MergeguardError,
+    audit_id: int | None = None,
 ) -> None:
-    """The refused merge in the database (status 'refused'), so `history` shows the guard's decision."""
+    """Record the refused merge (status 'refused', so `history` shows the guard's decision) with its inputs'
+    lineage (shown in `lineage` and `report`), then raise `error`."""
     from mergeguard.db.records import record_refusal
 
-    names = audit.contaminated or audit.unread
-    why = "contaminated" if audit.contaminated else "unreadable data in"
+    _register_inputs(db, models)
     record_refusal(
         db,
         output=out_dir,
         config_text=config.text,
         method=getattr(config, "merge_method", None),
         inputs=[ref.split("+", 1)[0] for ref in models],
-        reason=f"{why} {', '.join(Path(n).name or n for n in names)}",
-        audit_id=audit.audit_id,
+        reason=reason,
+        audit_id=audit_id,
         tool_version=__version__,
     )
-
-
-def _record_probe_refusal(
-    db: Any, config: Any, out_dir: str | Path, models: list[str], suspects: dict[str, list[str]]
-) -> None:
-    from mergeguard.db.records import record_refusal
-
-    record_refusal(
-        db,
-        output=out_dir,
-        config_text=config.text,
-        method=getattr(config, "merge_method", None),
-        inputs=[ref.split("+", 1)[0] for ref in models],
-        reason=f"probe suspect {', '.join(Path(n).name or n for n in suspects)}",
-        tool_version=__version__,
-    )
+    raise error
 
 
 def _register_inputs(db: Any, models: list[str]) -> None:

@@ -29,6 +29,14 @@ def print_error(error: MergeguardError) -> None:
     error_console().print(f"[bold red]error:[/] {escape(str(error))}", markup=True, emoji=False)
 
 
+def warn_ignored_flags(given: dict[str, Any], what: str) -> None:
+    """One warning line naming the flags given (truthy) that another tool's command line carries but that
+    change nothing here: accepted, so that its command line works after swapping the program name."""
+    names = [name for name, value in given.items() if value]
+    if names:
+        error_console().print(f"[yellow]warning:[/] {', '.join(names)}: {what}", emoji=False)
+
+
 class GuardedGroup(TyperGroup):
     """Turns the project's exceptions into one line on stderr and the error's exit code."""
 

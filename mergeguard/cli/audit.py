@@ -10,7 +10,7 @@ from typing import Any
 
 import typer
 
-from mergeguard.auditor.report import CLEAN, UNDECLARED, UNREAD
+from mergeguard.auditor.report import CLEAN, SEVERITY_RANK, UNDECLARED, UNREAD
 from mergeguard.cli import probe as probe_cli
 from mergeguard.cli.app import (
     DB,
@@ -143,63 +143,89 @@ def parse_show(text: str) -> int | None:
 
 
 def print_report(report: Any, console: Any, show: int | None = TOP_EVIDENCE) -> None:
+    """The audit for the terminal: per model its rates, datasets and strongest findings, then the totals."""
+    for verdict in report.models:
+        _print_model(report, verdict, console, show)
+    _print_totals(report, console)
+
+
+def _rates_table(verdict: Any) -> Any:
+    """One model's per-benchmark rates, titled with its verdict."""
     from rich.markup import escape
     from rich.table import Table
 
-    for verdict in report.models:
-        colour = VERDICT_COLOURS.get(verdict.verdict, "red")
-        title = f"{verdict.kind} {escape(verdict.model)}: [bold {colour}]{verdict.verdict}[/]"
-        table = Table(title=title, title_justify="left")
-        for column in ("benchmark", "items", "contaminated items", "rate", "worst severity", "verdict"):
-            table.add_column(
-                column,
-                justify="right" if column in ("items", "contaminated items", "rate") else "left",
-                overflow="fold",  # a benchmark's name wraps at 80 columns, never ends in an ellipsis
-                no_wrap=column == "benchmark",
-            )
-        for rate in verdict.rates:
-            style = "red" if rate.verdict == "contaminated" else None
-            table.add_row(
-                rate.benchmark,
-                str(rate.items),
-                str(rate.contaminated),
-                f"{rate.rate:.2%}",
-                rate.worst or "-",
-                rate.verdict,
-                style=style,
-            )
-        console.print(table)
-        if verdict.datasets:
-            for d in verdict.datasets:
-                via = f" (inherited from {d['inherited_from']})" if d.get("inherited_from") else ""
-                console.print(f"  dataset {escape(d['ref'])}{escape(via)}{_read_status(d)}")
-        elif verdict.kind == "model":
-            console.print("  no declared datasets in the model's card or lineage: [yellow]undeclared[/]")
-        for problem in verdict.problems:
-            console.print(f"  [yellow]warning:[/] {escape(problem)}")
-        refs = {d["ref"] for d in verdict.datasets} or {verdict.model}
-        for row in report.dataset_view():
-            if row["dataset"] in refs:
-                console.print(f"  {escape(row['dataset'])}: {escape(row['summary'])}")
-        mine = [f for f in report.findings if (f.model or f.dataset) == verdict.model]
-        rank = {"verbatim": 0, "partial": 1, "question_only": 2, "paraphrase": 3, "passage": 4}
-        for finding in sorted(mine, key=lambda f: (rank[f.severity], -f.score))[:show]:
-            where = f" via {finding.inherited_from}" if finding.inherited_from else ""
-            console.print(
-                f"\n  [bold]{finding.benchmark}[/] {finding.split} item {finding.item} "
-                f"({finding.severity}, score {finding.score:.2f}) in {escape(finding.dataset)} "
-                f"example {finding.example}{escape(where)}"
-            )
-            console.print(f"    benchmark: {escape(finding.item_text[:300])}", highlight=False)
-            if finding.semantic:
-                shown = escape(_semantic_evidence(finding.semantic))
-                console.print(f"    evidence:  {shown}", highlight=False)
-            span = f"[black on yellow]{escape(finding.evidence)}[/]"
-            before, after = escape(finding.context_before), escape(finding.context_after)
-            console.print(f"    training:  …{before}{span}{after}…", highlight=False)
-        if show is not None and len(mine) > show:
-            console.print(f"\n  … {len(mine) - show} more findings (--show all lists them)")
-        console.print()
+    colour = VERDICT_COLOURS.get(verdict.verdict, "red")
+    title = f"{verdict.kind} {escape(verdict.model)}: [bold {colour}]{verdict.verdict}[/]"
+    table = Table(title=title, title_justify="left")
+    for column in ("benchmark", "items", "contaminated items", "rate", "worst severity", "verdict"):
+        table.add_column(
+            column,
+            justify="right" if column in ("items", "contaminated items", "rate") else "left",
+            overflow="fold",  # a benchmark's name wraps at 80 columns, never ends in an ellipsis
+            no_wrap=column == "benchmark",
+        )
+    for rate in verdict.rates:
+        style = "red" if rate.verdict == "contaminated" else None
+        table.add_row(
+            rate.benchmark,
+            str(rate.items),
+            str(rate.contaminated),
+            f"{rate.rate:.2%}",
+            rate.worst or "-",
+            rate.verdict,
+            style=style,
+        )
+    return table
+
+
+def _print_model(report: Any, verdict: Any, console: Any, show: int | None) -> None:
+    """One model: its rates, the datasets read (and how), warnings, and its first `show` findings."""
+    from rich.markup import escape
+
+    console.print(_rates_table(verdict))
+    if verdict.datasets:
+        for d in verdict.datasets:
+            via = f" (inherited from {d['inherited_from']})" if d.get("inherited_from") else ""
+            console.print(f"  dataset {escape(d['ref'])}{escape(via)}{_read_status(d)}")
+    elif verdict.kind == "model":
+        console.print("  no declared datasets in the model's card or lineage: [yellow]undeclared[/]")
+    for problem in verdict.problems:
+        console.print(f"  [yellow]warning:[/] {escape(problem)}")
+    refs = {d["ref"] for d in verdict.datasets} or {verdict.model}
+    for row in report.dataset_view():
+        if row["dataset"] in refs:
+            console.print(f"  {escape(row['dataset'])}: {escape(row['summary'])}")
+    mine = [f for f in report.findings if (f.model or f.dataset) == verdict.model]
+    for finding in sorted(mine, key=lambda f: (-SEVERITY_RANK[f.severity], -f.score))[:show]:
+        _print_finding(finding, console)
+    if show is not None and len(mine) > show:
+        console.print(f"\n  … {len(mine) - show} more findings (--show all lists them)")
+    console.print()
+
+
+def _print_finding(finding: Any, console: Any) -> None:
+    """A finding: the benchmark item, the semantic evidence if any, and the training text highlighted."""
+    from rich.markup import escape
+
+    where = f" via {finding.inherited_from}" if finding.inherited_from else ""
+    console.print(
+        f"\n  [bold]{finding.benchmark}[/] {finding.split} item {finding.item} "
+        f"({finding.severity}, score {finding.score:.2f}) in {escape(finding.dataset)} "
+        f"example {finding.example}{escape(where)}"
+    )
+    console.print(f"    benchmark: {escape(finding.item_text[:300])}", highlight=False)
+    if finding.semantic:
+        shown = escape(_semantic_evidence(finding.semantic))
+        console.print(f"    evidence:  {shown}", highlight=False)
+    span = f"[black on yellow]{escape(finding.evidence)}[/]"
+    before, after = escape(finding.context_before), escape(finding.context_after)
+    console.print(f"    training:  …{before}{span}{after}…", highlight=False)
+
+
+def _print_totals(report: Any, console: Any) -> None:
+    """The semantic stage's cost, the report's warnings and the one-line outcome."""
+    from rich.markup import escape
+
     if report.semantic is not None:
         done = report.semantic.get("datasets", {}).values()
         embedded = sum(d["embedded"] for d in done)
@@ -255,11 +281,8 @@ def audit_command(
 
     Example: mergeguard audit --model ./ft-math --benchmark gsm8k,arc_challenge --show all
     """
-    from mergeguard.auditor import audit_config, audit_datasets, audit_models
-
     fmt = output_format(fmt, as_json)
     shown = parse_show(show)
-    as_json = fmt == "json"
 
     try:
         plain, options = audit_options(
@@ -280,21 +303,7 @@ def audit_command(
             device=device,
             semantic_min_chars=semantic_min_chars,
         )
-        if config is not None and (model or plain):
-            raise UsageError("give a merge config or --model/--dataset, not both", hint="run two audits")
-        if config is not None:
-            report = audit_config(config, options)
-        elif model:
-            if plain:
-                raise UsageError(
-                    "--dataset REF with --model audits nothing for the model",
-                    hint="write --dataset MODEL=REF to give a model's datasets",
-                )
-            report = audit_models(list(model), options)
-        elif plain:
-            report = audit_datasets(plain, options)
-        else:
-            raise UsageError("nothing to audit", hint="give a merge config, --model REF or --dataset REF")
+        report = _audit(config, list(model), plain, options)
     except MergeguardError as error:
         if error.exit_code == 2:
             raise
@@ -302,28 +311,7 @@ def audit_command(
     record_report(db, report)
     probes = probe_cli.audit_probe(probe, report, options, device, db, probe_limit)
     family = _family(config) if config is not None else None
-    if fmt in ("csv", "markdown"):
-        emit_rows(None, *rate_rows(report), fmt)
-    elif as_json:
-        payload = report.to_json()
-        if family is not None:
-            payload["family"] = family.to_dict()
-        if probe is not None:
-            payload["probe"] = [r.to_dict() for r in probes]
-        from mergeguard.db.render import rounded
-
-        typer.echo(json.dumps(rounded(payload), ensure_ascii=False))
-    else:
-        from rich.console import Console
-
-        console = Console(highlight=False)
-        print_report(report, console, shown)
-        if family is not None:
-            from mergeguard.cli.check import render_family
-
-            console.print(render_family(family))
-        if probes:
-            console.print(probe_cli.render(probes))
+    _show(report, family, probes if probe is not None else None, fmt, shown)
     if exit_status(report) == 2:
         print_error(unread_error(report))
     suspect = any(r.verdict == "suspect" for r in probes)
@@ -400,12 +388,58 @@ def _read_status(dataset: dict[str, Any]) -> str:
     return f" [bold red]{status}[/] ({dataset.get('examples', 0)} rows read; the warning below says why)"
 
 
+def _audit(config: Path | None, models: list[str], plain: list[str], options: Any) -> Any:
+    """The one audit the arguments ask for: a merge config's inputs, models, or datasets alone."""
+    from mergeguard.auditor import audit_config, audit_datasets, audit_models
+
+    if config is not None and (models or plain):
+        raise UsageError("give a merge config or --model/--dataset, not both", hint="run two audits")
+    if config is not None:
+        return audit_config(config, options)
+    if models:
+        if plain:
+            raise UsageError(
+                "--dataset REF with --model audits nothing for the model",
+                hint="write --dataset MODEL=REF to give a model's datasets",
+            )
+        return audit_models(models, options)
+    if plain:
+        return audit_datasets(plain, options)
+    raise UsageError("nothing to audit", hint="give a merge config, --model REF or --dataset REF")
+
+
+def _show(report: Any, family: Any, probes: list[Any] | None, fmt: str, shown: int | None) -> None:
+    """The audit on stdout in `fmt`, with the config's family check and the probe (None: not asked for)."""
+    if fmt in ("csv", "markdown"):
+        emit_rows(None, *rate_rows(report), fmt)
+    elif fmt == "json":
+        payload = report.to_json()
+        if family is not None:
+            payload["family"] = family.to_dict()
+        if probes is not None:
+            payload["probe"] = [r.to_dict() for r in probes]
+        from mergeguard.db.render import rounded
+
+        typer.echo(json.dumps(rounded(payload), ensure_ascii=False))
+    else:
+        from rich.console import Console
+
+        console = Console(highlight=False)
+        print_report(report, console, shown)
+        if family is not None:
+            from mergeguard.cli.check import render_family
+
+            console.print(render_family(family))
+        if probes:
+            console.print(probe_cli.render(probes))
+
+
 def _family(config: Path) -> Any:
     """The family check of a merge config's inputs (shown beside the audit); None when it cannot run."""
     from mergeguard.merge import load_config
     from mergeguard.merge.family import config_family_check
 
     try:
-        return config_family_check(load_config(config))
+        return config_family_check(load_config(config, allow_unknown_keys=True))
     except MergeguardError:
         return None  # an unreadable input or config: the audit already said what it could

@@ -24,6 +24,7 @@ from mergeguard.cli.app import (
     format_option,
     output_format,
     split_names,
+    warn_ignored_flags,
 )
 from mergeguard.errors import MergeguardError, UsageError
 
@@ -35,14 +36,34 @@ def split_tasks(text: str | None) -> list[str] | None:
     return split_names([text]) if text else None
 
 
-def _warn_ignored(names: list[str]) -> None:
-    if names:
-        from mergeguard.cli.app import error_console
+def _chat_template(value: str | None) -> str | bool:
+    """`--apply_chat_template` as lm-eval takes it: a template's name, or whether to use the default one."""
+    return value if value not in (None, "", "true") else bool(value is not None)
 
-        error_console().print(
-            f"[yellow]warning:[/] {', '.join(names)}: lm-eval flags accepted, without effect here",
-            markup=True,
-            highlight=False,
+
+def _model_and_args(model: Path | None, lm_model: str, model_args: str | None) -> tuple[Path, dict]:
+    """The model folder (the argument, or lm-eval's `--model_args pretrained=`) and the other model args."""
+    from mergeguard.db.evaluate import parse_key_values
+
+    if lm_model not in ("hf", "huggingface"):
+        raise UsageError(f"--model {lm_model} is not run by mergeguard", hint="use --model hf (the default)")
+    extra_args = parse_key_values(model_args, "--model_args") if model_args else {}
+    pretrained = extra_args.pop("pretrained", None)
+    if model is None and pretrained is None:
+        raise UsageError(
+            "no model to evaluate", hint="give a model folder, or --model_args pretrained=FOLDER"
+        )
+    return (model if model is not None else Path(str(pretrained))), extra_args
+
+
+def _raise_if_failed(summary: Any) -> None:
+    """A failed task is an error (exit 2) that names it; the other tasks' scores are already stored."""
+    if summary.failed:
+        task, why = next(iter(summary.failed.items()))
+        more = f" (and {len(summary.failed) - 1} more tasks)" if len(summary.failed) > 1 else ""
+        raise MergeguardError(
+            f"task {task} failed{more}: {why}",
+            hint="the other tasks' scores are stored; fix that task and evaluate it again",
         )
 
 
@@ -139,35 +160,23 @@ def eval_command(
     from mergeguard.db.evaluate import LmEvalExtras, parse_key_values, parse_seed, run_eval
 
     fmt = output_format(fmt, as_json, FORMATS)
-    if lm_model not in ("hf", "huggingface"):
-        raise UsageError(f"--model {lm_model} is not run by mergeguard", hint="use --model hf (the default)")
-    extra_args = parse_key_values(model_args, "--model_args") if model_args else {}
-    pretrained = extra_args.pop("pretrained", None)
-    if model is None and pretrained is None:
-        raise UsageError(
-            "no model to evaluate", hint="give a model folder, or --model_args pretrained=FOLDER"
-        )
-    _warn_ignored(
-        [
-            name
-            for name, given in {
-                "--show_config": show_config,
-                "--wandb_args": wandb_args,
-                "--wandb_config_args": wandb_config_args,
-                "--trackio_args": trackio_args,
-                "--hf_hub_log_args": hf_hub_log_args,
-                "--config": config_file,
-                "--samples": samples,
-            }.items()
-            if given
-        ]
+    folder, extra_args = _model_and_args(model, lm_model, model_args)
+    warn_ignored_flags(
+        {
+            "--show_config": show_config,
+            "--wandb_args": wandb_args,
+            "--wandb_config_args": wandb_config_args,
+            "--trackio_args": trackio_args,
+            "--hf_hub_log_args": hf_hub_log_args,
+            "--config": config_file,
+            "--samples": samples,
+        },
+        "lm-eval flags accepted, without effect here",
     )
     extras = LmEvalExtras(
         model_args=extra_args,
         max_batch_size=max_batch_size,
-        apply_chat_template=apply_chat_template
-        if apply_chat_template not in (None, "", "true")
-        else bool(apply_chat_template is not None),
+        apply_chat_template=_chat_template(apply_chat_template),
         system_instruction=system_instruction,
         fewshot_as_multiturn=fewshot_as_multiturn,
         gen_kwargs=gen_kwargs,
@@ -188,7 +197,7 @@ def eval_command(
     with _quiet(quiet):
         summary = run_eval(
             store,
-            model if model is not None else Path(str(pretrained)),
+            folder,
             tasks=split_names(tasks) or None,
             suite=suite,
             limit=limit_value,
@@ -202,13 +211,7 @@ def eval_command(
             extras=extras,
         )
     _print_summary(summary, fmt, quiet)
-    if summary.failed:
-        task, why = next(iter(summary.failed.items()))
-        more = f" (and {len(summary.failed) - 1} more tasks)" if len(summary.failed) > 1 else ""
-        raise MergeguardError(
-            f"task {task} failed{more}: {why}",
-            hint="the other tasks' scores are stored; fix that task and evaluate it again",
-        )
+    _raise_if_failed(summary)
 
 
 @contextmanager

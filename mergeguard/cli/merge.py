@@ -17,7 +17,14 @@ import typer
 
 from mergeguard.cli import audit as audit_cli
 from mergeguard.cli import probe as probe_cli
-from mergeguard.cli.app import JSON_ALIAS, app, error_console, format_option, output_format
+from mergeguard.cli.app import (
+    JSON_ALIAS,
+    app,
+    error_console,
+    format_option,
+    output_format,
+    warn_ignored_flags,
+)
 from mergeguard.cli.check import check_merge
 from mergeguard.errors import UsageError
 
@@ -190,10 +197,9 @@ def merge_command(
     """
     fmt = output_format(fmt, as_json, ("table", "json"))
     quiet = quiet or fmt == "json"
-    cuda = cuda or gpu_rich
-    if transformers_cache:
-        os.environ["HF_HUB_CACHE"] = str(Path(transformers_cache).expanduser().resolve())
-    _ignored_mergekit_flags(
+    device = "cuda" if cuda or gpu_rich else device  # the merge's device runs the semantic models too
+    _mergekit_environment(
+        transformers_cache,
         {
             "-v": verbose > 0,
             "-j/--num-threads": num_threads is not None,
@@ -205,11 +211,9 @@ def merge_command(
             "--write-threads": write_threads != 1,
             "--read-to-gpu": read_to_gpu,
             "--multi-gpu": multi_gpu,
-        }
+        },
     )
-    if "numpy" not in sys.modules:  # numpy's BLAS threads would spin on the cores that the merge's
-        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # workers need (~0.3 s of CPU a merge)
-    from mergeguard.guardrails import ContaminatedInputsError, GuardOptions, UnreadableInputsError
+    from mergeguard.guardrails import GuardOptions
     from mergeguard.merge import MergeOptions, load_config
 
     merge_config = load_config(config, strict=strict, allow_unknown_keys=allow_unknown_keys)
@@ -229,7 +233,7 @@ def merge_command(
         semantic=semantic,
         embedding_model=embedding_model,
         judge=judge,
-        device="cuda" if cuda else device,  # the merge's device runs the semantic models too
+        device=device,
         semantic_min_chars=semantic_min_chars,
     )
     if plain:
@@ -240,12 +244,12 @@ def merge_command(
         allow_contaminated=allow_contaminated,
         allow_unrelated=allow_unrelated,
         db_path=db,
-        probe=probe_cli.guard_probe_options(probe, audit_options, "cuda" if cuda else device, probe_limit),
+        probe=probe_cli.guard_probe_options(probe, audit_options, device, probe_limit),
         probe_scope=probe or "missing",
         allow_suspect=allow_suspect,
     )
     options = MergeOptions(
-        device="cuda" if cuda else device,
+        device=device,
         random_seed=random_seed,
         out_shard_size=out_shard_size,
         copy_tokenizer=copy_tokenizer,
@@ -261,14 +265,38 @@ def merge_command(
         unsafe_truncate_embeddings=unsafe_truncate_embeddings,
         mergekit_rounding=mergekit_rounding,
     )
+    guarded = _merge_or_show_refusal(config, out_dir, options, guard, fmt)
+    _show_outcome(guarded, fmt, quiet)
+    if check:
+        _check_and_exit(guarded.result, device, quiet, trust_remote_code, db)
+
+
+def _mergekit_environment(transformers_cache: str | None, ignored: dict[str, bool]) -> None:
+    """What mergekit-yaml's flags still mean here: the hub cache folder, and a warning naming the flags
+    without effect; numpy's BLAS kept to one thread for the merge's workers."""
+    if transformers_cache:
+        os.environ["HF_HUB_CACHE"] = str(Path(transformers_cache).expanduser().resolve())
+    warn_ignored_flags(ignored, "mergekit-yaml flags accepted but without effect in mergeguard")
+    if "numpy" not in sys.modules:  # numpy's BLAS threads would spin on the cores that the merge's
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # workers need (~0.3 s of CPU a merge)
+
+
+def _merge_or_show_refusal(config: Path, out_dir: Path, options: Any, guard: Any, fmt: str) -> Any:
+    """The guarded merge; when the guard refuses it, the audit that decided is shown before the error."""
+    from mergeguard.guardrails import ContaminatedInputsError, UnreadableInputsError
+
     try:
-        guarded = _with_progress(config, out_dir, options, guard)
+        return _with_progress(config, out_dir, options, guard)
     except (ContaminatedInputsError, UnreadableInputsError) as error:
         if fmt == "json":
             typer.echo(json.dumps({"refused": str(error), "audit": error.audit.report}, default=str))
         else:
             _show_audit(error.audit.report)
         raise
+
+
+def _show_outcome(guarded: Any, fmt: str, quiet: bool) -> None:
+    """Warnings and the family check on stderr; the JSON summary, or the verdict and a one-line summary."""
     result = guarded.result
     for warning in guarded.warnings:
         _warn(warning)
@@ -283,27 +311,22 @@ def merge_command(
             f"merged {len(result.models)} models with {result.method} into {result.out_dir}: "
             f"{result.tensors} tensors, {result.bytes / 1e6:.1f} MB in {result.seconds:.1f} s"
         )
-    if check:
-        from mergeguard.db import open_db, record_check
-
-        report = check_merge(
-            result.out_dir,
-            list(result.models.values()),
-            options.device,
-            quiet,
-            trust_remote_code=trust_remote_code,
-            base=result.models.get(result.base_model) if result.base_model else None,
-        )
-        record_check(open_db(db), result.out_dir, report.verdict, report.summary())
-        raise typer.Exit(report.exit_code)
 
 
-def _ignored_mergekit_flags(given: dict[str, bool]) -> None:
-    """One warning line for the mergekit-yaml flags given that change nothing here (accepted, so that a
-    mergekit command line works after swapping the program name)."""
-    names = [name for name, on in given.items() if on]
-    if names:
-        _warn(f"{', '.join(names)}: mergekit-yaml flags accepted but without effect in mergeguard")
+def _check_and_exit(result: Any, device: str, quiet: bool, trust_remote_code: bool, db: Path | None) -> None:
+    """`--check`: the sanity check of the merged model, recorded; its verdict is the exit status."""
+    from mergeguard.db import open_db, record_check
+
+    report = check_merge(
+        result.out_dir,
+        list(result.models.values()),
+        device,
+        quiet,
+        trust_remote_code=trust_remote_code,
+        base=result.models.get(result.base_model) if result.base_model else None,
+    )
+    record_check(open_db(db), result.out_dir, report.verdict, report.summary())
+    raise typer.Exit(report.exit_code)
 
 
 def _summary(guarded: Any) -> dict[str, Any]:

@@ -3,8 +3,6 @@ Markdown, for people who were not at the terminal."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import typer
@@ -15,20 +13,15 @@ from mergeguard.errors import MergeguardError, UsageError
 
 
 def write_atomically(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file beside it: a failed run leaves no partial file."""
+    """Write `text` to a user-given `path` (checked first) atomically: a failed run leaves no partial file."""
+    from mergeguard.reports.card import write_text_atomically
+
     path = path.expanduser()
     if path.is_dir():
         raise UsageError(f"--out {path} is a folder", hint="give a file name such as report.html")
     if not path.parent.is_dir():
         raise UsageError(f"folder {path.parent} does not exist", hint="create it or choose another --out")
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="\n") as out:
-            out.write(text)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    write_text_atomically(path, text)
 
 
 @app.command("report")

@@ -95,30 +95,52 @@ def _real_items(benchmarks_dir: Path) -> list[dict[str, str]]:
 
 def run_demo(options: DemoOptions, say: Reporter) -> DemoResult:
     """Run the whole story in `options.workdir` (a new temporary folder when None)."""
-    from mergeguard import tiny
     from mergeguard.auditor import AuditOptions, audit_models
-    from mergeguard.db import (
-        history,
-        leaderboard,
-        lineage,
-        open_db,
-        render_history,
-        render_leaderboard,
-        render_lineage,
-        run_eval,
-    )
-    from mergeguard.guardrails import ContaminatedInputsError, GuardOptions, guarded_merge
-    from mergeguard.merge import MergeOptions
-    from mergeguard.merge.sanity import sample_text
+    from mergeguard.db import open_db
 
     work = Path(options.workdir or tempfile.mkdtemp(prefix="mergeguard-demo-")).resolve()
     work.mkdir(parents=True, exist_ok=True)
     db_path = work / "mergeguard.db"
-    pretrain_steps, finetune_steps = _steps(options.fast)
 
     say.step(1, "Train a tiny base model and three fine-tunes (for real, on CPU)")
     quiz = quiz_items(20 if options.fast else 40)
     spec = write_quiz_spec(work / "benchmarks", write_quiz_benchmark(work / "benchmarks", quiz))
+    models, datasets = _train_models(work, quiz, options, say)
+
+    say.step(2, "Audit the fine-tunes' declared datasets against the benchmark test sets")
+    benchmarks = ["demo_quiz"] + ([REAL_BENCHMARK] if options.benchmarks_dir is not None else [])
+    audit_options = AuditOptions(
+        benchmarks=benchmarks,
+        benchmarks_dir=options.benchmarks_dir,
+        custom_specs=[spec],
+        cache_dir=work / "cache",
+    )
+    fine_tunes = [str(models[n]) for n in datasets]
+    report = audit_models(fine_tunes, audit_options).to_json()
+    say.audit(report)
+
+    say.step(3, "Merge all three with TIES: refused, one input is contaminated")
+    refusal = _merge_models(work, models, list(datasets), audit_options, db_path, say)
+
+    say.step(4, f"Evaluate every model with lm-eval on the same quiz ({len(quiz)} items each)")
+    db = open_db(db_path)
+    scores = _evaluate_models(db, work, models, ["base", *datasets, "merge-clean"], spec, say)
+    say.line(_lead(scores, len(quiz)))
+
+    say.step(5, "The leaderboard, the merge's lineage, and the history with the refused merge")
+    _show_records(db, models["merge-clean"], say)
+    return DemoResult(work, db_path, models, report, refusal, models["merge-clean"], scores)
+
+
+def _train_models(
+    work: Path, quiz: list[Any], options: DemoOptions, say: Reporter
+) -> tuple[dict[str, Path], dict[str, Path]]:
+    """Step 1: the datasets written, a tokenizer and a base pre-trained on a little English, and three
+    fine-tunes of it (one on leaked quiz items). Returns (models by name, each fine-tune's dataset)."""
+    from mergeguard import tiny
+    from mergeguard.merge.sanity import sample_text
+
+    pretrain_steps, finetune_steps = _steps(options.fast)
     data = work / "data"
     leaked = contaminated_instructions(quiz, writing_instructions(60, seed=3))
     if options.benchmarks_dir is not None:
@@ -146,22 +168,25 @@ def run_demo(options: DemoOptions, say: Reporter) -> DemoResult:
         )
         say.line(f"{name}: fine-tuned on {len(rows)} examples from {path.name}")
     shutil_rmtree(initial)
+    return models, datasets
 
-    say.step(2, "Audit the fine-tunes' declared datasets against the benchmark test sets")
-    benchmarks = ["demo_quiz"] + ([REAL_BENCHMARK] if options.benchmarks_dir is not None else [])
-    audit_options = AuditOptions(
-        benchmarks=benchmarks,
-        benchmarks_dir=options.benchmarks_dir,
-        custom_specs=[spec],
-        cache_dir=work / "cache",
-    )
-    fine_tunes = [str(models[n]) for n in datasets]
-    report = audit_models(fine_tunes, audit_options).to_json()
-    say.audit(report)
 
-    say.step(3, "Merge all three with TIES: refused, one input is contaminated")
+def _merge_models(
+    work: Path,
+    models: dict[str, Path],
+    fine_tunes: list[str],
+    audit_options: Any,
+    db_path: Path,
+    say: Reporter,
+) -> str:
+    """Step 3: all fine-tunes merged (the guard refuses: one is contaminated), then the two clean ones;
+    `models` gains "merge-clean". Returns the refusal's message."""
+    from mergeguard.guardrails import ContaminatedInputsError, GuardOptions, guarded_merge
+    from mergeguard.merge import MergeOptions
+
+    base = models["base"]
     guard = GuardOptions(audit=audit_options, db_path=db_path)
-    config_all = _write_config(work / "merge-all.yml", base, [models[n] for n in datasets])
+    config_all = _write_config(work / "merge-all.yml", base, [models[n] for n in fine_tunes])
     refusal = ""
     try:
         guarded_merge(config_all, work / "models" / "merge-all", MergeOptions(quiet=True), guard)
@@ -171,17 +196,39 @@ def run_demo(options: DemoOptions, say: Reporter) -> DemoResult:
     clean = [models["ft-math"], models["ft-writing"]]
     config_clean = _write_config(work / "merge-clean.yml", base, clean)
     say.line("Merging the two clean fine-tunes instead:")
-    merged = guarded_merge(config_clean, models_dir / "merge-clean", MergeOptions(quiet=True), guard)
+    merged = guarded_merge(config_clean, work / "models" / "merge-clean", MergeOptions(quiet=True), guard)
     models["merge-clean"] = merged.result.out_dir
     say.line(
         f"merge-clean: {merged.result.tensors} tensors in {merged.result.seconds:.1f} s, verdict "
         f"{merged.verdict} (audit {'reused' if merged.audit and merged.audit.reused else 'run'})"
     )
+    return refusal
 
-    say.step(4, f"Evaluate every model with lm-eval on the same quiz ({len(quiz)} items each)")
-    db = open_db(db_path)
+
+def _show_records(db: Any, merged: Path, say: Reporter) -> None:
+    """Step 5: what the database now holds: the leaderboard, the merge's lineage, the history."""
+    from mergeguard.db import (
+        history,
+        leaderboard,
+        lineage,
+        render_history,
+        render_leaderboard,
+        render_lineage,
+    )
+
+    say.table(render_leaderboard(leaderboard(db), "table"))
+    say.table(render_lineage(lineage(db, str(merged)), "tree"))
+    say.table(render_history(history(db), "table"))
+
+
+def _evaluate_models(
+    db: Any, work: Path, models: dict[str, Path], names: list[str], spec: Path, say: Reporter
+) -> dict[str, dict[str, float]]:
+    """Step 4: each model evaluated with lm-eval on the quiz (its output silenced), scores stored."""
+    from mergeguard.db import run_eval
+
     scores: dict[str, dict[str, float]] = {}
-    for name in ["base", *datasets, "merge-clean"]:
+    for name in names:
         with _silenced():
             summary = run_eval(
                 db,
@@ -193,14 +240,7 @@ def run_demo(options: DemoOptions, say: Reporter) -> DemoResult:
             )
         scores[name] = summary.scores
         say.line(f"{name}: demo_quiz accuracy {summary.scores.get('demo_quiz', float('nan')) * 100:.1f}%")
-
-    say.line(_lead(scores, len(quiz)))
-
-    say.step(5, "The leaderboard, the merge's lineage, and the history with the refused merge")
-    say.table(render_leaderboard(leaderboard(db), "table"))
-    say.table(render_lineage(lineage(db, str(models["merge-clean"])), "tree"))
-    say.table(render_history(history(db), "table"))
-    return DemoResult(work, db_path, models, report, refusal, models["merge-clean"], scores)
+    return scores
 
 
 def _lead(scores: dict[str, dict[str, float]], items: int) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -149,8 +150,10 @@ def card_text(facts: CardFacts) -> str:
     return f"---\n{data.to_yaml()}\n---\n\n{body}"
 
 
-def contamination_section(report: Any) -> str:
-    """The card's contamination section from a `reports.Report` (the stored verdict and counts)."""
+def contamination_section(report: Any, notes: Sequence[str] = ()) -> str:
+    """The card's contamination section from a `reports.Report`: the verdict, the benchmarks found, then
+    `notes`. One renderer for both writers: the merge (`guardrails.card_section`, from its inputs' audit)
+    and `mergeguard card` (from the database)."""
     from mergeguard import __version__
 
     verdict = f"{report.verdict} (via {report.verdict_via})" if report.verdict_via else report.verdict
@@ -166,6 +169,8 @@ def contamination_section(report: Any) -> str:
         lines.append("Not audited.")
     else:
         lines.append("No benchmark test items were found in the inputs' declared datasets.")
+    for note in notes:
+        lines += ["", note]
     return "\n".join(lines) + "\n"
 
 
@@ -203,7 +208,7 @@ def refresh_card(db: Any, model: str) -> Path:
             f"the folder of {row['name']} ({row['ref']}) is not on this machine",
             hint="run `mergeguard card` where the merged model lives",
         )
-    config = load_config(merge.config_text)
+    config = load_config(merge.config_text, allow_unknown_keys=True)  # as stored: the merge accepted it
     old = read_model_card(folder)
     datasets = list(old.datasets)
     for entry in model_report(db, row["ref"]).datasets:

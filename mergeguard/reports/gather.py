@@ -179,6 +179,23 @@ def _origins(findings: list[dict[str, Any]], subject: str) -> dict[str, int]:
     return out
 
 
+def inputs_report(report: dict[str, Any], verdict: str) -> Report:
+    """A merge's inputs' audit as a Report, before anything is stored: what the merge's card shows."""
+    findings = [f for f in report.get("findings", []) if f.get("model") is not None]
+    return Report(
+        kind="config",
+        subject="",
+        ref="",
+        verdict=verdict,
+        verdict_via=None,
+        why=[],
+        counts=_counts(report, findings, []),
+        findings=_ordered(findings),
+        origins=_origins(findings, ""),
+        thresholds=report.get("thresholds") or {},
+    )
+
+
 def model_report(db: Database, model: str, suite: str | None = None) -> Report:
     """The report of a model in the database: its latest audit (or its contaminated ancestor's)."""
     from mergeguard.db import contamination, find_model, lineage
@@ -236,7 +253,7 @@ def config_report(db: Database, path: Path, suite: str | None = None) -> Report:
     from mergeguard.guardrails import InputAudit, merged_verdict
     from mergeguard.merge.config import config_models, load_config
 
-    config = load_config(path)
+    config = load_config(path, allow_unknown_keys=True)  # a merge may have accepted unknown keys
     merge = merge_by_config(db, config.text, written=True)
     if merge is not None:
         out = model_report(db, merge.output_ref, suite)

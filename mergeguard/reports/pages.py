@@ -91,14 +91,37 @@ def _guard_lines(guard: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
-def render_html(report: Report) -> str:
-    """One offline HTML page for `report`."""
+def _count_table(report: Report) -> tuple[list[str], list[list[Any]]]:
+    """The per-benchmark counts as both pages show them: (headers, rows)."""
+    rows = [
+        [c.benchmark, c.split, f"{c.found} / {c.items}", f"{c.share:.1%}", c.worst or "—", c.verdict or "—"]
+        for c in report.counts
+    ]
+    return ["benchmark", "split", "items found", "share", "worst", "verdict"], rows
+
+
+def _dataset_table(report: Report) -> tuple[list[str], list[list[Any]]]:
+    """The declared datasets as both pages show them: (headers, rows)."""
+    rows = [
+        [d.get("ref"), Path(str(d.get("declared_by"))).name, d.get("status", "—"), d.get("examples", "—")]
+        for d in report.datasets
+    ]
+    return ["dataset", "declared by", "status", "examples"], rows
+
+
+def _html_table(title: str, headers: list[str], rows: list[list[Any]]) -> list[str]:
+    """A titled HTML table, one line per row, every cell escaped."""
+    head = "".join(f"<th>{escape(h)}</th>" for h in headers)
+    body = ["<tr>" + "".join(f"<td>{escape(str(v))}</td>" for v in row) + "</tr>" for row in rows]
+    return [f"<h2>{escape(title)}</h2><table><tr>{head}</tr>", *body, "</table>"]
+
+
+def _html_head(report: Report) -> list[str]:
+    """The document head (no network, no script) and the verdict with why."""
     from mergeguard import __version__
-    from mergeguard.reports.lineage_svg import lineage_svg
-    from mergeguard.reports.plot import scores_svg
 
     colour = COLOURS.get(report.verdict, "#e08a00")
-    out = [
+    return [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
@@ -113,22 +136,13 @@ def render_html(report: Report) -> str:
         + f" · mergeguard {escape(__version__)}</div>",
         '<ul class="why">' + "".join(f"<li>{escape(line)}</li>" for line in report.why) + "</ul>",
     ]
-    if report.problems:
-        out.append(
-            '<ul class="why">' + "".join(f"<li>problem: {escape(p)}</li>" for p in report.problems) + "</ul>"
-        )
-    if any(c.found for c in report.counts):
-        out.append(
-            "<h2>Benchmarks</h2><table><tr><th>benchmark</th><th>split</th><th>items found</th>"
-            "<th>share</th><th>worst</th><th>verdict</th></tr>"
-        )
-        for c in report.counts:
-            out.append(
-                f"<tr><td>{escape(c.benchmark)}</td><td>{escape(c.split)}</td><td>{c.found} / {c.items}</td>"
-                f"<td>{c.share:.1%}</td><td>{escape(c.worst or '—')}</td>"
-                f"<td>{escape(c.verdict or '—')}</td></tr>"
-            )
-        out.append("</table>")
+
+
+def _html_figures(report: Report) -> list[str]:
+    """The lineage SVG (when there is more than the subject to show) and the score plot."""
+    from mergeguard.reports.lineage_svg import lineage_svg
+    from mergeguard.reports.plot import scores_svg
+
     figures = []
     if (
         report.lineage is not None
@@ -147,38 +161,45 @@ def render_html(report: Report) -> str:
             f"{escape(report.subject)} against its parents and base"
             f"{' (v2 normalized)' if report.suite == 'v2' else ''}.</figcaption></figure>"
         )
+    return figures
+
+
+def _html_finding(number: int, finding: dict[str, Any]) -> str:
+    """One finding: severity, score, item and row named, the item beside the training row, marked."""
+    item, row = highlight(str(finding.get("item_text") or ""), _row_text(finding))
+    severity = str(finding.get("severity"))
+    via = finding.get("inherited_from")
+    return (
+        f'<div class="finding" id="finding-{number}"><div class="meta">#{number} '
+        f'<span class="sev-{escape(severity)}">{escape(severity)}</span> · score '
+        f"{float(finding.get('score') or 0):.2f} · {escape(_item_label(finding))} · "
+        f"{escape(_where(finding))}"
+        + (f" · came in through {escape(Path(str(via)).name)}" if via else "")
+        + (f" · {escape(_semantic_note(finding))}" if _semantic_note(finding) else "")
+        + "</div>"
+        f"<div><b>benchmark item</b><pre>{_html_segments(item)}</pre></div>"
+        f"<div><b>training row</b><pre>{_html_segments(row)}</pre></div></div>"
+    )
+
+
+def render_html(report: Report) -> str:
+    """One offline HTML page for `report`."""
+    out = _html_head(report)
+    if report.problems:
+        out.append(
+            '<ul class="why">' + "".join(f"<li>problem: {escape(p)}</li>" for p in report.problems) + "</ul>"
+        )
+    if any(c.found for c in report.counts):
+        out += _html_table("Benchmarks", *_count_table(report))
+    figures = _html_figures(report)
     if figures:
         out.append('<h2>Lineage and scores</h2><div class="figures">' + "".join(figures) + "</div>")
     if report.findings:
         out.append(f'<h2>Findings ({len(report.findings)})</h2><div id="findings">')
-        for number, finding in enumerate(report.findings, start=1):
-            item, row = highlight(str(finding.get("item_text") or ""), _row_text(finding))
-            severity = str(finding.get("severity"))
-            via = finding.get("inherited_from")
-            out.append(
-                f'<div class="finding" id="finding-{number}"><div class="meta">#{number} '
-                f'<span class="sev-{escape(severity)}">{escape(severity)}</span> · score '
-                f"{float(finding.get('score') or 0):.2f} · {escape(_item_label(finding))} · "
-                f"{escape(_where(finding))}"
-                + (f" · came in through {escape(Path(str(via)).name)}" if via else "")
-                + (f" · {escape(_semantic_note(finding))}" if _semantic_note(finding) else "")
-                + "</div>"
-                f"<div><b>benchmark item</b><pre>{_html_segments(item)}</pre></div>"
-                f"<div><b>training row</b><pre>{_html_segments(row)}</pre></div></div>"
-            )
+        out += [_html_finding(number, f) for number, f in enumerate(report.findings, start=1)]
         out.append("</div>")
     if report.datasets:
-        out.append(
-            "<h2>Declared datasets</h2><table><tr><th>dataset</th><th>declared by</th><th>status</th>"
-            "<th>examples</th></tr>"
-        )
-        for d in report.datasets:
-            out.append(
-                f"<tr><td>{escape(str(d.get('ref')))}</td><td>{escape(Path(str(d.get('declared_by'))).name)}</td>"
-                f"<td>{escape(str(d.get('status', '—')))}</td>"
-                f"<td>{escape(str(d.get('examples', '—')))}</td></tr>"
-            )
-        out.append("</table>")
+        out += _html_table("Declared datasets", *_dataset_table(report))
     if report.config_text:
         out.append(f'<h2>Merge config</h2><pre class="config">{escape(report.config_text.strip())}</pre>')
     if report.guard:
@@ -216,6 +237,27 @@ def _md_table(headers: list[str], rows: list[list[Any]]) -> list[str]:
     return lines
 
 
+def _md_finding(number: int, finding: dict[str, Any]) -> list[str]:
+    """One finding as a heading, then the benchmark item and the training row as marked quotes."""
+    item, row = highlight(str(finding.get("item_text") or ""), _row_text(finding))
+    via = finding.get("inherited_from")
+    return [
+        f"### {number}. {finding.get('severity')}, score {float(finding.get('score') or 0):.2f}: "
+        f"{_item_label(finding)} in {_where(finding)}"
+        + (f" (came in through {Path(str(via)).name})" if via else "")
+        + (f"; {_semantic_note(finding)}" if _semantic_note(finding) else ""),
+        "",
+        "Benchmark item:",
+        "",
+        _md_segments(item),
+        "",
+        "Training row:",
+        "",
+        _md_segments(row),
+        "",
+    ]
+
+
 def render_markdown(report: Report) -> str:
     """The same content as Markdown: a Mermaid lineage and a score table stand in for the SVG pictures."""
     from mergeguard.db import render_lineage
@@ -231,21 +273,7 @@ def render_markdown(report: Report) -> str:
     ]
     out += [f"- {line}" for line in report.why] + [f"- problem: {p}" for p in report.problems] + [""]
     if any(c.found for c in report.counts):
-        out += ["## Benchmarks", ""]
-        out += _md_table(
-            ["benchmark", "split", "items found", "share", "worst", "verdict"],
-            [
-                [
-                    c.benchmark,
-                    c.split,
-                    f"{c.found} / {c.items}",
-                    f"{c.share:.1%}",
-                    c.worst or "—",
-                    c.verdict or "—",
-                ]
-                for c in report.counts
-            ],
-        ) + [""]
+        out += ["## Benchmarks", "", *_md_table(*_count_table(report)), ""]
     if report.lineage is not None and (len(report.lineage.nodes) > 1 or report.findings):
         out += ["## Lineage", "", "```mermaid", render_lineage(report.lineage, "mermaid").strip(), "```", ""]
         if report.origins:
@@ -263,37 +291,9 @@ def render_markdown(report: Report) -> str:
     if report.findings:
         out += [f"## Findings ({len(report.findings)})", ""]
         for number, finding in enumerate(report.findings, start=1):
-            item, row = highlight(str(finding.get("item_text") or ""), _row_text(finding))
-            via = finding.get("inherited_from")
-            out += [
-                f"### {number}. {finding.get('severity')}, score {float(finding.get('score') or 0):.2f}: "
-                f"{_item_label(finding)} in {_where(finding)}"
-                + (f" (came in through {Path(str(via)).name})" if via else "")
-                + (f"; {_semantic_note(finding)}" if _semantic_note(finding) else ""),
-                "",
-                "Benchmark item:",
-                "",
-                _md_segments(item),
-                "",
-                "Training row:",
-                "",
-                _md_segments(row),
-                "",
-            ]
+            out += _md_finding(number, finding)
     if report.datasets:
-        out += ["## Declared datasets", ""]
-        out += _md_table(
-            ["dataset", "declared by", "status", "examples"],
-            [
-                [
-                    d.get("ref"),
-                    Path(str(d.get("declared_by"))).name,
-                    d.get("status", "—"),
-                    d.get("examples", "—"),
-                ]
-                for d in report.datasets
-            ],
-        ) + [""]
+        out += ["## Declared datasets", "", *_md_table(*_dataset_table(report)), ""]
     if report.config_text:
         out += ["## Merge config", "", "```yaml", report.config_text.strip(), "```", ""]
     if report.guard:
