@@ -6,7 +6,7 @@ ancestor they came through. Nothing here prints except an optional progress bar 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,13 +14,14 @@ from typing import Any
 from mergeguard.auditor.datasets import ReadLog, dataset_texts
 from mergeguard.auditor.detect import Match, scan_examples
 from mergeguard.auditor.index import BenchmarkIndex, build_index
-from mergeguard.auditor.lineage import config_inputs, resolve_lineage
+from mergeguard.auditor.lineage import Lineage, config_inputs, resolve_lineage
 from mergeguard.auditor.options import AuditOptions
 from mergeguard.auditor.report import (
     CLEAN,
     COMPLETE,
     CONTAMINATED,
     INCOMPLETE,
+    PARAPHRASE,
     SKIPPED,
     UNDECLARED,
     UNREADABLE,
@@ -33,6 +34,14 @@ from mergeguard.errors import BenchmarkError, DatasetError, MergeguardError
 from mergeguard.progress import progress_bar
 
 EVIDENCE_CHARS = 600
+
+
+def _ticker(bar: Any, description: str, total: int | None = None) -> Callable[[int], None]:
+    """A `progress` callback that advances a new task of `bar` (nothing to advance without a bar)."""
+    if bar is None:
+        return lambda n: None
+    task = bar.add_task(description, total=total)
+    return lambda n: bar.advance(task, n)
 
 
 def load_benchmark_index(options: AuditOptions, bar: Any = None) -> tuple[BenchmarkIndex, list[str]]:
@@ -48,12 +57,7 @@ def load_benchmark_index(options: AuditOptions, bar: Any = None) -> tuple[Benchm
             "no benchmark test set could be loaded" + (f" ({problems[0]})" if problems else ""),
             hint="pass --benchmarks-dir with the test sets, or make the hub reachable",
         )
-    task = bar.add_task("indexing benchmarks", total=sum(len(b.items) for b in loaded)) if bar else None
-
-    def advance(n: int) -> None:
-        if bar is not None:
-            bar.advance(task, n)
-
+    advance = _ticker(bar, "indexing benchmarks", sum(len(b.items) for b in loaded))
     index = build_index(
         loaded, cache_dir(options.cache_dir), options.num_perm, ngram=options.ngram, progress=advance
     )
@@ -124,12 +128,7 @@ def _texts(scanned: Scanned, options: AuditOptions) -> Iterator[str]:
 
 
 def _scan(ref: str, index: BenchmarkIndex, options: AuditOptions, bar: Any, stage: Any = None) -> Scanned:
-    task = bar.add_task(f"hashing {ref}", total=None) if bar else None
-
-    def advance(n: int) -> None:
-        if bar is not None:
-            bar.advance(task, n)
-
+    advance = _ticker(bar, f"hashing {ref}")
     scanned = Scanned(ref, ReadLog(ref, skip_bad_rows=options.skip_bad_rows, max_line=options.max_line))
     result = scan_examples(_texts(scanned, options), index, containment=options.containment, progress=advance)
     scanned.matches = result.matches
@@ -137,7 +136,8 @@ def _scan(ref: str, index: BenchmarkIndex, options: AuditOptions, bar: Any, stag
         from mergeguard.auditor.semantic import scan_dataset
 
         explained = {match.example for match in result.matches}
-        scanned.paraphrases, stats = scan_dataset(stage, ref, options, explained, bar)
+        semantic_advance = _ticker(bar, f"semantic {ref}")
+        scanned.paraphrases, stats = scan_dataset(stage, ref, options, explained, semantic_advance)
         scanned.semantic = stats.to_json()
     return scanned
 
@@ -149,17 +149,6 @@ def _stage(index: BenchmarkIndex, options: AuditOptions) -> Any:
     from mergeguard.auditor.semantic import open_stage
 
     return open_stage(index, options)
-
-
-def _all_findings(
-    scan: Scanned, dataset: str, model: str | None, inherited_from: str | None, index: BenchmarkIndex
-) -> list[Finding]:
-    found = _findings(scan.matches, dataset, model, inherited_from, index)
-    if scan.paraphrases:
-        from mergeguard.auditor.semantic import paraphrase_findings
-
-        found += paraphrase_findings(scan.paraphrases, dataset, model, inherited_from, index)
-    return found
 
 
 def _semantic_report(scans: list[Scanned], options: AuditOptions) -> dict[str, Any] | None:
@@ -176,30 +165,50 @@ def _semantic_report(scans: list[Scanned], options: AuditOptions) -> dict[str, A
 
 
 def _findings(
-    matches: list[Match], dataset: str, model: str | None, inherited_from: str | None, index: BenchmarkIndex
+    scan: Scanned, dataset: str, model: str | None, inherited_from: str | None, index: BenchmarkIndex
 ) -> list[Finding]:
+    """The scan's findings: its lexical matches, then the semantic stage's (severity `paraphrase`, the
+    cosine as score, its evidence under `semantic`)."""
+
+    def finding(item: int, **found: Any) -> Finding:
+        ref = index.refs[item]
+        shown = index.items[item] if index.items else None
+        return Finding(
+            model=model,
+            dataset=dataset,
+            benchmark=ref.benchmark,
+            split=ref.split,
+            item=ref.index,
+            item_id=ref.item_id,
+            inherited_from=inherited_from,
+            subset=ref.subset,
+            item_text=shown.text() if shown is not None else "",
+            **found,
+        )
+
     out = []
-    for match in matches:
-        ref = index.refs[match.item]
+    for match in scan.matches:
         before, span, after = match.evidence()
-        item = index.items[match.item] if index.items else None
         out.append(
-            Finding(
-                model=model,
-                dataset=dataset,
+            finding(
+                match.item,
                 example=match.example,
-                benchmark=ref.benchmark,
-                split=ref.split,
-                item=ref.index,
-                item_id=ref.item_id,
                 score=round(match.score, 4),
                 severity=match.severity,
-                inherited_from=inherited_from,
                 evidence=span[:EVIDENCE_CHARS],
-                subset=ref.subset,
-                item_text=item.text() if item is not None else "",
                 context_before=before,
                 context_after=after,
+            )
+        )
+    for match in scan.paraphrases:
+        out.append(
+            finding(
+                match.item,
+                example=match.example,
+                score=round(match.cosine, 4),
+                severity=PARAPHRASE,
+                evidence=match.text[:EVIDENCE_CHARS],
+                semantic=match.evidence_json(),
             )
         )
     return out
@@ -253,7 +262,7 @@ def audit_datasets(dataset_refs: list[str], options: AuditOptions) -> AuditRepor
         for ref in dataset_refs:
             scan = _scan(ref, index, options, bar, stage)
             scans.append(scan)
-            own = _all_findings(scan, ref, None, None, index)
+            own = _findings(scan, ref, None, None, index)
             findings.extend(own)
             rates = benchmark_rates(own, _sizes(index), options.thresholds)
             problem = _problem(scan, None)
@@ -268,6 +277,51 @@ def audit_datasets(dataset_refs: list[str], options: AuditOptions) -> AuditRepor
                     problems=[problem] if problem else [],
                 )
             )
+    return _report(findings, verdicts, scans, index, options, problems)
+
+
+def _model_verdict(
+    lineage: Lineage, scanned: dict[str, Scanned], index: BenchmarkIndex, options: AuditOptions
+) -> tuple[list[Finding], ModelVerdict]:
+    """One model's findings and verdict, from the scans of the datasets its lineage declares."""
+    own: list[Finding] = []
+    model_problems = []
+    for dataset in lineage.datasets:
+        scan = scanned[dataset.ref]
+        problem = _problem(scan, dataset.declared_by)
+        model_problems.extend([problem] if problem else [])
+        own.extend(_findings(scan, dataset.ref, lineage.model, dataset.inherited_from, index))
+    rates = benchmark_rates(own, _sizes(index), options.thresholds)
+    scans = [scanned[d.ref] for d in lineage.datasets]
+    verdict = ModelVerdict(
+        model=lineage.model,
+        verdict=_verdict(rates, scans) if scans else UNDECLARED,
+        datasets=[
+            {
+                "ref": d.ref,
+                "declared_by": d.declared_by,
+                "inherited_from": d.inherited_from,
+                "source": d.source,
+                **scanned[d.ref].entry(),
+            }
+            for d in lineage.datasets
+        ],
+        rates=rates,
+        inherited_from=sorted({d.inherited_from for d in lineage.datasets if d.inherited_from}),
+        problems=model_problems,
+    )
+    return own, verdict
+
+
+def _report(
+    findings: list[Finding],
+    verdicts: list[ModelVerdict],
+    scans: list[Scanned],
+    index: BenchmarkIndex,
+    options: AuditOptions,
+    problems: list[str],
+) -> AuditReport:
+    """The report of an audit, models or datasets alike."""
     return AuditReport(
         findings=findings,
         models=verdicts,
@@ -284,6 +338,7 @@ def audit_models(model_refs: list[str], options: AuditOptions) -> AuditReport:
 
     A model with no declared dataset anywhere in its lineage is `undeclared`; one whose declared datasets
     could not all be read completely is `unreadable` or `incomplete` (fail closed), unless contaminated.
+    Each dataset is scanned once, when the first model declaring it comes.
     """
     if not model_refs:
         raise MergeguardError("nothing to audit", hint="give --model REF, --dataset REF or a merge config")
@@ -297,49 +352,15 @@ def audit_models(model_refs: list[str], options: AuditOptions) -> AuditReport:
         stage = _stage(index, options)
         problems.extend(bench_problems)
         for lineage in lineages:
-            own: list[Finding] = []
-            model_problems = []
             for dataset in lineage.datasets:
                 if dataset.ref not in scanned:
                     scanned[dataset.ref] = _scan(dataset.ref, index, options, bar, stage)
                     problem = _problem(scanned[dataset.ref], dataset.declared_by)
                     problems.extend([problem] if problem else [])
-                scan = scanned[dataset.ref]
-                problem = _problem(scan, dataset.declared_by)
-                model_problems.extend([problem] if problem else [])
-                own.extend(_all_findings(scan, dataset.ref, lineage.model, dataset.inherited_from, index))
+            own, verdict = _model_verdict(lineage, scanned, index, options)
             findings.extend(own)
-            rates = benchmark_rates(own, _sizes(index), options.thresholds)
-            scans = [scanned[d.ref] for d in lineage.datasets]
-            verdict = _verdict(rates, scans) if scans else UNDECLARED
-            verdicts.append(
-                ModelVerdict(
-                    model=lineage.model,
-                    verdict=verdict,
-                    datasets=[
-                        {
-                            "ref": d.ref,
-                            "declared_by": d.declared_by,
-                            "inherited_from": d.inherited_from,
-                            "source": d.source,
-                            **scanned[d.ref].entry(),
-                        }
-                        for d in lineage.datasets
-                    ],
-                    rates=rates,
-                    inherited_from=sorted({d.inherited_from for d in lineage.datasets if d.inherited_from}),
-                    problems=model_problems,
-                )
-            )
-    return AuditReport(
-        findings=findings,
-        models=verdicts,
-        benchmark_rates=_overall_rates(findings, index, options),
-        index_hash=index.index_hash,
-        thresholds=options.thresholds,
-        problems=problems,
-        semantic=_semantic_report(list(scanned.values()), options),
-    )
+            verdicts.append(verdict)
+    return _report(findings, verdicts, list(scanned.values()), index, options, problems)
 
 
 def audit_config(config_path: Path, options: AuditOptions) -> AuditReport:

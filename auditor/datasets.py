@@ -23,7 +23,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
-from itertools import islice
+from itertools import chain, islice
 from operator import itemgetter
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -518,13 +518,8 @@ def dataset_texts(
     if named:
         head = [row for _, row in zip(range(20), rows, strict=False)]
         check_text_field(head, named, ref, "--only-text-field" if only_text_field else "--text-field")
-        rows = _chain(head, rows)
+        rows = chain(head, rows)
         for row in rows:
             yield example_text(row, text_field, only_text_field)
     else:
         yield from map(example_text, rows)  # no Python frame per row here
-
-
-def _chain(head: list[Any], rest: Iterator[Any]) -> Iterator[Any]:
-    yield from head
-    yield from rest

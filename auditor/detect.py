@@ -23,6 +23,7 @@ from mergeguard.auditor import signatures as sig
 from mergeguard.auditor.index import CLASSES, EXACT_KEY_WORDS, EXACT_MODE, BenchmarkIndex, _count
 from mergeguard.auditor.normalize import batch_bytes, token_spans
 from mergeguard.auditor.options import DEFAULT_CONTAINMENT
+from mergeguard.auditor.report import SEVERITY_RANK
 
 VERBATIM_SCORE = 0.8  # containment at or above which the question counts as copied whole
 # A question found without its answer (or with a one-word one) must be nearly whole: items built from one
@@ -45,9 +46,6 @@ VERIFY_MIN = 4  # ... and to be verified, min(this, the item's count): a short i
 MIN_QUESTION_ONLY = 8  # words: a shorter exact question needs its answer or its choices beside it
 MIN_RARE_WORDS = 2  # ... and so does one with fewer words that few items use
 CHOICES_PRESENT = 0.6  # share of a short multiple-choice item's choice words that must follow its stem
-
-SEVERITIES = ("verbatim", "partial", "question_only", "passage")
-RANK = {severity: len(SEVERITIES) - k for k, severity in enumerate(SEVERITIES)}
 
 
 @dataclass
@@ -173,45 +171,16 @@ class _Scanner:
         pair_ex = (pairs >> 32).astype(np.int64)
         pair_class = self.index.klass[(pairs & 0xFFFFFFFF).astype(np.int64)]
         for c in self.index.tables:
-            size = CLASSES[c]
             need = self.containment * self.index.class_min[c] * 0.5
             ok = (counts >= need) & np.isin(chosen, pair_ex[pair_class == c])
             if not ok.any():
                 continue
-            step = max(1, size // 4)
-            per = -(-size // step)  # blocks per window
             sel = np.flatnonzero(ok)
-            nblocks = -(-counts[sel] // step)
-            # Blocks of `step` shingles; an example's last block must stop at its end, so a boundary is
-            # put there too (its own "block", dropped): the next selected example may start further on.
-            bounds, real = [], []
-            for s, k in zip(sel.tolist(), nblocks.tolist(), strict=True):
-                bounds.append(offs[s] + np.arange(k) * step)
-                real.append(np.ones(k, dtype=bool))
-                if offs[s + 1] < offs[-1]:
-                    bounds.append(offs[s + 1 : s + 2])
-                    real.append(np.zeros(1, dtype=bool))
-            bstarts, is_block = np.concatenate(bounds), np.concatenate(real)
-            bmins = np.minimum.reduceat(permuted, bstarts, axis=1).T[is_block]
-            bhits = np.add.reduceat(hits, bstarts)[is_block]
-            bfirst = np.zeros(len(sel) + 1, dtype=np.int64)
-            bfirst[1:] = np.cumsum(nblocks)
-            nwin = np.maximum(nblocks - per + 1, 1)
-            wstart = np.concatenate([bfirst[k] + np.arange(w) for k, w in enumerate(nwin)])
-            wlast = np.repeat(bfirst[1:] - 1, nwin)
-            wex = np.repeat(chosen[sel], nwin)
-            sigs = bmins[wstart].copy()
-            whits = bhits[wstart].copy()
-            for t in range(1, per):
-                j = wstart + t
-                inside = j <= wlast
-                jj = np.minimum(j, wlast)
-                np.minimum(sigs, bmins[jj], out=sigs)
-                whits += np.where(inside, bhits[jj], 0)
+            sigs, whits, wsel = _class_windows(CLASSES[c], sel, counts, offs, permuted, hits)
             keep_w = np.flatnonzero(whits >= MIN_MATCHED)
             self.windows += len(keep_w)
             rows, items = self.index.query(c, sigs[keep_w])
-            found = (wex[keep_w][rows].astype(np.int64) << 32) | items
+            found = (chosen[wsel[keep_w]][rows].astype(np.int64) << 32) | items
             found = np.unique(found[np.isin(found, pairs)])
             for e, item in zip((found >> 32).tolist(), (found & 0xFFFFFFFF).tolist(), strict=True):
                 out.setdefault(e, set()).add(item)
@@ -481,6 +450,50 @@ class _Scanner:
         return kept
 
 
+def _class_windows(
+    size: int, sel: np.ndarray, counts: np.ndarray, offs: np.ndarray, permuted: np.ndarray, hits: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The MinHash signatures of every window of `size` shingles (sliding by a quarter of it) over the
+    selected examples (`sel`: their rows of `counts`/`offs`), from per-block minima of the `permuted`
+    shingle hashes; with each window's count of benchmark n-grams (`hits`) and its example's row."""
+    step = max(1, size // 4)
+    per = -(-size // step)  # blocks per window
+    nblocks = -(-counts[sel] // step)
+    bstarts, is_block = _block_starts(sel, nblocks, offs, step)
+    bmins = np.minimum.reduceat(permuted, bstarts, axis=1).T[is_block]
+    bhits = np.add.reduceat(hits, bstarts)[is_block]
+    bfirst = np.zeros(len(sel) + 1, dtype=np.int64)
+    bfirst[1:] = np.cumsum(nblocks)
+    nwin = np.maximum(nblocks - per + 1, 1)
+    wstart = np.concatenate([bfirst[k] + np.arange(w) for k, w in enumerate(nwin)])
+    wlast = np.repeat(bfirst[1:] - 1, nwin)
+    sigs = bmins[wstart].copy()
+    whits = bhits[wstart].copy()
+    for t in range(1, per):
+        j = wstart + t
+        inside = j <= wlast
+        jj = np.minimum(j, wlast)
+        np.minimum(sigs, bmins[jj], out=sigs)
+        whits += np.where(inside, bhits[jj], 0)
+    return sigs, whits, np.repeat(sel, nwin)
+
+
+def _block_starts(
+    sel: np.ndarray, nblocks: np.ndarray, offs: np.ndarray, step: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Where each block of `step` shingles of the selected examples starts, and whether it is a block: an
+    example's last block must stop at its end, so a boundary is put there too (its own "block", dropped),
+    since the next selected example may start further on."""
+    bounds, real = [], []
+    for s, k in zip(sel.tolist(), nblocks.tolist(), strict=True):
+        bounds.append(offs[s] + np.arange(k) * step)
+        real.append(np.ones(k, dtype=bool))
+        if offs[s + 1] < offs[-1]:
+            bounds.append(offs[s + 1 : s + 2])
+            real.append(np.zeros(1, dtype=bool))
+    return np.concatenate(bounds), np.concatenate(real)
+
+
 def _drop_shadowed(matches: list[Match]) -> list[Match]:
     """Drop a match whose matched n-grams are all another, higher-scoring match's in the same example: the
     twin of a WinoGrande item, or a template sibling, shares that evidence without being what was copied."""
@@ -499,6 +512,11 @@ def _drop_shadowed(matches: list[Match]) -> list[Match]:
             if not shadowed:
                 kept.append(match)
     return kept
+
+
+def _strength(match: Match) -> tuple[int, float]:
+    """How strong a match's evidence is: its severity first (`report.SEVERITY_RANK`), then its score."""
+    return SEVERITY_RANK[match.severity], match.score
 
 
 def scan_examples(
@@ -522,7 +540,7 @@ def scan_examples(
     for match in _drop_shadowed(scanner.finish()):
         match.item = int(index.unit_item[match.item])  # a whole-text unit names its item
         other = best.get((match.example, match.item))
-        if other is None or (RANK[match.severity], match.score) > (RANK[other.severity], other.score):
+        if other is None or _strength(match) > _strength(other):
             best[(match.example, match.item)] = match
     matches = sorted(best.values(), key=lambda m: (m.example, m.item))
     return ScanResult(matches, scanner.examples, scanner.prefiltered, scanner.windows, scanner.candidates)

@@ -42,6 +42,10 @@ CLASSES = (4, 6, 8, 11, 16, 23, 32, 45, 64, 91, 128, 181, 256, 362, 512, 724, 10
 
 NGRAM_MODE, EXACT_MODE, SKIPPED = 1, 2, 0
 FULL_TEXT_EXTRA = 2  # words that choices and answer must add to a question for a whole-text unit
+PROGRESS_UNITS = 2048  # the build reports progress after hashing this many units, and after each step:
+# the shares of its time (all benchmarks, measured) done once the units are hashed, their informative
+# n-grams found, and their modes chosen (the LSH tables and lookups take the rest)
+HASHED, INFORMATIVE, MODES = 0.25, 0.7, 0.8
 
 
 @dataclass(frozen=True)
@@ -281,14 +285,15 @@ def _test_shingles(key: np.ndarray, source: np.ndarray, ngram: int) -> np.ndarra
     return _unique(shingles[~inside])
 
 
-def _prepare(
-    items: Sequence[Any], owners: Sequence[int], ngram: int, hasher: sig.WordHashes
-) -> dict[str, Any]:
-    """Hash every unit's key and answer; find template n-grams (in BOILERPLATE_ITEMS items or more: an
-    item's two units count once)."""
-    keys, answers, prompt_counts, in_key, all_shingles, choice_words = [], [], [], [], [], []
+def _hash_units(
+    units: Sequence[Any], ngram: int, hasher: sig.WordHashes, progress: Callable[[int], None]
+) -> dict[str, list[Any]]:
+    """Per unit, in word hashes: its key (the question as written), answer, distinct choice words, how
+    often its prompt holds the answer, its distinct n-grams and those touching its test part. The bulk of
+    a build: `progress` hears the units hashed so far, every PROGRESS_UNITS."""
+    keys, answers, prompt_counts, all_shingles, choice_words = [], [], [], [], []
     stems: list[np.ndarray] = []
-    for item in items:
+    for done, item in enumerate(units, 1):
         answer = getattr(item, "answer", "") or ""
         # The question as written: a WinoGrande blank `_` is dropped like punctuation, which is how the
         # sentence appears in data built from the benchmark's own files.
@@ -300,17 +305,37 @@ def _prepare(
         keys.append(key)
         answers.append(ans)
         prompt_counts.append(_count(prompt, ans))
-        in_key.append(False)
         all_shingles.append(_unique(sig.shingle_hashes(key, ngram)))
         source = getattr(item, "source", "")
         stems.append(_test_shingles(key, hasher.array(word_bytes(source)), ngram) if source else key[:0])
-    # Choice words that many items use ("the", "of", "not") tell no item's choices apart.
+        if done % PROGRESS_UNITS == 0:
+            progress(done)
+    return {
+        "stems": stems,
+        "keys": keys,
+        "answers": answers,
+        "prompt_counts": prompt_counts,
+        "choice_words": choice_words,
+        "shingles": all_shingles,
+    }
+
+
+def _distinctive(choice_words: list[np.ndarray]) -> list[np.ndarray]:
+    """Each unit's choice words less those that many items use ("the", "of", "not"): those tell no item's
+    choices apart."""
     words_flat = np.concatenate(choice_words) if choice_words else np.empty(0, np.uint32)
     word_ids, word_counts = np.unique(words_flat, return_counts=True)
     stop = word_ids[word_counts >= COMMON_CHOICE_WORD]
     kept = ~np.isin(words_flat, stop)
     bounds = np.cumsum([len(w) for w in choice_words])[:-1]
-    choice_words = [w[k] for w, k in zip(choice_words, np.split(kept, bounds), strict=True)]
+    return [w[k] for w, k in zip(choice_words, np.split(kept, bounds), strict=True)]
+
+
+def _informative(
+    units: Sequence[Any], owners: Sequence[int], keys: list[np.ndarray], all_shingles: list[np.ndarray]
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """Each unit's n-grams less template text (in BOILERPLATE_ITEMS items or more) and less context that
+    items of its benchmark share (unless its items are twins); and whether each unit's items are twins."""
     flat = np.concatenate(all_shingles) if all_shingles else np.empty(0, np.uint32)
     sizes = [len(x) for x in all_shingles]
     # An item's two units count once, and so do items that ask the very same question (MMLU repeats a few
@@ -324,10 +349,10 @@ def _prepare(
     common = counts[np.searchsorted(uniq, flat)] >= BOILERPLATE_ITEMS
     # Context shared by items of one benchmark (a reading passage several questions ask about, a task's
     # instructions) identifies none of them: only what sets an item apart from its siblings counts.
-    bench_ids = {name: k for k, name in enumerate(dict.fromkeys(item.benchmark for item in items))}
+    bench_ids = {name: k for k, name in enumerate(dict.fromkeys(unit.benchmark for unit in units))}
+    unit_bench = np.array([bench_ids[unit.benchmark] for unit in units], dtype=np.int64)
     bench_of_item = np.zeros(max(owners, default=-1) + 1, dtype=np.uint64)
-    for unit, owner in zip(items, owners, strict=True):
-        bench_of_item[owner] = bench_ids[unit.benchmark]
+    bench_of_item[np.asarray(owners, dtype=np.int64)] = unit_bench
     held_pairs = (bench_of_item[(held >> np.uint64(32)).astype(np.int64)] << np.uint64(32)) | held_hash
     pair_keys, pair_counts = np.unique(held_pairs, return_counts=True)
     flat_pairs = (bench_of_item[item_of.astype(np.int64)] << np.uint64(32)) | flat.astype(np.uint64)
@@ -336,16 +361,7 @@ def _prepare(
     common |= shared & ~twins[bench_of_item[item_of.astype(np.int64)].astype(np.int64)]
     bounds = np.cumsum(sizes)[:-1]
     informative = [x[~m] for x, m in zip(all_shingles, np.split(common, bounds), strict=True)]
-    return {
-        "stems": stems,
-        "keys": keys,
-        "answers": answers,
-        "prompt_counts": prompt_counts,
-        "in_key": in_key,
-        "choice_words": choice_words,
-        "shingles": all_shingles,
-        "informative": informative,
-    }
+    return informative, twins[unit_bench]
 
 
 def _twin_items(benchmark: str) -> bool:
@@ -381,6 +397,155 @@ def _whole_questions(keys: list[np.ndarray], answers: list[np.ndarray]) -> dict[
     }
 
 
+@dataclass
+class _Units:
+    """How the index matches each unit (`_unit_modes`)."""
+
+    mode: np.ndarray  # NGRAM_MODE, EXACT_MODE or SKIPPED
+    klass: np.ndarray  # size class of the ngram-mode units
+    in_key: np.ndarray  # the key holds the answer (a short question matched with its answer)
+    keys: list[np.ndarray]
+    informative: list[np.ndarray]  # sorted; empty unless ngram mode
+    stems: list[np.ndarray]  # sorted; empty unless ngram mode
+    beyond: list[np.ndarray]  # a whole-text unit's informative n-grams past its question
+    sets: list[np.ndarray]  # the n-gram sets to sign, of ...
+    set_items: list[int]  # ... these units
+
+
+def _unit_modes(units: Sequence[Any], n_items: int, prep: dict[str, Any], ngram: int) -> _Units:
+    """Each unit's mode: n-grams when it has MIN_SHINGLES informative ones, else its question as exact text
+    (with the answer appended when it is shorter than MIN_EXACT_WORDS), or nothing; a whole-text unit
+    (after the n_items questions) only by n-grams, and only with informative n-grams past its question."""
+    n_units = len(units)
+    out = _Units(
+        mode=np.zeros(n_units, dtype=np.int8),
+        klass=np.zeros(n_units, dtype=np.int16),
+        in_key=np.zeros(n_units, dtype=bool),
+        keys=[],
+        informative=[],
+        stems=[],
+        beyond=[np.empty(0, np.uint32)] * n_items,
+        sets=[],
+        set_items=[],
+    )
+    for i in range(n_units):
+        key, ans = prep["keys"][i], prep["answers"][i]
+        shingles, info = prep["shingles"][i], prep["informative"][i]
+        if i >= n_items:  # a whole-text unit: n-grams only (its question unit covers exact text)
+            past = sig.shingle_hashes(key, ngram)[max(0, units[i].question_words - ngram + 1) :]
+            out.beyond.append(np.sort(info[np.isin(info, past)]).astype(np.uint32))
+            # Without informative n-grams past the question it adds nothing to the question's own unit.
+            by_ngrams = len(info) >= MIN_SHINGLES and len(out.beyond[-1]) > 0
+        else:
+            if len(info) < MIN_SHINGLES and len(key) < MIN_EXACT_WORDS:
+                # "Who are you?" is nothing without its answer
+                key, out.in_key[i] = np.concatenate([key, ans]), True
+            by_ngrams = len(info) >= MIN_SHINGLES
+            if not by_ngrams:
+                out.mode[i] = EXACT_MODE if len(key) >= MIN_EXACT_WORDS else SKIPPED
+        out.keys.append(key)
+        if by_ngrams:
+            out.mode[i] = NGRAM_MODE
+            out.informative.append(np.sort(info))
+            out.stems.append(np.sort(prep["stems"][i]).astype(np.uint32))
+            out.klass[i] = min(int(np.searchsorted(CLASSES, len(shingles))), len(CLASSES) - 1)
+            out.sets.append(shingles)
+            out.set_items.append(i)
+        else:
+            out.informative.append(np.empty(0, np.uint32))
+            out.stems.append(np.empty(0, np.uint32))
+    return out
+
+
+def _answer_required(mode: np.ndarray, keys: list[np.ndarray], answers: list[np.ndarray]) -> np.ndarray:
+    """Exact-text items whose words are those of other items too (BBH's Dyck prompts, once the brackets are
+    dropped, are 250 copies of one sentence) say nothing alone: their answer must be there as well, and
+    with no answer left after normalization they cannot be told apart at all (`mode` set to SKIPPED)."""
+    answer_required = np.zeros(len(mode), dtype=bool)
+    exact_keys_seen: dict[bytes, list[int]] = {}
+    for i in np.flatnonzero(mode == EXACT_MODE):
+        exact_keys_seen.setdefault(keys[i].astype(np.uint32).tobytes(), []).append(int(i))
+    for group in exact_keys_seen.values():
+        if len(group) >= 2:
+            for i in group:
+                answer_required[i] = True
+                if len(answers[i]) == 0:
+                    mode[i] = SKIPPED
+    return answer_required
+
+
+def _rare_words(keys: list[np.ndarray]) -> np.ndarray:
+    """Per key, its distinct words used by fewer than COMMON_CHOICE_WORD keys: "Which of the following is a
+    correct statement?" has none, so it is no one's."""
+    uniq_keys = [_unique(k) for k in keys]
+    flat_words = np.concatenate(uniq_keys) if uniq_keys else np.empty(0)
+    all_words, word_df = np.unique(flat_words, return_counts=True)
+    common_words = all_words[word_df >= COMMON_CHOICE_WORD]
+    owners = np.repeat(np.arange(len(keys)), [len(k) for k in uniq_keys])
+    rare = ~np.isin(flat_words, common_words)
+    return np.bincount(owners[rare], minlength=len(keys)).astype(np.int32)
+
+
+def _lsh_tables(units: _Units, num_perm: int, seed: int) -> dict[str, Any]:
+    """The MinHash signature of every ngram-mode unit and, per size class, its band keys sorted (the numpy
+    form of that class's `MinHashLSH`) with the fewest shingles of a unit in the class."""
+    sig_items = np.array(units.set_items, dtype=np.int64)
+    signatures = np.empty((0, num_perm), dtype=np.uint32)
+    tables: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    class_min: dict[int, int] = {}
+    if units.sets:
+        sizes = np.array([len(s) for s in units.sets])
+        starts = np.zeros(len(units.sets), dtype=np.int64)
+        starts[1:] = np.cumsum(sizes)[:-1]
+        signatures = sig.set_minima(np.concatenate(units.sets), starts, sig.permutations(num_perm, seed))
+        band = sig.band_keys(signatures, ROWS_PER_BAND)
+        for c in np.unique(units.klass[sig_items]):
+            rows = np.flatnonzero(units.klass[sig_items] == c)
+            class_min[int(c)] = int(sizes[rows].min())
+            flat_keys = band[rows].ravel()
+            flat_items = np.repeat(sig_items[rows], band.shape[1])
+            order = np.argsort(flat_keys, kind="stable")
+            tables[int(c)] = (flat_keys[order], flat_items[order])
+    return {"signatures": signatures, "sig_items": sig_items, "tables": tables, "class_min": class_min}
+
+
+def _exact_lookup(mode: np.ndarray, keys: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """The exact-mode units, sorted by the hash of their key's first EXACT_KEY_WORDS words."""
+    exact = np.flatnonzero(mode == EXACT_MODE)
+    exact_keys = np.array(
+        [int(sig.shingle_hashes(keys[i][:EXACT_KEY_WORDS], EXACT_KEY_WORDS)[0]) for i in exact],
+        dtype=np.uint32,
+    )
+    order = np.argsort(exact_keys, kind="stable")
+    return {"exact_keys": exact_keys[order], "exact_items": exact.astype(np.int64)[order]}
+
+
+def _postings(informative: tuple[np.ndarray, np.ndarray]) -> dict[str, Any]:
+    """Every informative n-gram of the index once, sorted (the prefilter), and the units holding each."""
+    info_ptr, info_data = informative
+    owners = np.repeat(np.arange(len(info_ptr) - 1, dtype=np.int64), np.diff(info_ptr))
+    order = np.argsort(info_data, kind="stable")
+    bench, first = np.unique(info_data[order], return_index=True)
+    return {
+        "bench_hashes": bench.astype(np.uint32),
+        "postings": (np.append(first, len(order)).astype(np.int64), owners[order]),
+    }
+
+
+def _by_share(progress: Callable[[int], None] | None, total: int) -> Callable[[float], None]:
+    """A callback that moves `progress`, which counts to `total`, forward to a share of the work."""
+    shown = 0
+
+    def advance(share: float) -> None:
+        nonlocal shown
+        target = int(total * share)
+        if progress and target > shown:
+            progress(target - shown)
+            shown = target
+
+    return advance
+
+
 def build_from_items(
     items: Sequence[Any],
     *,
@@ -390,109 +555,22 @@ def build_from_items(
     index_hash: str = "",
     progress: Callable[[int], None] | None = None,
 ) -> BenchmarkIndex:
-    """Build the index for a list of benchmark `Item`s (no cache)."""
+    """Build the index for a list of benchmark `Item`s (no cache). `progress` hears items as the build
+    goes (their sum is len(items) when it ends)."""
     if num_perm < 2 * ROWS_PER_BAND:
         raise MergeguardError(f"num_perm {num_perm} is too small", hint="use 128 (the default) or more")
-    hasher = sig.WordHashes()
     units, unit_item = full_texts(items)
-    prep = _prepare(units, unit_item, ngram, hasher)
-    n_units = len(units)
-    mode = np.zeros(n_units, dtype=np.int8)
-    klass = np.zeros(n_units, dtype=np.int16)
-    keys: list[np.ndarray] = []
-    informative: list[np.ndarray] = []
-    stems: list[np.ndarray] = []
-    in_key = np.array(prep["in_key"], dtype=bool)
-    beyond: list[np.ndarray] = [np.empty(0, np.uint32)] * len(items)
-    sets: list[np.ndarray] = []
-    set_items: list[int] = []
-    for i in range(n_units):
-        key, ans = prep["keys"][i], prep["answers"][i]
-        shingles, info = prep["shingles"][i], prep["informative"][i]
-        if i >= len(items):  # a whole-text unit: n-grams only (its question unit covers exact text)
-            keys.append(key)
-            past = sig.shingle_hashes(key, ngram)[max(0, units[i].question_words - ngram + 1) :]
-            beyond.append(np.sort(info[np.isin(info, past)]).astype(np.uint32))
-            # Without informative n-grams past the question it adds nothing to the question's own unit.
-            ok = len(info) >= MIN_SHINGLES and len(beyond[-1]) > 0
-            mode[i] = NGRAM_MODE if ok else SKIPPED
-            informative.append(np.sort(info) if ok else np.empty(0, np.uint32))
-            stems.append(np.sort(prep["stems"][i]).astype(np.uint32) if ok else np.empty(0, np.uint32))
-            if ok:
-                klass[i] = min(int(np.searchsorted(CLASSES, len(shingles))), len(CLASSES) - 1)
-                sets.append(shingles)
-                set_items.append(i)
-            continue
-        if len(info) < MIN_SHINGLES and len(key) < MIN_EXACT_WORDS:
-            # "Who are you?" is nothing without its answer
-            key, in_key[i] = np.concatenate([key, ans]), True
-        keys.append(key)
-        if len(info) >= MIN_SHINGLES:
-            mode[i] = NGRAM_MODE
-            informative.append(np.sort(info))
-            stems.append(np.sort(prep["stems"][i]).astype(np.uint32))
-            klass[i] = min(int(np.searchsorted(CLASSES, len(shingles))), len(CLASSES) - 1)
-            sets.append(shingles)
-            set_items.append(i)
-        else:
-            informative.append(np.empty(0, np.uint32))
-            stems.append(np.empty(0, np.uint32))
-            mode[i] = EXACT_MODE if len(key) >= MIN_EXACT_WORDS else SKIPPED
-    # Exact-text items whose words are those of other items too (BBH's Dyck prompts, once the brackets are
-    # dropped, are 250 copies of one sentence) say nothing alone: their answer must be there as well, and
-    # with no answer left after normalization they cannot be told apart at all.
-    answer_required = np.zeros(n_units, dtype=bool)
-    exact_keys_seen: dict[bytes, list[int]] = {}
-    for i in np.flatnonzero(mode == EXACT_MODE):
-        exact_keys_seen.setdefault(keys[i].astype(np.uint32).tobytes(), []).append(int(i))
-    for group in exact_keys_seen.values():
-        if len(group) >= 2:
-            for i in group:
-                answer_required[i] = True
-                if len(prep["answers"][i]) == 0:
-                    mode[i] = SKIPPED
-    # Rare words per key: "Which of the following is a correct statement?" has none, so it is no one's.
-    uniq_keys = [_unique(k) for k in keys]
-    all_words, word_df = np.unique(
-        np.concatenate(uniq_keys) if uniq_keys else np.empty(0), return_counts=True
-    )
-    common_words = all_words[word_df >= COMMON_CHOICE_WORD]
-    owners = np.repeat(np.arange(n_units), [len(k) for k in uniq_keys])
-    flat_words = np.concatenate(uniq_keys) if uniq_keys else np.empty(0)
-    rare = ~np.isin(flat_words, common_words)
-    rare_words = np.bincount(owners[rare], minlength=n_units).astype(np.int32)
-    whole = _whole_questions(prep["keys"][: len(items)], prep["answers"][: len(items)])
-    perms = sig.permutations(num_perm, seed)
-    sig_items = np.array(set_items, dtype=np.int64)
-    signatures = np.empty((0, num_perm), dtype=np.uint32)
-    tables: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    class_min: dict[int, int] = {}
-    if sets:
-        starts = np.zeros(len(sets), dtype=np.int64)
-        starts[1:] = np.cumsum([len(s) for s in sets])[:-1]
-        signatures = sig.set_minima(np.concatenate(sets), starts, perms)
-        band = sig.band_keys(signatures, ROWS_PER_BAND)
-        sizes = np.array([len(s) for s in sets])
-        for c in np.unique(klass[sig_items]):
-            rows = np.flatnonzero(klass[sig_items] == c)
-            class_min[int(c)] = int(sizes[rows].min())
-            flat_keys = band[rows].ravel()
-            flat_items = np.repeat(sig_items[rows], band.shape[1])
-            order = np.argsort(flat_keys, kind="stable")
-            tables[int(c)] = (flat_keys[order], flat_items[order])
-    if progress:
-        progress(len(items))
-    exact = [i for i in range(n_units) if mode[i] == EXACT_MODE]
-    exact_keys = np.array(
-        [int(sig.shingle_hashes(keys[i][:EXACT_KEY_WORDS], EXACT_KEY_WORDS)[0]) for i in exact],
-        dtype=np.uint32,
-    )
-    exact_order = np.argsort(exact_keys, kind="stable")
-    info_ptr, info_data = _csr(informative, np.uint32)
-    owners = np.repeat(np.arange(n_units, dtype=np.int64), np.diff(info_ptr))
-    order = np.argsort(info_data, kind="stable")
-    bench, first = np.unique(info_data[order], return_index=True)
-    postings = (np.append(first, len(order)).astype(np.int64), owners[order])
+    advance = _by_share(progress, len(items))
+    prep = _hash_units(units, ngram, sig.WordHashes(), lambda done: advance(HASHED * done / len(units)))
+    prep["choice_words"] = _distinctive(prep["choice_words"])
+    prep["informative"], prep["twin"] = _informative(units, unit_item, prep["keys"], prep["shingles"])
+    advance(INFORMATIVE)
+    unit = _unit_modes(units, len(items), prep, ngram)
+    answer_required = _answer_required(unit.mode, unit.keys, prep["answers"])
+    advance(MODES)
+    lsh = _lsh_tables(unit, num_perm, seed)
+    advance(1.0)
+    informative = _csr(unit.informative, np.uint32)
     return BenchmarkIndex(
         refs=[
             ItemRef(
@@ -504,28 +582,23 @@ def build_from_items(
         seed=seed,
         ngram=ngram,
         unit_item=np.asarray(unit_item, dtype=np.int64),
-        twin=np.array([_twin_items(unit.benchmark) for unit in units], dtype=bool),
-        mode=mode,
-        klass=klass,
-        informative=(info_ptr, info_data),
-        stem=_csr(stems, np.uint32),
-        beyond=_csr(beyond, np.uint32),
-        key_words=_csr(keys, np.uint32),
+        twin=prep["twin"],
+        mode=unit.mode,
+        klass=unit.klass,
+        informative=informative,
+        stem=_csr(unit.stems, np.uint32),
+        beyond=_csr(unit.beyond, np.uint32),
+        key_words=_csr(unit.keys, np.uint32),
         answer_words=_csr(prep["answers"], np.uint32),
         choice_words=_csr(prep["choice_words"], np.uint32),
         prompt_answer_count=np.array(prep["prompt_counts"], dtype=np.int32),
-        answer_in_key=in_key,
+        answer_in_key=unit.in_key,
         answer_required=answer_required,
-        rare_words=rare_words,
-        **whole,
-        bench_hashes=bench.astype(np.uint32),
-        postings=postings,
-        exact_keys=exact_keys[exact_order],
-        exact_items=np.array(exact, dtype=np.int64)[exact_order],
-        signatures=signatures,
-        sig_items=sig_items,
-        tables=tables,
-        class_min=class_min,
+        rare_words=_rare_words(unit.keys),
+        **_whole_questions(prep["keys"][: len(items)], prep["answers"][: len(items)]),
+        **_postings(informative),
+        **_exact_lookup(unit.mode, unit.keys),
+        **lsh,
         index_hash=index_hash,
         items=list(items),
     )

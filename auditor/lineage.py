@@ -42,7 +42,7 @@ def config_inputs(path: Path) -> list[str]:
     try:
         from mergeguard.merge.config import config_models, load_config
 
-        return config_models(load_config(path))
+        return config_models(load_config(path, allow_unknown_keys=True))
     except ImportError:
         pass
     except MergeguardError:

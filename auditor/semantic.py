@@ -220,9 +220,8 @@ COSINE = {
 }
 
 
-def decide(cosine: float, evidence: Evidence, english: bool, retrieval: float) -> str | None:
-    """Which evidence confirms the pair at this cosine, or None. Documented in the README."""
-    reason = evidence_reason(evidence, english, retrieval)
+def confirmed(reason: str | None, cosine: float) -> str | None:
+    """The evidence's kind (`evidence_reason`) when the cosine reaches what that kind needs, else None."""
     return reason if reason is not None and cosine >= COSINE[reason] else None
 
 
@@ -301,15 +300,15 @@ class SemanticStage:
         for k, i, share, evidence, reason in pairs:
             number, text = chosen[k]
             cosine = float(vectors[k] @ items[i]) if k in vectors else 0.0
-            confirmed = reason if reason is not None and cosine >= COSINE[reason] else None
+            verdict = confirmed(reason, cosine)
             score = None
-            if confirmed is None and self.judge is not None and cosine >= JUDGE_COSINE:
+            if verdict is None and self.judge is not None and cosine >= JUDGE_COSINE:
                 stats.judged += 1
                 score = self.judge.score(text, self.table.items[i].text())
-                confirmed = "judge" if score >= JUDGE_YES else None
+                verdict = "judge" if score >= JUDGE_YES else None
             other = best.get(k)
-            if confirmed and (other is None or cosine > other.cosine):
-                best[k] = ParaphraseMatch(number, i, cosine, share, confirmed, evidence, score, text)
+            if verdict and (other is None or cosine > other.cosine):
+                best[k] = ParaphraseMatch(number, i, cosine, share, verdict, evidence, score, text)
         return [best[k] for k in sorted(best)]
 
 
@@ -321,16 +320,20 @@ def open_stage(index: Any, options: Any) -> SemanticStage:
 
 
 def scan_dataset(
-    stage: SemanticStage, ref: str, options: Any, skip: set[int], bar: Any = None
+    stage: SemanticStage,
+    ref: str,
+    options: Any,
+    skip: set[int],
+    progress: Callable[[int], None] | None = None,
 ) -> tuple[list[ParaphraseMatch], SemanticStats]:
     """The stage over one dataset, read a second time rather than kept from the lexical pass: memory stays
     bounded by a batch whatever the dataset's size, and reading costs a small fraction of the encoder's time.
     Rows are numbered as in the first read (bad rows skipped the same way, over-long texts as empty); a read
-    error ends the stream (the lexical pass has already recorded it and the verdict fails closed)."""
+    error ends the stream (the lexical pass has already recorded it and the verdict fails closed). The
+    audit turns the matches into findings of severity `paraphrase`."""
     from mergeguard.auditor.datasets import ReadLog, dataset_texts
     from mergeguard.errors import DatasetError
 
-    task = bar.add_task(f"semantic {ref}", total=None) if bar else None
     log = ReadLog(ref, skip_bad_rows=options.skip_bad_rows, max_line=options.max_line)
 
     def texts() -> Iterator[str]:
@@ -342,42 +345,4 @@ def scan_dataset(
         except (DatasetError, RecursionError):
             return
 
-    def advance(n: int) -> None:
-        if bar is not None:
-            bar.advance(task, n)
-
-    return stage.scan(texts(), skip, progress=advance)
-
-
-EVIDENCE_CHARS = 600
-
-
-def paraphrase_findings(
-    matches: list[ParaphraseMatch], dataset: str, model: str | None, inherited_from: str | None, index: Any
-) -> list[Any]:
-    """Findings of severity `paraphrase`: score is the cosine, `semantic` holds the evidence."""
-    from mergeguard.auditor.report import PARAPHRASE, Finding
-
-    out = []
-    for match in matches:
-        ref = index.refs[match.item]
-        item = index.items[match.item] if index.items else None
-        out.append(
-            Finding(
-                model=model,
-                dataset=dataset,
-                example=match.example,
-                benchmark=ref.benchmark,
-                split=ref.split,
-                item=ref.index,
-                item_id=ref.item_id,
-                score=round(match.cosine, 4),
-                severity=PARAPHRASE,
-                inherited_from=inherited_from,
-                evidence=match.text[:EVIDENCE_CHARS],
-                subset=ref.subset,
-                item_text=item.text() if item is not None else "",
-                semantic=match.evidence_json(),
-            )
-        )
-    return out
+    return stage.scan(texts(), skip, progress=progress)
