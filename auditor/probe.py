@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from mergeguard.errors import MergeguardError
-from mergeguard.merge.sanity import _finite  # JSON-safe floats (NaN/inf -> null), shared with `check`
+from mergeguard.merge.sanity import json_finite  # JSON-safe floats (NaN/inf -> null), shared with `check`
 
 SUSPECT, NO_SIGNAL, INCONCLUSIVE = "suspect", "no_signal", "inconclusive"
 VERDICTS = (SUSPECT, NO_SIGNAL, INCONCLUSIVE)
@@ -139,7 +139,7 @@ class ProbeReport:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["verdict"] = self.verdict
-        return _finite(data)
+        return json_finite(data)
 
 
 def reports_json(reports: Sequence[ProbeReport]) -> str:

@@ -70,7 +70,7 @@ class SanityReport:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data; non-finite floats become None so the result is strict JSON."""
-        return _finite(asdict(self))
+        return json_finite(asdict(self))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -93,13 +93,13 @@ class Measurement:
     vocab_size: int
 
 
-def _finite(value: Any) -> Any:
+def json_finite(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {k: json_finite(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_finite(v) for v in value]
+        return [json_finite(v) for v in value]
     return value
 
 
