@@ -324,9 +324,8 @@ class _Validator:
         self.config_keys = set(TOP_KEYS)
         self.allow_unknown = allow_unknown
         self.unknown_keys: list[str] = []
-        self.deferred: list[
-            tuple[InputModel, Any, Any, str]
-        ] = []  # non-base values, checked once the base is known
+        # (entry, param, value, where) of non-base values, checked once the entry's base is known
+        self.deferred: list[tuple[InputModel, Any, Any, str]] = []
 
     def unknown(self, word: str, where: str, choices: Any) -> None:
         """An unknown key: the did-you-mean error, or (with `allow_unknown_keys`) a warning, recorded."""
@@ -349,7 +348,10 @@ class _Validator:
             else:
                 self.check_value(param, value, where)
 
-    def params(self, raw: Any, where: str, *, per_model: bool) -> dict[str, Any]:
+    def params(self, raw: Any, where: str, *, owner: InputModel | None = None) -> dict[str, Any]:
+        """The `parameters:` of `where`, each checked; `owner`: the model entry they belong to (None: a
+        slice's, the module's or the top level's)."""
+        per_model = owner is not None
         if raw is None:
             return {}
         if not isinstance(raw, dict):
@@ -379,8 +381,8 @@ class _Validator:
                     " put it under the slice's or the top-level `parameters:`"
                 )
                 continue
-            if per_model and param.non_base:
-                self.deferred.append((None, param, value, where))  # the entry is set by `model`
+            if owner is not None and param.non_base:
+                self.deferred.append((owner, param, value, where))
             else:
                 self.check_value(param, value, where)
             out[name] = value
@@ -442,13 +444,10 @@ class _Validator:
                 f"`revision` in {where} must be a branch, tag or commit, not {shown(revision)}",
                 hint="write `revision: main` or a commit hash",
             )
-        waiting = len(self.deferred)
         item = InputModel(
-            model=_ref(raw.get("model"), where),
-            parameters=self.params(raw.get("parameters"), where, per_model=True),
-            revision=None if revision is None else str(revision),
+            model=_ref(raw.get("model"), where), revision=None if revision is None else str(revision)
         )
-        self.deferred[waiting:] = [(item, *entry[1:]) for entry in self.deferred[waiting:]]
+        item.parameters = self.params(raw.get("parameters"), where, owner=item)
         if slice_source:
             item.layer_range = _layer_range(raw.get("layer_range"), where)
         return item
@@ -505,47 +504,10 @@ def load_config(source: str | Path, *, strict: bool = False, allow_unknown_keys:
     text = _read_text(source)
     raw = _parse_yaml(text)
     methods = _methods()
-    for key in raw:
-        if str(key) not in TOP_KEYS and str(key) not in methods.ALL_PARAM_NAMES and not allow_unknown_keys:
-            raise _unknown(str(key), "the config", TOP_KEYS)
-    for key in ("merge_method", "dtype", "out_dtype", "tokenizer_source", "name"):
-        _string(raw.get(key), key)
-    if not raw.get("merge_method"):
-        raise ConfigError("config has no `merge_method`", hint=f"choose one of {', '.join(methods.METHODS)}")
-    method = methods.get_method(_clip(raw["merge_method"].strip()))
+    method = _method(raw, methods, allow_unknown_keys)
     check = _Validator(method, methods, allow_unknown=allow_unknown_keys)
     check.misplaced(raw, TOP_KEYS, "the config")
-
-    module_params: dict[str, Any] = {}
-    forms = [k for k in ("models", "slices", "modules") if raw.get(k)]
-    if len(forms) != 1:
-        raise ConfigError(
-            "config needs exactly one of `models`, `slices` or `modules`"
-            + (f" (it has {', '.join(forms)})" if forms else ""),
-            hint="list the models to merge under `models:`",
-        )
-    body = raw
-    if forms[0] == "modules":
-        modules = raw["modules"]
-        if not isinstance(modules, dict) or len(modules) != 1:
-            raise ConfigError(
-                "only a single module (`modules: {default: ...}`) is supported",
-                hint="merge multi-module models one module at a time",
-            )
-        ((module_name, body),) = modules.items()
-        where = f"module `{_clip(str(module_name))}`"
-        if not isinstance(body, dict):
-            raise ConfigError(
-                f"{where} must be a mapping with `slices:` or `models:`", hint="list the models under it"
-            )
-        check.misplaced(body, MODULE_KEYS, where)
-        module_params = check.params(body.get("parameters"), where, per_model=False)
-        inner = [k for k in ("models", "slices") if body.get(k)]
-        if len(inner) != 1:
-            raise ConfigError(
-                f"{where} needs exactly one of `models` or `slices`", hint="keep one of them under the module"
-            )
-
+    body, module_params = _body(raw, check)
     config = MergeConfig(merge_method=method.name, module_parameters=module_params, text=text)
     if body.get("models"):
         if not isinstance(body["models"], list):
@@ -556,48 +518,109 @@ def load_config(source: str | Path, *, strict: bool = False, allow_unknown_keys:
         ]
         _listed_once(config.models, "models")
     else:
-        if not isinstance(body["slices"], list):
-            raise ConfigError("`slices` must be a list", hint="write one `- sources: [...]` entry per slice")
-        config.slices = []
-        sources = [sl.get("sources") for sl in body["slices"] if isinstance(sl, dict)]
-        _check_count(sum(len(s) for s in sources if isinstance(s, list)))
-        for i, sl in enumerate(body["slices"]):
-            where = f"slices[{i}]"
-            if not isinstance(sl, dict) or not sl.get("sources"):
-                raise ConfigError(
-                    f"{where} has no `sources`", hint="write `- sources: [{model, layer_range}]`"
-                )
-            check.misplaced(sl, SLICE_KEYS, where)
-            if not isinstance(sl["sources"], list):
-                raise ConfigError(
-                    f"`sources` of {where} must be a list", hint="write `- sources: [{model, layer_range}]`"
-                )
-            if sl.get("residual_weight") is not None:
-                cast(sl["residual_weight"], float, "residual_weight")
-            sources = [
-                check.model(s, f"{where}.sources[{j}]", slice_source=True)
-                for j, s in enumerate(sl["sources"])
-            ]
-            _listed_once(sources, f"the sources of {where}")
-            lengths = {s.layer_range[1] - s.layer_range[0] for s in sources if s.layer_range}
-            if len(lengths) > 1:
-                raise ConfigError(
-                    f"the sources of {where} have unequal layer counts"
-                    f" ({', '.join(map(str, sorted(lengths)))})",
-                    hint="give every source of a slice a layer_range of the same length",
-                )
-            base = _ref(sl["base_model"], f"{where}.base_model") if sl.get("base_model") else None
-            config.slices.append(
-                OutputSlice(
-                    sources=sources,
-                    parameters=check.params(sl.get("parameters"), where, per_model=False),
-                    base_model=base,
-                )
+        config.slices = _slices(body["slices"], check)
+    _top_level(config, raw, check)
+    _check_method_needs(config, method)
+    config.warnings = check.warnings
+    config.unknown_keys = check.unknown_keys
+    if strict and config.warnings:
+        raise ConfigError(f"{config.warnings[0]} (--strict)", hint="fix the config or drop --strict")
+    return config
+
+
+def _method(raw: dict[str, Any], methods: Any, allow_unknown_keys: bool) -> Any:
+    """The merge method, once the top-level keys and text settings are known good: the method decides
+    which parameter names the rest of the config may use."""
+    for key in raw:
+        if str(key) not in TOP_KEYS and str(key) not in methods.ALL_PARAM_NAMES and not allow_unknown_keys:
+            raise _unknown(str(key), "the config", TOP_KEYS)
+    for key in ("merge_method", "dtype", "out_dtype", "tokenizer_source", "name"):
+        _string(raw.get(key), key)
+    if not raw.get("merge_method"):
+        raise ConfigError("config has no `merge_method`", hint=f"choose one of {', '.join(methods.METHODS)}")
+    return methods.get_method(_clip(raw["merge_method"].strip()))
+
+
+def _body(raw: dict[str, Any], check: _Validator) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The mapping holding `models:` or `slices:` (the config, or its single module) and the module's
+    parameters: mergekit's three forms reduce to one here."""
+    forms = [k for k in ("models", "slices", "modules") if raw.get(k)]
+    if len(forms) != 1:
+        raise ConfigError(
+            "config needs exactly one of `models`, `slices` or `modules`"
+            + (f" (it has {', '.join(forms)})" if forms else ""),
+            hint="list the models to merge under `models:`",
+        )
+    if forms[0] != "modules":
+        return raw, {}
+    modules = raw["modules"]
+    if not isinstance(modules, dict) or len(modules) != 1:
+        raise ConfigError(
+            "only a single module (`modules: {default: ...}`) is supported",
+            hint="merge multi-module models one module at a time",
+        )
+    ((module_name, body),) = modules.items()
+    where = f"module `{_clip(str(module_name))}`"
+    if not isinstance(body, dict):
+        raise ConfigError(
+            f"{where} must be a mapping with `slices:` or `models:`", hint="list the models under it"
+        )
+    check.misplaced(body, MODULE_KEYS, where)
+    module_params = check.params(body.get("parameters"), where)
+    inner = [k for k in ("models", "slices") if body.get(k)]
+    if len(inner) != 1:
+        raise ConfigError(
+            f"{where} needs exactly one of `models` or `slices`", hint="keep one of them under the module"
+        )
+    return body, module_params
+
+
+def _slices(raw: Any, check: _Validator) -> list[OutputSlice]:
+    """The `slices:` list, each slice's sources checked together (listed once, equal layer counts)."""
+    if not isinstance(raw, list):
+        raise ConfigError("`slices` must be a list", hint="write one `- sources: [...]` entry per slice")
+    listed = [sl.get("sources") for sl in raw if isinstance(sl, dict)]
+    _check_count(sum(len(s) for s in listed if isinstance(s, list)))
+    slices = []
+    for i, sl in enumerate(raw):
+        where = f"slices[{i}]"
+        if not isinstance(sl, dict) or not sl.get("sources"):
+            raise ConfigError(f"{where} has no `sources`", hint="write `- sources: [{model, layer_range}]`")
+        check.misplaced(sl, SLICE_KEYS, where)
+        if not isinstance(sl["sources"], list):
+            raise ConfigError(
+                f"`sources` of {where} must be a list", hint="write `- sources: [{model, layer_range}]`"
             )
+        if sl.get("residual_weight") is not None:
+            cast(sl["residual_weight"], float, "residual_weight")
+        sources = [
+            check.model(s, f"{where}.sources[{j}]", slice_source=True) for j, s in enumerate(sl["sources"])
+        ]
+        _listed_once(sources, f"the sources of {where}")
+        lengths = {s.layer_range[1] - s.layer_range[0] for s in sources if s.layer_range}
+        if len(lengths) > 1:
+            raise ConfigError(
+                f"the sources of {where} have unequal layer counts ({', '.join(map(str, sorted(lengths)))})",
+                hint="give every source of a slice a layer_range of the same length",
+            )
+        base = _ref(sl["base_model"], f"{where}.base_model") if sl.get("base_model") else None
+        slices.append(
+            OutputSlice(
+                sources=sources,
+                parameters=check.params(sl.get("parameters"), where),
+                base_model=base,
+            )
+        )
+    return slices
+
+
+def _top_level(config: MergeConfig, raw: dict[str, Any], check: _Validator) -> None:
+    """The settings outside the model list (base, parameters, dtypes, chat template, tokenizer), read
+    once the entries exist: the deferred non-base values need each entry's base."""
     config.base_model = _ref(raw["base_model"], "base_model") if raw.get("base_model") else None
     slice_base = {id(src): sl.base_model for sl in config.slices or [] for src in sl.sources}
     check.check_deferred(lambda item: slice_base.get(id(item)) or config.base_model)
-    config.parameters = check.params(raw.get("parameters"), "the top-level parameters", per_model=False)
+    config.parameters = check.params(raw.get("parameters"), "the top-level parameters")
     config.dtype = _dtype(raw.get("dtype"), "dtype")
     config.out_dtype = _dtype(raw.get("out_dtype"), "out_dtype")
     config.chat_template = _chat_template(raw.get("chat_template"))
@@ -605,12 +628,6 @@ def load_config(source: str | Path, *, strict: bool = False, allow_unknown_keys:
     config.tokenizer_source = config.tokenizer.source if config.tokenizer else None
     if config.tokenizer is not None:
         check_references(config.tokenizer, config_models(config))
-    _check_method_needs(config, method)
-    config.warnings = check.warnings
-    config.unknown_keys = check.unknown_keys
-    if strict and config.warnings:
-        raise ConfigError(f"{config.warnings[0]} (--strict)", hint="fix the config or drop --strict")
-    return config
 
 
 def _check_count(entries: int) -> None:

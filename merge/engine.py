@@ -164,21 +164,7 @@ def run_merge(config: MergeConfig, out_dir: str | Path, options: MergeOptions | 
         if options.backend != "torch":  # after the cheap checks (a refused merge starts none), inside the
             prestart_workers(config, options.device)  # try whose `finally` stops unused ones
         models = _open_models(config, options, scratch, out_dir)
-        vocabulary = None
-        if config.tokenizer is not None:
-            from mergeguard.merge.tokenizer import build_vocabulary, needs_alignment
-
-            if needs_alignment(config.tokenizer, models):
-                base = config.base_model or config_models(config)[0]
-                vocabulary = build_vocabulary(config.tokenizer, models, base, scratch() / "tokenizer")
-        plan = build_plan(
-            config,
-            method,
-            models,
-            allow_crimes=options.allow_crimes,
-            vocabulary=vocabulary,
-            truncate_embeddings=options.unsafe_truncate_embeddings,
-        )
+        plan = _plan(config, method, models, options, scratch)
         from mergeguard.merge.output import check_tokenizer, finish_folder
 
         tokenizer_from = check_tokenizer(config, models, plan)
@@ -207,6 +193,32 @@ def run_merge(config: MergeConfig, out_dir: str | Path, options: MergeOptions | 
         seconds=time.perf_counter() - start,
         warnings=list(config.warnings),
         unknown_keys=list(config.unknown_keys),
+    )
+
+
+def _plan(
+    config: MergeConfig,
+    method: Any,
+    models: dict[str, SourceModel],
+    options: MergeOptions,
+    scratch: Callable[[], Path],
+) -> MergePlan:
+    """The tensor plan, with the output vocabulary built first when the config's tokenizer needs the
+    inputs' vocabularies aligned (its files go to the scratch folder)."""
+    vocabulary = None
+    if config.tokenizer is not None:
+        from mergeguard.merge.tokenizer import build_vocabulary, needs_alignment
+
+        if needs_alignment(config.tokenizer, models):
+            base = config.base_model or config_models(config)[0]
+            vocabulary = build_vocabulary(config.tokenizer, models, base, scratch() / "tokenizer")
+    return build_plan(
+        config,
+        method,
+        models,
+        allow_crimes=options.allow_crimes,
+        vocabulary=vocabulary,
+        truncate_embeddings=options.unsafe_truncate_embeddings,
     )
 
 
@@ -374,8 +386,6 @@ def _stream_tensors(
 ) -> int:
     import torch
 
-    from mergeguard.merge.methods.base import MergeInputs
-
     device = torch.device(options.device)
     compute_dtype = getattr(torch, config.dtype) if config.dtype else None
     seed = options.random_seed if options.random_seed is not None else int.from_bytes(os.urandom(4), "little")
@@ -391,20 +401,9 @@ def _stream_tensors(
     pending: queue.Queue[tuple[str, Any] | None] = queue.Queue(maxsize=1)
     failure: list[BaseException] = []
 
-    def write_loop() -> None:
-        while True:
-            item = pending.get()
-            if item is None:
-                return
-            if failure:
-                continue
-            try:
-                name, tensor = item
-                writer.write(name, memoryview(tensor.view(torch.uint8).reshape(-1).numpy()))
-            except BaseException as error:  # surfaced in the main thread
-                failure.append(error)
-
-    thread = threading.Thread(target=write_loop, name="mergeguard-writer", daemon=True)
+    thread = threading.Thread(
+        target=_write_loop, args=(writer, pending, failure), name="mergeguard-writer", daemon=True
+    )
     thread.start()
     done_bytes = 0
     try:
@@ -418,37 +417,10 @@ def _stream_tensors(
                 # read the next inputs while this one computes, unless both together are big
                 if i + 1 < len(plan.tasks) and sizes[i] + sizes[i + 1] <= PREFETCH_BUDGET:
                     ahead = pool.submit(read, plan.tasks[i + 1])
-                common = compute_dtype
-                kinds = {t.dtype for t in raw.values()}
-                if common is None and len(kinds) > 1 and all(k.is_floating_point for k in kinds):
-                    common = functools.reduce(torch.promote_types, kinds)  # as mergekit, without `dtype:`
-                loaded = {
-                    pair: t.to(device=device, dtype=common or t.dtype, non_blocking=True)
-                    for pair, t in raw.items()
-                }
+                loaded = _loaded(raw, device, compute_dtype)
                 del raw
-                tensors = [loaded[pair] for pair in task.inputs]
-                base = loaded[task.base] if task.base else None
-                generator = None
-                if method.randomized:
-                    generator = torch.Generator(device=device).manual_seed(tensor_seed(seed, task.name))
-                inputs = MergeInputs(
-                    tensors=tensors,
-                    params=task.params,
-                    base=base,
-                    base_index=task.base_index,
-                    options=task.options,
-                    name=task.name,
-                    generator=generator,
-                )
-                result_dtype = getattr(torch, layout[i][1])
-                result = _apply(method, inputs, result_dtype)
-                del inputs, tensors, base, loaded
-                if tuple(result.shape) != task.shape:
-                    raise MergeguardError(
-                        f"merge_method `{method.name}` returned shape {list(result.shape)} for {task.name},"
-                        f" expected {list(task.shape)}"
-                    )
+                result = _merged(method, task, loaded, device, seed, getattr(torch, layout[i][1]))
+                del loaded
                 if failure:
                     raise failure[0]
                 pending.put((task.name, result))
@@ -463,3 +435,66 @@ def _stream_tensors(
         raise failure[0]
     writer.finish()
     return writer.bytes_written
+
+
+def _write_loop(
+    writer: ShardWriter, pending: queue.Queue[tuple[str, Any] | None], failure: list[BaseException]
+) -> None:
+    """The writer thread: write each merged tensor in turn until None; after a failure (surfaced in the
+    main thread through `failure`) drain the queue without writing, so the compute loop never blocks."""
+    import torch
+
+    while True:
+        item = pending.get()
+        if item is None:
+            return
+        if failure:
+            continue
+        try:
+            name, tensor = item
+            writer.write(name, memoryview(tensor.view(torch.uint8).reshape(-1).numpy()))
+        except BaseException as error:  # surfaced in the main thread
+            failure.append(error)
+
+
+def _loaded(raw: dict[tuple[str, str], Any], device: Any, compute_dtype: Any) -> dict[tuple[str, str], Any]:
+    """A task's inputs on the device in the compute dtype: the config's `dtype`, else (as mergekit) torch's
+    promotion of differing float inputs, else each as stored."""
+    import torch
+
+    common = compute_dtype
+    kinds = {t.dtype for t in raw.values()}
+    if common is None and len(kinds) > 1 and all(k.is_floating_point for k in kinds):
+        common = functools.reduce(torch.promote_types, kinds)  # as mergekit, without `dtype:`
+    return {pair: t.to(device=device, dtype=common or t.dtype, non_blocking=True) for pair, t in raw.items()}
+
+
+def _merged(
+    method: Any, task: TensorTask, loaded: dict[tuple[str, str], Any], device: Any, seed: int, out_dtype: Any
+) -> Any:
+    """One output tensor from its loaded inputs (a randomized method gets the tensor's own seeded
+    generator), checked against the planned shape."""
+    import torch
+
+    from mergeguard.merge.methods.base import MergeInputs
+
+    generator = None
+    if method.randomized:
+        generator = torch.Generator(device=device).manual_seed(tensor_seed(seed, task.name))
+    inputs = MergeInputs(
+        tensors=[loaded[pair] for pair in task.inputs],
+        params=task.params,
+        base=loaded[task.base] if task.base else None,
+        base_index=task.base_index,
+        options=task.options,
+        name=task.name,
+        generator=generator,
+    )
+    result = _apply(method, inputs, out_dtype)
+    del inputs
+    if tuple(result.shape) != task.shape:
+        raise MergeguardError(
+            f"merge_method `{method.name}` returned shape {list(result.shape)} for {task.name},"
+            f" expected {list(task.shape)}"
+        )
+    return result

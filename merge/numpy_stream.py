@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -254,77 +255,17 @@ def stream_numpy(
     Big merges run in WORKERS processes (each job names its files; workers write their output blocks
     straight into the shard files); small ones run here, where a process would cost more than it saves.
     """
-    from mergeguard.merge.engine import Progress, output_layout, tensor_seed, under_way
+    from mergeguard.merge.engine import output_layout, under_way
 
     seed = options.random_seed if options.random_seed is not None else int.from_bytes(os.urandom(4), "little")
     layout = output_layout(config, models, plan)
     writer = ShardWriter(out, layout, parse_size(options.out_shard_size))
-    total_bytes = sum(entry[3] for entry in layout)
-
-    def stored(ref: str, name: str) -> str:
-        return models[ref].reader.dtype(name)
-
-    def job_of(task: TensorTask, dtype: str) -> Job:
-        if task.vocab:
-            operands = _vocab_operands(models, plan, task)
-        else:
-            operands = {pair: _operand(models, *pair) for pair in task.sources()}
-        shard, offset = writer.target(task.name)
-        return Job(
-            tensors=[operands[pair] for pair in task.inputs],
-            params=task.params,
-            base=operands[task.base] if task.base else None,
-            base_index=task.base_index,
-            options=task.options,
-            name=task.name,
-            compute=config.dtype,
-            out=dtype,
-            seed=tensor_seed(seed, task.name) if method.randomized else None,
-            target=(str(shard), offset),
-        )
-
-    def copied(task: TensorTask, dtype: str) -> bool:
-        ref, name = task.inputs[0]
-        compute = config.dtype or stored(ref, name)
-        return (
-            not task.vocab
-            and method.name == "passthrough"
-            and copy_unchanged(task.params, stored(ref, name), compute, dtype)
-        )
-
-    copies = [copied(task, layout[i][1]) for i, task in enumerate(plan.tasks)]
+    stream = _Stream(config, method, models, plan, options, writer, layout, seed)
+    copies = [stream.copied(task, layout[i][1]) for i, task in enumerate(plan.tasks)]
     computed = sum(math.prod(t.shape) for t, c in zip(plan.tasks, copies, strict=True) if not c)
     workers = min(WORKERS, os.cpu_count() or 1)
-    pool = _take_prestarted()
-    if pool is None and workers > 1 and computed >= PARALLEL_MIN_ELEMENTS:
-        pool = _start_workers(workers)
-    state = {"tensors": 0, "bytes": 0}
-
-    def finished(index: int) -> None:
-        state["tensors"] += 1
-        state["bytes"] += layout[index][3]
-        if options.progress:
-            options.progress(
-                Progress(state["tensors"], len(plan.tasks), state["bytes"], total_bytes, layout[index][0])
-            )
-
-    pending: dict[Future[Any], int] = {}
-
-    def collect() -> None:
-        """Wait for a job to finish and record the finished ones; a worker's error is raised here."""
-        done, _ = wait(pending, return_when=FIRST_COMPLETED)
-        for future in done:
-            index = pending.pop(future)
-            try:
-                future.result()
-            except BrokenProcessPool as error:
-                raise MergeguardError(
-                    f"a merge worker process died while computing {layout[index][0]} ({error})",
-                    hint="check the free memory (a worker holds a few tensor blocks) and run the merge again",
-                ) from error
-            writer.mark_written(layout[index][0], layout[index][3])
-            finished(index)
-
+    pool = _pool(workers, computed)
+    pending = stream.pending
     # biggest first: the embeddings do not end up alone on one worker while the other one idles
     order = sorted(range(len(plan.tasks)), key=lambda i: -layout[i][3]) if pool else range(len(plan.tasks))
     starting = True
@@ -337,20 +278,20 @@ def stream_numpy(
             name, dtype = layout[index][0], layout[index][1]
             if copies[index]:
                 writer.copy(name, *models[task.inputs[0][0]].reader.locate(task.inputs[0][1]))
-                finished(index)
+                stream.finished(index)
                 continue
             if pool is None or task.vocab:  # an aligned vocabulary is in memory: not sent to a worker
-                run(kernel, job_of(task, dtype))
+                run(kernel, stream.job(task, dtype))
                 writer.mark_written(name, layout[index][3])
-                finished(index)
+                stream.finished(index)
                 continue
             while len(pending) >= QUEUED * workers:
-                collect()
-            pending[pool.submit(run, kernel, job_of(task, dtype))] = index
+                stream.collect()
+            pending[pool.submit(run, kernel, stream.job(task, dtype))] = index
         if starting:
             under_way(options, models)
         while pending:
-            collect()
+            stream.collect()
     finally:
         if pool is not None:
             for future in pending:
@@ -359,3 +300,94 @@ def stream_numpy(
             pool.shutdown(wait=bool(pending), cancel_futures=True)
     writer.finish()
     return writer.bytes_written
+
+
+def _pool(workers: int, computed: int) -> ProcessPoolExecutor | None:
+    """The prestarted workers, else fresh ones when the merge computes enough elements to gain from them;
+    None: the merge runs in this process."""
+    pool = _take_prestarted()
+    if pool is None and workers > 1 and computed >= PARALLEL_MIN_ELEMENTS:
+        pool = _start_workers(workers)
+    return pool
+
+
+@dataclass
+class _Stream:
+    """What `stream_numpy`'s steps share: they build the jobs, and count and report the finished tensors."""
+
+    config: MergeConfig
+    method: Any
+    models: dict[str, SourceModel]
+    plan: MergePlan
+    options: MergeOptions
+    writer: ShardWriter
+    layout: list[Any]
+    seed: int
+    tensors: int = 0
+    bytes: int = 0
+    pending: dict[Future[Any], int] = field(default_factory=dict)  # a worker's job -> its task's index
+    total_bytes: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.total_bytes = sum(entry[3] for entry in self.layout)
+
+    def job(self, task: TensorTask, dtype: str) -> Job:
+        """The kernel's job for `task`: its operands (files and offsets, or aligned arrays) and target."""
+        from mergeguard.merge.engine import tensor_seed
+
+        if task.vocab:
+            operands = _vocab_operands(self.models, self.plan, task)
+        else:
+            operands = {pair: _operand(self.models, *pair) for pair in task.sources()}
+        shard, offset = self.writer.target(task.name)
+        return Job(
+            tensors=[operands[pair] for pair in task.inputs],
+            params=task.params,
+            base=operands[task.base] if task.base else None,
+            base_index=task.base_index,
+            options=task.options,
+            name=task.name,
+            compute=self.config.dtype,
+            out=dtype,
+            seed=tensor_seed(self.seed, task.name) if self.method.randomized else None,
+            target=(str(shard), offset),
+        )
+
+    def copied(self, task: TensorTask, dtype: str) -> bool:
+        """Whether `task` is a passthrough whose stored bytes are the output's: copied, not computed."""
+        ref, name = task.inputs[0]
+        stored = self.models[ref].reader.dtype(name)
+        compute = self.config.dtype or stored
+        return (
+            not task.vocab
+            and self.method.name == "passthrough"
+            and copy_unchanged(task.params, stored, compute, dtype)
+        )
+
+    def finished(self, index: int) -> None:
+        """Count the tensor `index` as written and report the progress."""
+        from mergeguard.merge.engine import Progress
+
+        self.tensors += 1
+        self.bytes += self.layout[index][3]
+        if self.options.progress:
+            self.options.progress(
+                Progress(
+                    self.tensors, len(self.plan.tasks), self.bytes, self.total_bytes, self.layout[index][0]
+                )
+            )
+
+    def collect(self) -> None:
+        """Wait for a job to finish and record the finished ones; a worker's error is raised here."""
+        done, _ = wait(self.pending, return_when=FIRST_COMPLETED)
+        for future in done:
+            index = self.pending.pop(future)
+            try:
+                future.result()
+            except BrokenProcessPool as error:
+                raise MergeguardError(
+                    f"a merge worker process died while computing {self.layout[index][0]} ({error})",
+                    hint="check the free memory (a worker holds a few tensor blocks) and run the merge again",
+                ) from error
+            self.writer.mark_written(self.layout[index][0], self.layout[index][3])
+            self.finished(index)

@@ -212,42 +212,9 @@ def build_plan(
 
     def add(sl: OutputSlice, name: str, inputs: list[tuple[str, str]], t: float, layer: int | None) -> None:
         base = sl.base_model or config.base_model
-        refs = [r for r, _ in inputs]
-        base_index = refs.index(base) if base in refs else None
-        base_pair: tuple[str, str] | None = None
-        if base is not None:
-            if base_index is not None:
-                base_pair = inputs[base_index]
-            elif config.models is not None:
-                base_pair = (base, inputs[0][1])
-            elif method.requires_base:
-                raise ConfigError(
-                    f"base_model {base} is not among the sources of a slice",
-                    hint="list the base model as one of every slice's sources",
-                )
-        shapes = {}
-        for ref, in_name in [*inputs, *([base_pair] if base_pair else [])]:
-            reader = models[ref].reader
-            if in_name not in reader:
-                raise ConfigError(
-                    f"{ref} has no tensor {in_name}",
-                    hint="the models differ in architecture; pass --allow-crimes only if they match",
-                )
-            shapes[ref] = reader.shape(in_name)
-        check_input_dtypes(
-            name, {r: models[r].reader.dtype(n) for r, n in [*inputs, *filter(None, [base_pair])]}
-        )
-        mode, shape = _vocab_mode(name, shapes, models, vocabulary, truncate_embeddings)
-        if mode is None and len(set(shapes.values())) > 1:
-            listing = ", ".join(f"{r}: {list(s)}" for r, s in shapes.items())
-            hint = "the models must share an architecture"
-            if VOCAB_NAME.search(name) and (vocabulary is not None or truncate_embeddings):
-                hint = (
-                    "its rows must equal config.json's `vocab_size` in every model: fix the odd config.json"
-                )
-            elif VOCAB_NAME.search(name):
-                hint = "the vocabularies differ: set `tokenizer_source: base` (or `union`) to align them"
-            raise ConfigError(f"tensor {name} has different shapes ({listing})", hint=hint)
+        base_index, base_pair = _base_of(config, method, base, inputs)
+        pairs = [*inputs, *([base_pair] if base_pair else [])]
+        mode, shape = _checked_shape(name, pairs, models, vocabulary, truncate_embeddings)
         task = TensorTask(
             name=name,
             inputs=inputs,
@@ -256,16 +223,35 @@ def build_plan(
             params=[],
             options={},
             t=t,
-            shape=shape or next(iter(shapes.values())),
+            shape=shape,
             layer=layer,
             vocab=mode,
         )
         _resolve_task(config, method, sl, base, task, own_parameters[id(sl)])
         plan.tasks.append(task)
 
+    entries, plan.layer_origin = _tensor_entries(slices, models, out)
+    for entry in entries:
+        add(*entry)
+    plan.num_layers = len(plan.layer_origin)
+    plan.slice_weights = _slice_weights(config, slices)
+    return plan
+
+
+_Entry = tuple[OutputSlice, str, list[tuple[str, str]], float, int | None]
+
+
+def _tensor_entries(
+    slices: list[OutputSlice], models: dict[str, SourceModel], out: SourceModel
+) -> tuple[list[_Entry], list[int]]:
+    """Every output tensor in file order as (slice, output name, inputs, t, output layer), and each output
+    layer's source layer: the slices' layers are renumbered from 0, and a layer weight the first source
+    lacks (an optional bias) is not planned."""
+    entries: list[_Entry] = []
+    layer_origin: list[int] = []
     first, last = slices[0], slices[-1]
     for name in out.arch.pre:
-        add(first, name, [(s.model, name) for s in first.sources], 0.0, None)
+        entries.append((first, name, [(s.model, name) for s in first.sources], 0.0, None))
     index = 0
     for sl in slices:
         start = [s.layer_range[0] for s in sl.sources]  # type: ignore[index]
@@ -279,17 +265,75 @@ def build_plan(
                 ]
                 if inputs[0][1] not in models[inputs[0][0]].reader:
                     continue  # an optional weight (e.g. a bias) this model does not have
-                add(sl, out.arch.layer_name(index, suffix), inputs, t, index)
+                entries.append((sl, out.arch.layer_name(index, suffix), inputs, t, index))
             index += 1
-            plan.layer_origin.append(start[0] + offset)
+            layer_origin.append(start[0] + offset)
     for name in out.arch.post:
-        add(last, name, [(s.model, name) for s in last.sources], 0.0, None)
-    plan.num_layers = index
+        entries.append((last, name, [(s.model, name) for s in last.sources], 0.0, None))
+    return entries, layer_origin
+
+
+def _slice_weights(config: MergeConfig, slices: list[OutputSlice]) -> dict[str, dict[str, Any]]:
+    """Each input's first-found weight, t, scale and density (per-model > slice > module > global), for
+    the lineage edges the merge records."""
+    slice_weights: dict[str, dict[str, Any]] = {}
     for sl in slices:
         for src in sl.sources:
-            weights = plan.slice_weights.setdefault(src.model, {})
+            weights = slice_weights.setdefault(src.model, {})
             for key in ("weight", "t", "scale", "density"):
                 for scope in (src.parameters, sl.parameters, config.module_parameters, config.parameters):
                     if key in scope and key not in weights:
                         weights[key] = scope[key]
-    return plan
+    return slice_weights
+
+
+def _base_of(
+    config: MergeConfig, method: Any, base: str | None, inputs: list[tuple[str, str]]
+) -> tuple[int | None, tuple[str, str] | None]:
+    """(the base's index among the inputs, the base tensor read): an unlisted base of a `models:` merge
+    is read under the same name; a slice's base must be one of its sources when the method needs it."""
+    refs = [r for r, _ in inputs]
+    base_index = refs.index(base) if base in refs else None
+    if base is None:
+        return base_index, None
+    if base_index is not None:
+        return base_index, inputs[base_index]
+    if config.models is not None:
+        return base_index, (base, inputs[0][1])
+    if method.requires_base:
+        raise ConfigError(
+            f"base_model {base} is not among the sources of a slice",
+            hint="list the base model as one of every slice's sources",
+        )
+    return base_index, None
+
+
+def _checked_shape(
+    name: str,
+    pairs: list[tuple[str, str]],
+    models: dict[str, SourceModel],
+    vocabulary: Vocabulary | None,
+    truncate: bool,
+) -> tuple[str | None, tuple[int, ...]]:
+    """(the vocabulary mode, the output shape) of a tensor read from `pairs` (inputs and base): every input
+    has it, in compatible dtypes, and one shape unless a token-indexed tensor is aligned or truncated."""
+    shapes = {}
+    for ref, in_name in pairs:
+        reader = models[ref].reader
+        if in_name not in reader:
+            raise ConfigError(
+                f"{ref} has no tensor {in_name}",
+                hint="the models differ in architecture; pass --allow-crimes only if they match",
+            )
+        shapes[ref] = reader.shape(in_name)
+    check_input_dtypes(name, {r: models[r].reader.dtype(n) for r, n in pairs})
+    mode, shape = _vocab_mode(name, shapes, models, vocabulary, truncate)
+    if mode is None and len(set(shapes.values())) > 1:
+        listing = ", ".join(f"{r}: {list(s)}" for r, s in shapes.items())
+        hint = "the models must share an architecture"
+        if VOCAB_NAME.search(name) and (vocabulary is not None or truncate):
+            hint = "its rows must equal config.json's `vocab_size` in every model: fix the odd config.json"
+        elif VOCAB_NAME.search(name):
+            hint = "the vocabularies differ: set `tokenizer_source: base` (or `union`) to align them"
+        raise ConfigError(f"tensor {name} has different shapes ({listing})", hint=hint)
+    return mode, shape or next(iter(shapes.values()))

@@ -357,8 +357,3 @@ def build_vocabulary(
         index[index >= size] = -1
         rows[ref] = index
     return Vocabulary(out, tokens, rows, vocabs, spec, base)
-
-
-def truncate(arrays: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
-    """`--unsafe-truncate-embeddings`: keep the first `rows` rows of every input (same ids assumed)."""
-    return {ref: array[:rows] for ref, array in arrays.items()}

@@ -20,15 +20,15 @@ if TYPE_CHECKING:
 NON_NEGATIVE = Interval(0, None)
 
 
-def _merged_delta(inputs: MergeInputs, plus: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _ram(inputs: MergeInputs, plus: bool) -> torch.Tensor:
     import torch
 
-    base = require_base(inputs, inputs.name)
+    base = require_base(inputs, "ramplus_tl" if plus else "ram")
     dtype = work_dtype(base)
     base = base.to(dtype)
     others = [t for t, _ in inputs.others()]
     if not others:
-        return base, torch.zeros_like(base)
+        return base + torch.zeros_like(base)
     epsilon = float(inputs.options["epsilon"])
     deltas = torch.stack([t.to(dtype) - base for t in others]).reshape(len(others), -1)
     changed = deltas.abs() > epsilon
@@ -41,17 +41,15 @@ def _merged_delta(inputs: MergeInputs, plus: bool) -> tuple[torch.Tensor, torch.
         alpha, r = float(inputs.options["alpha"]), float(inputs.options["r"])
         scale = (1 + r * rho.clamp(min=0, max=alpha)).to(dtype).unsqueeze(-1)
     merged = (kept * unique * scale + kept * shared / count.clamp(min=1)).sum(dim=0)
-    return base, merged.reshape(base.shape)
+    return base + merged.reshape(base.shape)
 
 
 def ram(inputs: MergeInputs) -> torch.Tensor:
-    base, delta = _merged_delta(inputs, plus=False)
-    return base + delta
+    return _ram(inputs, plus=False)
 
 
 def ramplus_tl(inputs: MergeInputs) -> torch.Tensor:
-    base, delta = _merged_delta(inputs, plus=True)
-    return base + delta
+    return _ram(inputs, plus=True)
 
 
 EPSILON = Param("epsilon", float, 1e-5, valid=NON_NEGATIVE, help="changes at most this large do not count")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from .base import FRACTION, Interval, MergeInputs, MergeMethod, Param, require_base
+from .base import FRACTION, REQUIRED, Interval, MergeInputs, MergeMethod, Param, require_base
 from .sparsify import (
     EXACT_TIES_MAX_NUMEL,
     Cut,
@@ -191,42 +191,21 @@ def _elect(deltas: torch.Tensor, method: str | None) -> torch.Tensor:
     return total.sign_().add_(0.5).sign_()  # >= 0 -> 1, < 0 -> -1
 
 
+def _delta_param(name: str, default: Any, help: str, valid: Interval | None = None) -> Param:
+    """A per-model float of a task vector (its weight, density, gamma, epsilon): the base has none."""
+    return Param(name, float, default, per_model=True, non_base=True, help=help, valid=valid)
+
+
 def _params(variant: Variant) -> tuple[Param, ...]:
     params = [
-        Param("weight", float, per_model=True, non_base=True, help="scale of this model's task vector"),
-        Param(
-            "density",
-            float,
-            1.0,
-            per_model=True,
-            non_base=True,
-            help="fraction of the delta kept",
-            valid=FRACTION,
-        ),
+        _delta_param("weight", REQUIRED, "scale of this model's task vector"),
+        _delta_param("density", 1.0, "fraction of the delta kept", FRACTION),
     ]
     if variant.sparsification == "breadcrumbs":
-        params.append(
-            Param(
-                "gamma",
-                float,
-                0.01,
-                per_model=True,
-                non_base=True,
-                help="fraction of largest deltas dropped",
-                valid=Interval(0, 1),
-            )
-        )
+        params.append(_delta_param("gamma", 0.01, "fraction of largest deltas dropped", Interval(0, 1)))
     if variant.sparsification == "della":
         params.append(
-            Param(
-                "epsilon",
-                float,
-                0.15,
-                per_model=True,
-                non_base=True,
-                help="keep-probability spread by rank",
-                valid=Interval(0, 1, high_open=True),
-            )
+            _delta_param("epsilon", 0.15, "keep-probability spread by rank", Interval(0, 1, high_open=True))
         )
     params += [
         Param("normalize", bool, variant.normalize, help="divide by the summed weights (of agreeing models)"),
