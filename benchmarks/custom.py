@@ -22,6 +22,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from mergeguard.benchmarks.items import Item, RowContext
 from mergeguard.benchmarks.registry import REGISTRY, BenchmarkSpec
 from mergeguard.errors import BenchmarkError
@@ -123,8 +125,6 @@ def _spec_from_mapping(entry: Any, base: Path, where: str) -> BenchmarkSpec:
 
 def load_custom_spec(path: Path) -> tuple[BenchmarkSpec, ...]:
     """The benchmark(s) a custom YAML file declares; file paths in it are relative to the file."""
-    import yaml
-
     path = Path(path)
     try:
         if path.stat().st_size > MAX_SPEC_BYTES:

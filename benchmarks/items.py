@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from mergeguard.benchmarks.registry import REGISTRY
 from mergeguard.errors import BenchmarkError
 
 # Bump when a converter changes what it produces: the auditor's cache is keyed on a hash that includes it.
@@ -88,8 +89,6 @@ SOURCE_RULES: dict[str, Callable[[str], str]] = {
 
 def source_text(benchmark: str, question: str) -> str:
     """The shared source text inside an item's question, by the registry's `source_text` rule ("" none)."""
-    from mergeguard.benchmarks.registry import REGISTRY
-
     spec = REGISTRY.get(benchmark)
     rule = SOURCE_RULES.get(spec.source_text) if spec is not None else None
     return rule(question) if rule else ""

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from mergeguard import paths
+from mergeguard.benchmarks.custom import custom_item, load_custom_spec
 from mergeguard.benchmarks.items import ITEMS_VERSION, Item, RowContext, converter
 from mergeguard.benchmarks.registry import REGISTRY, BenchmarkSpec, get_spec, suite_names
 from mergeguard.errors import BenchmarkError, MergeguardError
@@ -98,7 +99,7 @@ def local_files(name: str, benchmarks_dir: Path) -> list[Path]:
 def _json_lines(data: bytes) -> list[Row]:
     # split on b"\n" only: str.splitlines() would also cut at U+2028 and friends inside strings
     lines = [line for line in data.split(b"\n") if line.strip()]
-    try:  # one parse of a JSON array is ~30% faster than a parse per line
+    try:  # one parse of a JSON array is faster than a parse per line (README, "Performance")
         rows = json.loads(b"[" + b",".join(lines) + b"]")
     except ValueError:  # find the bad line for the message
         rows = None
@@ -188,7 +189,6 @@ def _keep(spec: BenchmarkSpec, row: Row) -> bool:
 def _to_items(spec: BenchmarkSpec, parts: Iterable[tuple[str, str | None, list[Row]]]) -> list[Item]:
     """Convert rows; the index counts kept rows within each file/subtask (as lm-eval's doc_id does)."""
     if spec.is_custom:
-        from mergeguard.benchmarks.custom import custom_item
 
         def convert(row: Row, ctx: RowContext) -> Item:
             return custom_item(spec, row, ctx)
@@ -217,7 +217,7 @@ def _to_items(spec: BenchmarkSpec, parts: Iterable[tuple[str, str | None, list[R
 def hub_load_dataset(path: str, name: str | None, split: str) -> Iterable[Row]:
     """`datasets.load_dataset(path, name, split=split)`; the one call that reaches the hub (tests redirect
     it to a local data file). Fails fast when the hub is unreachable and the HF cache lacks the dataset,
-    instead of datasets' ~25 s of retries per benchmark."""
+    instead of waiting out datasets' retries for every benchmark."""
     if not hub_cache_hit(path) and not hub_reachable():
         raise ConnectionError("huggingface.co is not reachable and the dataset is not in the HF cache")
     import datasets
@@ -342,8 +342,6 @@ def load_benchmarks(
     """Load several benchmarks (None: every registered one plus the custom ones; names may also be a suite:
     v1, v2, all). Returns (loaded, problems): an unavailable benchmark becomes a one-line problem and the
     others still load. Unknown names and unreadable custom spec files raise."""
-    from mergeguard.benchmarks.custom import load_custom_spec
-
     custom = [spec for path in custom_specs for spec in load_custom_spec(Path(path))]
     loaded: list[LoadedBenchmark] = []
     problems: list[str] = []

@@ -1,9 +1,11 @@
 """mergeguard.db: the local leaderboard, one SQLite file of models, lineage, merges, audits and scores.
 
+It keeps the schema and its migrations, writes in transactions and answers queries; what it records comes
+from the other pieces (lm-eval runs and results files: `mergeguard.evaluation`).
+
 db = open_db()                       # --db PATH, else $MERGEGUARD_DB, else the user data folder
 record_merge(db, output=..., config_text=..., method="ties", parents=[(ref, "merge", 0.5)])
 record_audit(db, report.to_json())
-import_results(db, ["results/"])     # lm-eval results files
 leaderboard(db, suite="v2", clean_only=True)
 lineage(db, "my-merge"); history(db, since="2026-01-01")
 """
@@ -12,15 +14,9 @@ from __future__ import annotations
 
 from mergeguard.lazy import lazy_exports
 
-_HOME = {  # public name -> its module, imported on first use (a merge needs records, not lm-eval runs)
+_HOME = {  # public name -> its module, imported on first use (a merge needs records, not queries)
     "open_db": "connection",
-    "transaction": "connection",
-    "EvalSummary": "evaluate",
-    "run_eval": "evaluate",
-    "task_config": "evaluate",
-    "ImportSummary": "lm_eval_import",
-    "import_results": "lm_eval_import",
-    "parse_results_file": "lm_eval_import",
+    "transaction": "writes",
     "MIGRATIONS": "migrations",
     "apply_migrations": "migrations",
     "schema_version": "migrations",
@@ -63,10 +59,8 @@ __getattr__ = lazy_exports(__name__, _HOME)
 __all__ = [
     "MIGRATIONS",
     "Contamination",
-    "EvalSummary",
     "EvaluationRow",
     "HistoryEvent",
-    "ImportSummary",
     "Leaderboard",
     "LeaderboardRow",
     "LineageEdge",
@@ -80,13 +74,11 @@ __all__ = [
     "contamination",
     "find_model",
     "history",
-    "import_results",
     "leaderboard",
     "latest_checks",
     "lineage",
     "open_db",
     "parents_of",
-    "parse_results_file",
     "record_audit",
     "record_check",
     "record_evaluations",
@@ -98,9 +90,7 @@ __all__ = [
     "render_history",
     "render_leaderboard",
     "render_lineage",
-    "run_eval",
     "schema_version",
-    "task_config",
     "transaction",
     "upsert_model",
 ]

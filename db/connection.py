@@ -4,42 +4,23 @@ not mergeguard's (or not SQLite at all) before anything is written to them.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sqlite3
-import sys
 import time
-from collections.abc import Iterator
-from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from mergeguard.db.migrations import APPLICATION_ID, MIGRATIONS, apply_migrations, schema_version
+from mergeguard.db.writes import now_iso, transaction
 from mergeguard.errors import DatabaseError
 from mergeguard.paths import db_path
 
+if TYPE_CHECKING:
+    from sqlite_utils import Database
 
-def _import_sqlite_utils() -> None:
-    """Import sqlite-utils without pandas: it imports pandas only to map `pd.Timestamp` columns, which
-    mergeguard never writes, and that import costs over a second on every command."""
-    if "sqlite_utils.db" in sys.modules or "pandas" in sys.modules:
-        return
-    sys.modules["pandas"] = None  # type: ignore[assignment]  # makes `import pandas` raise ImportError
-    try:
-        import sqlite_utils.db  # noqa: F401
-    finally:
-        del sys.modules["pandas"]
-
-
-_import_sqlite_utils()
-from sqlite_utils import Database  # noqa: E402
-
-APPLICATION_ID = 0x4D475244  # "MGRD": marks a SQLite file as mergeguard's (PRAGMA application_id)
+__all__ = ["APPLICATION_ID", "now_iso", "open_db", "transaction"]  # now_iso, transaction: their old home
 BUSY_TIMEOUT_MS = 30_000
 QUICK_CHECK_MAX_BYTES = 32 * 2**20  # quick_check reads every page: only on files small enough to be instant
-
-
-def now_iso() -> str:
-    """The current UTC time as ISO 8601 with seconds, the one timestamp format in the database."""
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def _refuse(path: Path, problem: str) -> DatabaseError:
@@ -79,6 +60,8 @@ def open_db(
     mistyped --db is an error rather than a new empty database, and a read-only file is opened read-only.
     Every SQLite or file-system failure becomes one `DatabaseError` naming the file.
     """
+    from sqlite_utils import Database
+
     file = db_path(path)
     try:
         _require_usable(file, write)
@@ -134,8 +117,6 @@ def _require_usable(file: Path, write: bool) -> None:
 
 def _migrate(db: Database, file: Path, read_only: bool) -> None:
     """Bring the schema up to date; a read-only file must already be (it cannot be upgraded in place)."""
-    from mergeguard.db.migrations import MIGRATIONS, apply_migrations, schema_version
-
     if not read_only:
         apply_migrations(db)
     elif schema_version(db) < len(MIGRATIONS):
@@ -173,28 +154,3 @@ def _use_wal(conn: sqlite3.Connection) -> None:
             if "locked" not in str(error) and "busy" not in str(error) or time.monotonic() > deadline:
                 raise
             time.sleep(0.01)
-
-
-@contextlib.contextmanager
-def transaction(db: Database) -> Iterator[Database]:
-    """One write transaction, taken with BEGIN IMMEDIATE so concurrent writers queue on the busy timeout
-    instead of failing on a lock upgrade. Nested use joins the outer transaction.
-    """
-    conn = db.conn
-    if conn.in_transaction:
-        yield db
-        return
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-    except sqlite3.OperationalError as error:
-        raise DatabaseError(
-            f"the database is busy ({error})", hint="another mergeguard is writing; try again"
-        ) from error
-    try:
-        yield db
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    else:
-        conn.execute("COMMIT")

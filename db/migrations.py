@@ -8,13 +8,18 @@ Add a change by writing a new `mNNN_what(db)` function below the last one and de
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from sqlite_utils import Database
-
-from mergeguard.db.connection import APPLICATION_ID, now_iso, transaction
+from mergeguard.db.views import create_views
+from mergeguard.db.writes import now_iso, transaction
 from mergeguard.errors import DatabaseError
 
-Migration = Callable[[Database], None]
+if TYPE_CHECKING:
+    from sqlite_utils import Database
+
+APPLICATION_ID = 0x4D475244  # "MGRD": marks a SQLite file as mergeguard's (PRAGMA application_id)
+
+Migration = Callable[["Database"], None]
 MIGRATIONS: list[Migration] = []
 
 
@@ -232,8 +237,6 @@ def m001_initial(db: Database) -> None:
 @migration
 def m002_views(db: Database) -> None:
     """Datasette-friendly views: leaderboard, scores, lineage, latest_verdicts."""
-    from mergeguard.db.views import create_views
-
     create_views(db)
 
 
@@ -257,8 +260,6 @@ def m003_guardrails(db: Database) -> None:
 def m004_unread_verdicts(db: Database) -> None:
     """Audit verdicts `incomplete` and `unreadable` (declared data not read completely: the audit fails
     closed). SQLite cannot change a CHECK constraint, so the table is rebuilt; views are made again."""
-    from mergeguard.db.views import create_views
-
     views = [row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'view'").fetchall()]
     for name in views:
         db.execute(f'DROP VIEW "{name}"')

@@ -7,14 +7,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
-
-from sqlite_utils import Database
+from typing import TYPE_CHECKING, Any
 
 from mergeguard.benchmarks.registry import REGISTRY, suite_names
-from mergeguard.db.records import find_model
-from mergeguard.db.scores import averages, task_map
-from mergeguard.errors import BenchmarkError, UsageError
+from mergeguard.db.records import canonical_ref, find_model
+from mergeguard.db.scores import averages, resolve_benchmarks
+from mergeguard.errors import UsageError
+
+if TYPE_CHECKING:
+    from sqlite_utils import Database
 
 CHUNK = 500
 
@@ -111,22 +112,6 @@ class Leaderboard:
     suite: str | None
     columns: list[str]
     rows: list[LeaderboardRow]
-
-
-def resolve_benchmarks(names: Iterable[str]) -> list[str]:
-    """Benchmark names from what a user typed: registry names or lm-eval task names."""
-    out: list[str] = []
-    for raw in names:
-        name = raw.strip()
-        if not name:
-            continue
-        if name in REGISTRY:
-            out.append(name)
-        elif name in task_map():
-            out.append(task_map()[name][0])
-        else:
-            raise BenchmarkError(f"unknown benchmark or task {name!r}", hint=f"known: {', '.join(REGISTRY)}")
-    return list(dict.fromkeys(out))
 
 
 def _order(names: Iterable[str]) -> list[str]:
@@ -628,8 +613,6 @@ def history(
 
 def parents_of(db: Database, ref: str) -> list[str]:
     """The refs of a model's direct parents, from its lineage edges (empty when unknown)."""
-    from mergeguard.db.records import canonical_ref
-
     rows = db.execute(
         "SELECT DISTINCT p.ref FROM lineage_edges e JOIN models c ON c.id = e.child_id "
         "JOIN models p ON p.id = e.parent_id WHERE c.ref = ? ORDER BY p.ref",
@@ -656,8 +639,6 @@ def limited_scores(db: Database, model_ids: Sequence[int]) -> dict[int, set[str]
 
 def base_of(db: Database, ref: str) -> str | None:
     """The ref of a merge's base model (its `base` lineage edge), or None."""
-    from mergeguard.db.records import canonical_ref
-
     row = db.execute(
         "SELECT p.ref FROM lineage_edges e JOIN models c ON c.id = e.child_id "
         "JOIN models p ON p.id = e.parent_id WHERE c.ref = ? AND e.relation = 'base' ORDER BY e.id LIMIT 1",

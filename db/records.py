@@ -13,16 +13,18 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlite_utils import Database
-
-from mergeguard.auditor.report import VERDICTS
-from mergeguard.db.connection import now_iso, transaction
-from mergeguard.db.fingerprint import weights_info
+from mergeguard.auditor.probe import VERDICTS as PROBE_VERDICTS
+from mergeguard.auditor.report import VERDICTS, AuditReport, Finding, ModelVerdict, Verdict
 from mergeguard.db.scores import refresh_model_scores
+from mergeguard.db.writes import now_iso, transaction
 from mergeguard.errors import DatabaseError
-from mergeguard.refs import looks_local
+from mergeguard.evaluation.fingerprint import weights_info
+from mergeguard.refs import looks_local, read_config, read_model_card
+
+if TYPE_CHECKING:
+    from sqlite_utils import Database
 
 RELATIONS = ("merge", "finetune", "base")
 CHECK_VERDICTS = ("ok", "degraded", "broken")
@@ -43,8 +45,6 @@ def _describe(ref: str) -> dict[str, Any]:
     folder = Path(ref)
     if not folder.is_absolute() or not folder.is_dir():
         return {}
-    from mergeguard.refs import read_config
-
     try:
         config = read_config(folder)
     except Exception:  # an unreadable config still leaves a model worth recording
@@ -195,8 +195,6 @@ def register_model(
     in whatever is not given (`base_model` as fine-tune parents, `datasets`)."""
     key = canonical_ref(ref)
     if Path(key).is_dir() and (datasets is None or not parents):
-        from mergeguard.refs import read_model_card
-
         card = read_model_card(Path(key))
         if datasets is None:
             datasets = card.datasets
@@ -308,41 +306,42 @@ def _text(value: Any) -> str | None:
     return str(value)
 
 
-def _contamination_origins(findings: list[dict[str, Any]]) -> dict[str, tuple[bool, set[str]]]:
+def _contamination_origins(findings: list[Finding]) -> dict[str, tuple[bool, set[str]]]:
     """model -> (has findings in its own data, ancestors its inherited findings came from)."""
     out: dict[str, tuple[bool, set[str]]] = {}
     for finding in findings:
-        own, via = out.get(str(finding.get("model")), (False, set()))
-        inherited = finding.get("inherited_from")
+        own, via = out.get(str(finding.model), (False, set()))
+        inherited = finding.inherited_from
         if inherited:
             via |= set(inherited) if isinstance(inherited, (list, tuple)) else {str(inherited)}
-        out[str(finding.get("model"))] = (own or not inherited, via)
+        out[str(finding.model)] = (own or not inherited, via)
     return out
 
 
-def _via(entry: dict[str, Any], origins: dict[str, tuple[bool, set[str]]]) -> str | None:
+def _via(entry: ModelVerdict, origins: dict[str, tuple[bool, set[str]]]) -> str | None:
     """Whose data made a contaminated model so: None for its own, else the ancestors (from its findings
     when the report has them, else from the verdict's `inherited_from`)."""
-    if str(entry.get("model")) in origins:
-        own, via = origins[str(entry.get("model"))]
+    if str(entry.model) in origins:
+        own, via = origins[str(entry.model)]
         return None if own else _text(sorted(via))
-    return _text(entry.get("inherited_from"))
+    return _text(entry.inherited_from)
 
 
 def record_audit(
     db: Database,
-    report: dict[str, Any],
+    report: AuditReport | dict[str, Any],
     *,
     tool_version: str | None = None,
     input_key: str | None = None,
 ) -> int:
-    """Record an audit report (the auditor's `to_json()` dict): verdicts per model and findings.
+    """Record an audit report (an `AuditReport`, or its `to_json()` dict): verdicts per model and findings.
 
     Recording the same report twice returns the first audit's id and writes nothing. `input_key` (a hash of
     everything the audit read) lets `reusable_audit` hand the report back instead of auditing again.
     """
-    if not isinstance(report, dict) or not isinstance(report.get("models", []), list):
-        raise DatabaseError("not an audit report", hint="pass the auditor report's to_json() dict")
+    if isinstance(report, AuditReport):
+        report = report.to_json()
+    parsed = _parsed_report(report)
     report_text = json.dumps(report, sort_keys=True, default=str)
     report_hash = _sha256(report_text)
     with transaction(db):
@@ -352,9 +351,19 @@ def record_audit(
                 db.execute("UPDATE audits SET input_key = ? WHERE id = ?", [input_key, existing[0]])
             return int(existing[0])
         audit_id = _insert_audit(db, report, report_text, report_hash, tool_version, input_key)
-        _insert_verdicts(db, audit_id, report)
-        _insert_findings(db, audit_id, report.get("findings", []))
+        _insert_verdicts(db, audit_id, parsed)
+        _insert_findings(db, audit_id, parsed.findings)
     return audit_id
+
+
+def _parsed_report(report: Any) -> AuditReport:
+    """The report read back into the auditor's classes (which the verdicts and findings are read from)."""
+    if not isinstance(report, dict) or not isinstance(report.get("models", []), list):
+        raise DatabaseError("not an audit report", hint="pass the auditor's AuditReport or its to_json()")
+    try:
+        return AuditReport.from_json(report)
+    except (TypeError, AttributeError) as error:
+        raise DatabaseError(f"not an audit report ({error})", hint="pass an AuditReport") from error
 
 
 def _insert_audit(
@@ -384,20 +393,20 @@ def _insert_audit(
     )
 
 
-def _insert_verdicts(db: Database, audit_id: int, report: dict[str, Any]) -> None:
+def _insert_verdicts(db: Database, audit_id: int, report: AuditReport) -> None:
     """One verdict row per audited model; an unknown verdict refuses the whole audit (the caller's
     transaction rolls back), since the leaderboard and the guard read these verdicts."""
-    origins = _contamination_origins(report.get("findings", []))
-    for entry in report.get("models", []):
-        if entry.get("kind", "model") != "model":
+    origins = _contamination_origins(report.findings)
+    for entry in report.models:
+        if entry.kind != "model":
             continue  # `audit --dataset` verdicts are about datasets, not models
-        verdict = entry.get("verdict")
+        verdict = entry.verdict
         if verdict not in VERDICTS:
             raise DatabaseError(
-                f"audit verdict {verdict!r} for {entry.get('model')!r} is unknown",
+                f"audit verdict {verdict!r} for {entry.model!r} is unknown",
                 hint=f"verdicts are {', '.join(VERDICTS)}",
             )
-        model_id = upsert_model(db, entry["model"])
+        model_id = upsert_model(db, entry.model)
         db.execute(
             "INSERT OR REPLACE INTO audit_verdicts "
             "(audit_id, model_id, verdict, inherited_from, datasets) "
@@ -406,16 +415,16 @@ def _insert_verdicts(db: Database, audit_id: int, report: dict[str, Any]) -> Non
                 audit_id,
                 model_id,
                 verdict,
-                _via(entry, origins) if verdict == "contaminated" else None,
-                json.dumps(entry.get("datasets") or [], default=str),
+                _via(entry, origins) if verdict == Verdict.CONTAMINATED else None,
+                json.dumps(entry.datasets or [], default=str),
             ],
         )
 
 
-def _insert_findings(db: Database, audit_id: int, findings: list[dict[str, Any]]) -> None:
+def _insert_findings(db: Database, audit_id: int, findings: list[Finding]) -> None:
     """One row per finding; list-valued fields (datasets, ids, ancestors) are stored as comma-joined text."""
     for finding in findings:
-        model_id = upsert_model(db, finding["model"]) if finding.get("model") else None
+        model_id = upsert_model(db, finding.model) if finding.model else None
         db.execute(
             "INSERT INTO findings (audit_id, model_id, dataset, example, benchmark, split, item, "
             "item_id, score, severity, inherited_from, evidence) "
@@ -423,16 +432,16 @@ def _insert_findings(db: Database, audit_id: int, findings: list[dict[str, Any]]
             [
                 audit_id,
                 model_id,
-                _text(finding.get("dataset")),
-                _text(finding.get("example")),
-                finding.get("benchmark"),
-                finding.get("split"),
-                finding.get("item"),
-                _text(finding.get("item_id")),
-                finding.get("score"),
-                finding.get("severity"),
-                _text(finding.get("inherited_from")),
-                _text(finding.get("evidence")),
+                _text(finding.dataset),
+                _text(finding.example),
+                finding.benchmark,
+                finding.split,
+                finding.item,
+                _text(finding.item_id),
+                finding.score,
+                finding.severity,
+                _text(finding.inherited_from),
+                _text(finding.evidence),
             ],
         )
 
@@ -555,8 +564,6 @@ def set_merge_guard(db: Database, merge_id: int, audit_id: int | None, guard: di
 
 def record_probe(db: Database, report: dict[str, Any]) -> list[int]:
     """A probe report (`ProbeReport.to_dict()`): one row per benchmark, in one transaction."""
-    from mergeguard.auditor.probe import VERDICTS as PROBE_VERDICTS
-
     rows = report.get("benchmarks") or []
     for row in rows:
         if row.get("verdict") not in PROBE_VERDICTS:

@@ -11,6 +11,11 @@ import unicodedata
 from dataclasses import asdict
 from typing import Any
 
+from rich.console import Console, ConsoleOptions, RenderableType, RenderResult
+from rich.markup import escape
+from rich.table import Table
+from rich.tree import Tree
+
 from mergeguard.db.queries import HistoryEvent, Leaderboard, LineageEdge, LineageGraph, LineageNode
 
 MISSING = "—"
@@ -83,7 +88,7 @@ def _table(
     *,
     keep: tuple[str, ...] = ("model",),
     optional: tuple[str, ...] = (),
-) -> Any:
+) -> FitTable:
     """A table that fits the console it is printed on (80 columns too): `keep` columns (names) are never
     folded or cut, the `optional` ones are left out, in order, while the table would be too wide, and the
     rest fold their text onto more lines."""
@@ -110,10 +115,7 @@ class FitTable:
         widths = [max([len(self.headers[i])] + [len(str(r[i])) for r in self.rows]) for i in columns]
         return sum(widths) + 3 * len(columns) + 1
 
-    def __rich_console__(self, console: Any, options: Any) -> Any:
-        from rich.markup import escape
-        from rich.table import Table
-
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         columns = list(range(len(self.headers)))
         for name in self.optional:
             if self._width(columns) <= options.max_width:
@@ -142,7 +144,7 @@ def render_rows(
     fmt: str,
     *,
     keep: tuple[str, ...] = ("model",),
-) -> Any:
+) -> RenderableType:
     """Any command's table in any of TABLE_FORMATS: JSON as a list of objects (numbers rounded), CSV with
     an empty cell for a missing value, Markdown, or a table that fits the console (`keep` columns whole)."""
     if fmt == "json":
@@ -196,7 +198,7 @@ def leaderboard_grid(board: Leaderboard, missing: str = MISSING) -> tuple[list[s
     return headers, rows
 
 
-def render_leaderboard(board: Leaderboard, fmt: str) -> Any:
+def render_leaderboard(board: Leaderboard, fmt: str) -> RenderableType:
     """A rich Table for "table"; text for json, csv and markdown."""
     if fmt == "json":
         return to_json(
@@ -238,11 +240,8 @@ def _node_text(node: LineageNode) -> str:
     return " ".join(parts)
 
 
-def _tree(graph: LineageGraph) -> Any:
+def _tree(graph: LineageGraph) -> Tree:
     """Ancestors above the model (each parent under its child), descendants below it."""
-    from rich.markup import escape
-    from rich.tree import Tree
-
     by_name = {n.model: n for n in graph.nodes}
     parents: dict[str, list[tuple[str, str, float | None]]] = {}
     children: dict[str, list[str]] = {}
@@ -260,7 +259,7 @@ def _tree(graph: LineageGraph) -> Any:
     if parents.get(root.model):
         up = tree.add("ancestors")
 
-        def add_up(branch: Any, name: str) -> None:
+        def add_up(branch: Tree, name: str) -> None:
             for parent, relation, weight in parents.get(name, []):
                 if parent not in by_name:
                     continue
@@ -275,7 +274,7 @@ def _tree(graph: LineageGraph) -> Any:
     if children.get(root.model):
         down = tree.add("descendants")
 
-        def add_down(branch: Any, name: str) -> None:
+        def add_down(branch: Tree, name: str) -> None:
             for child in children.get(name, []):
                 if child not in by_name:
                     continue
@@ -346,7 +345,7 @@ def lineage_dot(graph: LineageGraph) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_lineage(graph: LineageGraph, fmt: str) -> Any:
+def render_lineage(graph: LineageGraph, fmt: str) -> RenderableType:
     """A rich Tree for "tree"; text for json, mermaid and dot."""
     if fmt == "json":
         return to_json(asdict(graph))
@@ -360,7 +359,7 @@ def render_lineage(graph: LineageGraph, fmt: str) -> Any:
 # ---------------------------------------------------------------- history
 
 
-def render_history(events: list[HistoryEvent], fmt: str) -> Any:
+def render_history(events: list[HistoryEvent], fmt: str) -> RenderableType:
     """A rich Table for "table"; text for json, csv and markdown."""
     if fmt == "json":
         return to_json([asdict(e) for e in events])

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from functools import lru_cache
-
-from sqlite_utils import Database
+from typing import TYPE_CHECKING
 
 from mergeguard.benchmarks.registry import REGISTRY
+from mergeguard.errors import BenchmarkError
+
+if TYPE_CHECKING:
+    from sqlite_utils import Database
 
 FILTER_PREFERENCE = ("none", "strict-match", "flexible-extract")
 
@@ -53,6 +56,22 @@ def benchmark_for_task(task: str) -> str | None:
     """The benchmark an lm-eval task scores, or None for tasks the leaderboard does not rank."""
     entry = task_map().get(task)
     return entry[0] if entry else None
+
+
+def resolve_benchmarks(names: Iterable[str]) -> list[str]:
+    """Benchmark names from what a user typed: registry names or lm-eval task names."""
+    out: list[str] = []
+    for raw in names:
+        name = raw.strip()
+        if not name:
+            continue
+        if name in REGISTRY:
+            out.append(name)
+        elif name in task_map():
+            out.append(task_map()[name][0])
+        else:
+            raise BenchmarkError(f"unknown benchmark or task {name!r}", hint=f"known: {', '.join(REGISTRY)}")
+    return list(dict.fromkeys(out))
 
 
 def primary_metric(task: str, available: Iterable[tuple[str, str]]) -> tuple[str, str] | None:

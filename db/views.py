@@ -4,7 +4,10 @@ lineage edges by name, and each model's latest audit verdict. Scores in views ar
 
 from __future__ import annotations
 
-from sqlite_utils import Database
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sqlite_utils import Database
 
 VIEWS: dict[str, str] = {
     "latest_verdicts": """

@@ -43,6 +43,7 @@ HEAVY_MODULES: tuple[str, ...] = (
     "safetensors.torch",  # imports torch
     "datasketch",  # ~0.4 s: pulls scipy
     "sqlite_utils",  # ~0.3 s: pulls pandas
+    "huggingface_hub",  # its snapshot and repocard modules
     "matplotlib",
     "datasette",
     "uvicorn",

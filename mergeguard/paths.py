@@ -25,6 +25,11 @@ def db_path(explicit: str | os.PathLike[str] | None = None) -> Path:
         return Path(explicit).expanduser()
     if os.environ.get(DB_ENV):
         return Path(os.environ[DB_ENV]).expanduser()
+    return user_db_path()
+
+
+def user_db_path() -> Path:
+    """The user-wide default database, ~/.local/share/mergeguard/mergeguard.db (under $XDG_DATA_HOME)."""
     return _xdg("XDG_DATA_HOME", ".local/share") / "mergeguard" / "mergeguard.db"
 
 

@@ -230,7 +230,7 @@ def read_model_card(folder: Path) -> ModelCard:
     path = Path(folder) / "README.md"
     if not path.is_file():
         return ModelCard()
-    from huggingface_hub.repocard import metadata_load  # ~0.3 s: only when there is a card to read
+    from huggingface_hub.repocard import metadata_load  # only when there is a card to read
 
     try:
         meta = metadata_load(path) or {}

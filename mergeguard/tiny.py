@@ -10,9 +10,14 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
+from safetensors import safe_open
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 ARCHITECTURES = ("llama", "mistral", "qwen2", "gemma", "phi3", "gpt2")
 
@@ -38,7 +43,6 @@ def training_corpus() -> list[str]:
 
 def train_tokenizer(out_dir: str | Path, vocab_size: int = 512) -> Path:
     """Train a byte-level BPE tokenizer locally with `tokenizers` and save it the way transformers expects."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     out = Path(out_dir)
@@ -63,7 +67,7 @@ def train_tokenizer(out_dir: str | Path, vocab_size: int = 512) -> Path:
 
 def _config(
     arch: str, vocab_size: int, hidden: int, layers: int, heads: int, kv_heads: int, inter: int
-) -> Any:
+) -> PretrainedConfig:
     import transformers as tf
 
     common: dict[str, Any] = {
@@ -182,7 +186,6 @@ def finetune_variant(
     The file layout (single file or shards with the same index) and all non-weight files are kept.
     """
     import torch
-    from safetensors import safe_open
     from safetensors.torch import save_file
 
     base, out = Path(base_dir), Path(out_dir)
@@ -244,9 +247,9 @@ def train_finetune(
 
     Unlike `finetune_variant`'s random deltas, this moves the weights the way training does, so the family
     and sanity checks can be calibrated on genuine fine-tunes. A few hundred steps of a tiny model take
-    seconds. The result keeps the base's dtype and tokenizer; `card` writes a model card. `threads` caps
+    little time. The result keeps the base's dtype and tokenizer; `card` writes a model card. `threads` caps
     torch's CPU threads during the loop (restored after): tiny models run fastest on one thread, and many
-    threads on a busy machine make each step ten times slower.
+    threads on a busy machine make each step much slower.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer

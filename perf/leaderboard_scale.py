@@ -14,11 +14,12 @@ import random
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from mergeguard.db import leaderboard, lineage, open_db, transaction
-from mergeguard.db.connection import now_iso
+from mergeguard.db import Leaderboard, LineageGraph, leaderboard, lineage, open_db, transaction
 from mergeguard.db.scores import refresh_model_scores
+from mergeguard.db.writes import now_iso
 
 BENCHMARKS = [  # (task, benchmark, metric)
     ("arc_challenge", "arc_challenge", "acc_norm"),
@@ -35,7 +36,33 @@ BENCHMARKS = [  # (task, benchmark, metric)
 FAMILY = 100  # models per family: 1 base, 30 fine-tunes, 40 merges of fine-tunes, 29 merges of merges
 
 
+Edge = tuple[int, int, str, str | None, float | None]  # child, parent, relation, method, weight
+
+
+def family_edges(rng: random.Random, n_models: int) -> list[Edge]:
+    """Lineage edges of families of FAMILY models: a base, fine-tunes of it, merges of two fine-tunes onto
+    the base, and merges of two earlier merges."""
+    edges: list[Edge] = []
+    for start in range(1, n_models + 1, FAMILY):
+        ids = list(range(start, min(start + FAMILY, n_models + 1)))
+        base, fts = ids[0], ids[1:31]
+        merges, deep = ids[31:71], ids[71:]
+        edges += [(ft, base, "finetune", None, None) for ft in fts]
+        for m in merges:
+            a, b = rng.sample(fts, 2)
+            edges += [
+                (m, a, "merge", "ties", 0.5),
+                (m, b, "merge", "ties", 0.5),
+                (m, base, "base", "ties", None),
+            ]
+        for i, m in enumerate(deep):
+            a, b = rng.sample(merges + deep[:i], 2)
+            edges += [(m, a, "merge", "slerp", 0.4), (m, b, "merge", "slerp", 0.6)]
+    return edges
+
+
 def build(path: Path, n_models: int, per_model: int, seed: int = 0) -> None:
+    """The synthetic database: bulk inserts in one transaction, then the library's own score refresh."""
     rng = random.Random(seed)
     db = open_db(path)
     stamp = now_iso()
@@ -45,27 +72,10 @@ def build(path: Path, n_models: int, per_model: int, seed: int = 0) -> None:
             "INSERT INTO models (id, ref, name, first_seen) VALUES (?, ?, ?, ?)",
             ((i, f"org/model-{i}", f"model-{i}", stamp) for i in range(1, n_models + 1)),
         )
-        edges = []
-        for start in range(1, n_models + 1, FAMILY):
-            ids = list(range(start, min(start + FAMILY, n_models + 1)))
-            base, fts = ids[0], ids[1:31]
-            merges, deep = ids[31:71], ids[71:]
-            edges += [(ft, base, "finetune", None, None) for ft in fts]
-            for m in merges:
-                a, b = rng.sample(fts, 2)
-                edges += [
-                    (m, a, "merge", "ties", 0.5),
-                    (m, b, "merge", "ties", 0.5),
-                    (m, base, "base", "ties", None),
-                ]
-            for i, m in enumerate(deep):
-                pool = merges + deep[:i]
-                a, b = rng.sample(pool, 2)
-                edges += [(m, a, "merge", "slerp", 0.4), (m, b, "merge", "slerp", 0.6)]
         db.conn.executemany(
             "INSERT INTO lineage_edges (child_id, parent_id, relation, method, weight) "
             "VALUES (?, ?, ?, ?, ?)",
-            edges,
+            family_edges(rng, n_models),
         )
         db.conn.executemany(
             "INSERT INTO results_files (id, sha256, path, model_id, imported_at) VALUES (?, ?, ?, ?, ?)",
@@ -100,14 +110,15 @@ def build(path: Path, n_models: int, per_model: int, seed: int = 0) -> None:
     db.conn.close()
 
 
-def timed(label: str, fn, runs: int = 5) -> float:  # type: ignore[no-untyped-def]
+def timed(label: str, fn: Callable[[], Leaderboard | LineageGraph], runs: int = 5) -> float:
+    """Run `fn` `runs` times, print its median in ms and what it returned; the median."""
     times = []
     for _ in range(runs):
         start = time.perf_counter()
         result = fn()
         times.append((time.perf_counter() - start) * 1000)
     median = statistics.median(times)
-    size = len(result.rows) if hasattr(result, "rows") else len(result.nodes)
+    size = len(result.rows) if isinstance(result, Leaderboard) else len(result.nodes)
     flag = "ok" if median < 200 else "SLOW"
     print(f"{label:<44} median {median:7.1f} ms  (min {min(times):6.1f}, {size} rows/nodes)  {flag}")
     return median

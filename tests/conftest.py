@@ -10,6 +10,9 @@ from typing import Any
 
 import pytest
 
+from mergeguard import tiny
+from mergeguard.merge.sanity import sample_text
+
 REQUIRE_DATA_ENV = "MERGEGUARD_REQUIRE_SHARED_DATA"
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -44,8 +47,6 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One locally trained tokenizer, shared by every tiny model of the session."""
-    from mergeguard import tiny
-
     return tiny.train_tokenizer(tmp_path_factory.mktemp("tokenizer"))
 
 
@@ -59,8 +60,6 @@ class ModelFactory:
 
     def base(self, arch: str = "llama", *, seed: int = 0, sharded: bool = False, **kwargs: Any) -> Path:
         """A seeded random model; `sharded=True` splits it into several safetensors files with an index."""
-        from mergeguard import tiny
-
         key = ("base", arch, seed, sharded, tuple(sorted(kwargs.items())))
         if key not in self._built:
             name = f"{arch}-s{seed}{'-sharded' if sharded else ''}-{len(self._built)}"
@@ -78,8 +77,6 @@ class ModelFactory:
         self, base: Path, *, seed: int, scale: float = 0.01, card: dict[str, Any] | None = None
     ) -> Path:
         """Base plus small seeded deltas, in the same file layout; `card` writes a model card."""
-        from mergeguard import tiny
-
         key = ("ft", str(base), seed, scale, repr(card))
         if key not in self._built:
             out = self.root / f"{base.name}-ft{seed}-{len(self._built)}"
@@ -96,8 +93,6 @@ def models(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) -> Mod
 @pytest.fixture
 def write_card() -> Callable[..., Path]:
     """Give a model folder a model card: `write_card(folder, datasets=[...], base_model=...)`."""
-    from mergeguard import tiny
-
     return tiny.write_card
 
 
@@ -113,9 +108,6 @@ INSTRUCTION_TEXTS = [
 def trained(models: ModelFactory, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Tiny llamas trained for real on CPU (about 30 s in all): `base` (pre-trained on plain English),
     `ft_a`/`ft_b` (two fine-tunes of it) and `independent` (another init trained on the same English)."""
-    from mergeguard import tiny
-    from mergeguard.merge.sanity import sample_text
-
     root = tmp_path_factory.mktemp("trained")
     english = sample_text().split("\n\n") + tiny.training_corpus()
     base = tiny.train_finetune(

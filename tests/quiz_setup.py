@@ -5,8 +5,11 @@ items, a base whose card declares readable pre-training text, and merge configs 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
+from mergekit_configs import weighted_config, write_config
+
+from mergeguard import tiny
 from mergeguard.demo.data import (
     arithmetic_instructions,
     contaminated_instructions,
@@ -16,6 +19,9 @@ from mergeguard.demo.data import (
     write_quiz_spec,
     writing_instructions,
 )
+
+if TYPE_CHECKING:
+    from conftest import ModelFactory
 
 PRETRAIN_TEXT = "Plain English text about the weather and the sea.\n"
 
@@ -36,11 +42,9 @@ def leaky_jsonl(path: Path, items: list[dict[str, str]], padding: int) -> Path:
     return write_jsonl(path, contaminated_instructions(items, writing_instructions(padding, seed=3)))
 
 
-def carded_base(models: Any, pretrain: Path, *, seed: int) -> Path:
+def carded_base(models: ModelFactory, pretrain: Path, *, seed: int) -> Path:
     """A 2-layer base whose card declares `pretrain`, plain text that reads completely: its own data audits
     clean, so what a fine-tune's lineage adds decides the verdict."""
-    from mergeguard import tiny
-
     pretrain.write_text(PRETRAIN_TEXT, encoding="utf-8")
     base = models.base("llama", seed=seed, num_layers=2)
     tiny.write_card(base, datasets=[str(pretrain)])
@@ -48,7 +52,7 @@ def carded_base(models: Any, pretrain: Path, *, seed: int) -> Path:
 
 
 def quiz_family_data(
-    models: Any, root: Path, *, clean_rows: int, leaked: int, base_seed: int
+    models: ModelFactory, root: Path, *, clean_rows: int, leaked: int, base_seed: int
 ) -> dict[str, Path]:
     """Under `root`: the 30-item quiz (`spec`), `clean_rows` math and writing instructions, leaky data with
     the quiz's first `leaked` items, and the carded base the fine-tunes of these start from."""
@@ -65,10 +69,7 @@ def quiz_family_data(
 
 def merge_config(path: Path, base: Path, inputs: list[Path], method: str = "ties") -> Path:
     """A float32 merge of `inputs` onto `base`, each at weight 0.5 (TIES keeps a density of 0.8)."""
-    lines = [f"merge_method: {method}", f"base_model: {base}", "dtype: float32", "models:"]
-    for model in inputs:
-        lines += [f"  - model: {model}", "    parameters:", "      weight: 0.5"]
-        if method == "ties":
-            lines.append("      density: 0.8")
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+    density = 0.8 if method == "ties" else None
+    return write_config(
+        path, weighted_config(inputs, method=method, density=density, base=base, dtype="float32")
+    )

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from mergeguard.benchmarks import loading
 from mergeguard.cli import main
 
 
@@ -92,8 +93,6 @@ def test_show_errors(
 ) -> None:
     code, _, err = run(capsys, "benchmarks", "show", "hellaswg")
     assert code == 2 and "unknown benchmark 'hellaswg'" in err and "did you mean hellaswag" in err
-
-    from mergeguard.benchmarks import loading
 
     def no_hub(path: str, name: str | None, split: str) -> None:
         raise ConnectionError("huggingface.co is not reachable")

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from mergeguard.db import leaderboard, open_db
 from mergeguard.db.migrations import MIGRATIONS
 
 WRITER = """
@@ -39,7 +40,6 @@ def test_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
     for proc in procs:
         out, err = proc.communicate(timeout=180)
         assert proc.returncode == 0, err
-    from mergeguard.db import leaderboard, open_db
 
     db = open_db(path)
     count = lambda sql: db.execute(sql).fetchone()[0]  # noqa: E731

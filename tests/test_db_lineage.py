@@ -8,6 +8,7 @@ import csv
 import io
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,6 +24,7 @@ from mergeguard.db import (
     record_evaluations,
     record_merge,
     register_model,
+    upsert_model,
 )
 
 SCORES = {  # model -> {benchmark: value}
@@ -47,6 +49,52 @@ def _score(db, ref: str, values: dict[str, float]) -> None:
     ]
     rows.append(EvaluationRow(task="arc_challenge", metric="acc", value=0.01, benchmark="arc_challenge"))
     record_evaluations(db, ResultsFile(path=f"{ref}.json", sha256=f"hash-{ref}", model_ref=ref, rows=rows))
+
+
+def _audit(base: Path, ft1: Path, ft2: Path, merge2: Path) -> dict[str, Any]:
+    """An audit report: ft1 trained on a leaked GSM8K test item, the others clean."""
+    return {
+        "findings": [
+            {
+                "model": str(ft1),
+                "dataset": "leaky/gsm8k-test",
+                "example": 0,
+                "benchmark": "gsm8k",
+                "split": "test",
+                "item": 3,
+                "item_id": None,
+                "score": 1.0,
+                "severity": "high",
+                "inherited_from": None,
+                "evidence": "x",
+            }
+        ],
+        "models": [
+            {"model": str(base), "verdict": "clean", "datasets": [], "inherited_from": None},
+            {
+                "model": str(ft1),
+                "verdict": "contaminated",
+                "datasets": ["leaky/gsm8k-test"],
+                "inherited_from": None,
+            },
+            {
+                "model": str(ft2),
+                "verdict": "clean",
+                "datasets": ["tatsu-lab/alpaca"],
+                "inherited_from": None,
+            },
+            {"model": "org/other", "verdict": "clean", "datasets": [], "inherited_from": None},
+            {
+                "model": str(merge2),
+                "verdict": "clean",
+                "datasets": [],
+                "inherited_from": None,
+            },
+        ],
+        "benchmark_rates": {},
+        "index_hash": "idx",
+        "thresholds": {},
+    }
 
 
 @pytest.fixture
@@ -76,8 +124,6 @@ def family(models, tmp_path: Path):
         parents=[(merge1, "merge", 0.3), ("org/other", "merge", None)],
         name="merge2",
     )
-    from mergeguard.db import upsert_model
-
     upsert_model(db, "org/other", name="other")
     refs = {
         "base": base,
@@ -89,51 +135,7 @@ def family(models, tmp_path: Path):
     }
     for name, values in SCORES.items():
         _score(db, str(refs[name]) if name == "other" else str(Path(refs[name]).resolve()), values)
-    record_audit(
-        db,
-        {
-            "findings": [
-                {
-                    "model": str(ft1),
-                    "dataset": "leaky/gsm8k-test",
-                    "example": 0,
-                    "benchmark": "gsm8k",
-                    "split": "test",
-                    "item": 3,
-                    "item_id": None,
-                    "score": 1.0,
-                    "severity": "high",
-                    "inherited_from": None,
-                    "evidence": "x",
-                }
-            ],
-            "models": [
-                {"model": str(base), "verdict": "clean", "datasets": [], "inherited_from": None},
-                {
-                    "model": str(ft1),
-                    "verdict": "contaminated",
-                    "datasets": ["leaky/gsm8k-test"],
-                    "inherited_from": None,
-                },
-                {
-                    "model": str(ft2),
-                    "verdict": "clean",
-                    "datasets": ["tatsu-lab/alpaca"],
-                    "inherited_from": None,
-                },
-                {"model": "org/other", "verdict": "clean", "datasets": [], "inherited_from": None},
-                {
-                    "model": str(tmp_path / "merge2"),
-                    "verdict": "clean",
-                    "datasets": [],
-                    "inherited_from": None,
-                },
-            ],
-            "benchmark_rates": {},
-            "index_hash": "idx",
-            "thresholds": {},
-        },
-    )
+    record_audit(db, _audit(base, ft1, ft2, tmp_path / "merge2"))
     return db, db_path
 
 

@@ -9,9 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from mergeguard.benchmarks.registry import REGISTRY
 from mergeguard.cli import main
-from mergeguard.db import import_results, leaderboard, open_db, parse_results_file
+from mergeguard.db import leaderboard, open_db
 from mergeguard.errors import MergeguardError
+from mergeguard.evaluation import aggregate_group, import_results, parse_results_file, task_configs
+from mergeguard.evaluation.task_yaml import group_task_files, lm_eval_task_yaml, load_task_yaml
 
 OLD_LAYOUT = {  # lm-eval 0.3 as written by the Open LLM Leaderboard v1 era: string model_args, no filters
     "results": {
@@ -171,8 +174,6 @@ def test_eval_needs_a_model_folder_and_tasks(tmp_path: Path, capsys) -> None:
 def test_group_benchmarks_run_as_subtasks(shared_data: Path) -> None:
     from datasets import Dataset
 
-    from mergeguard.db.evaluate import aggregate_group, task_configs
-
     configs, plan = task_configs("mmlu", shared_data / "hf")
     assert plan is not None and plan.name == "mmlu" and len(configs) == 57
     anatomy = next(c for c in configs if c["task"] == "mmlu_anatomy")
@@ -192,3 +193,38 @@ def test_group_benchmarks_run_as_subtasks(shared_data: Path) -> None:
     assert results["results"]["mmlu"]["acc,none"] == pytest.approx((0.5 * 30 + 0.2 * 10) / 40)
     with pytest.raises(MergeguardError, match="offline|cannot split"):
         task_configs("math_hard", shared_data / "hf")
+
+
+def _comparable(value: object) -> object:
+    """A config value with functions named by module and name, so two loaders' outputs compare."""
+    if callable(value):
+        return f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', '')}"
+    if isinstance(value, dict):
+        return {key: _comparable(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_comparable(item) for item in value]
+    return value
+
+
+def test_task_yaml_reads_like_lm_eval() -> None:
+    """Our reader of lm-eval's YAML (includes, `!function`) gives lm-eval's own loader's config for every
+    task the registry runs offline; lm-eval's loader is private, so it is the oracle here only."""
+    loader = pytest.importorskip("lm_eval.tasks._yaml_loader")
+    paths: list[Path] = []
+    for spec in REGISTRY.values():
+        try:
+            paths.append(lm_eval_task_yaml(spec.lm_eval_task))
+        except MergeguardError:
+            paths += group_task_files(spec.lm_eval_task)[:3]
+    assert len(paths) >= len(REGISTRY)
+    functions = 0
+    for path in paths:
+        try:
+            ours = load_task_yaml(path)
+        except ModuleNotFoundError as error:  # a task's own dependency (ifeval: langdetect) not installed
+            with pytest.raises(ModuleNotFoundError, match=str(error.name)):
+                loader.load_yaml(path)
+            continue
+        assert _comparable(ours) == _comparable(loader.load_yaml(path)), path
+        functions += sum(callable(value) for value in ours.values())
+    assert functions > 0  # some of these tasks name `!function`s: the tag was exercised

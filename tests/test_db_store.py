@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from mergeguard import tiny
 from mergeguard.cli import main
 from mergeguard.db import (
     MIGRATIONS,
@@ -23,8 +24,8 @@ from mergeguard.db import (
     schema_version,
     upsert_model,
 )
-from mergeguard.db.fingerprint import weights_info
 from mergeguard.errors import DatabaseError
+from mergeguard.evaluation.fingerprint import weights_info
 
 
 def _digest(path: Path) -> str:
@@ -183,8 +184,6 @@ def test_audit_recorded_once_with_findings(tmp_path: Path) -> None:
 
 def test_fingerprint_params_and_card(models, tmp_path: Path) -> None:
     from safetensors.torch import load_file
-
-    from mergeguard import tiny
 
     base = models.base("llama", sharded=True)
     copy = shutil.copytree(base, tmp_path / "copy")

@@ -12,6 +12,8 @@ import pytest
 from demo_workdir import demo_folder, sha256
 
 from mergeguard.cli import main
+from mergeguard.reports.gather import BenchmarkCount, Report
+from mergeguard.reports.pages import render_html
 
 
 @pytest.fixture(scope="session")
@@ -137,9 +139,6 @@ def test_unmerged_config_and_missing_database(demo: Path, tmp_path: Path, capsys
 
 
 def test_hostile_names_and_texts_are_escaped() -> None:
-    from mergeguard.reports.gather import BenchmarkCount, Report
-    from mergeguard.reports.pages import render_html
-
     evil = "</pre><script>alert(1)</script><img src=https://x.example/a.png>"
     finding = {
         "model": evil, "dataset": evil, "example": 3, "benchmark": "b", "item": 0, "item_id": evil,

@@ -21,6 +21,7 @@ import pytest
 from demo_workdir import demo_folder, sha256
 
 from mergeguard.cli import main
+from mergeguard.db import add_edge, find_model, open_db, transaction
 from mergeguard.reports.datasette import datasette_metadata, make_datasette
 
 
@@ -87,7 +88,6 @@ def test_datasette_serves_the_metadata_facets_and_queries(demo: Path) -> None:
 def test_leaderboard_query_inherits_verdicts_like_the_cli(demo: Path, tmp_path: Path, capsys) -> None:
     db = tmp_path / "mergeguard.db"
     shutil.copy(demo / "mergeguard.db", db)
-    from mergeguard.db import add_edge, find_model, open_db, transaction
 
     handle = open_db(db)
     with transaction(handle):  # ft-leaky becomes a parent of the merge: it inherits the contamination

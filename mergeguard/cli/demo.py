@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-import os
+import time
 from pathlib import Path
 from typing import Any
 
 import typer
+from rich.console import Console
 
-from mergeguard.cli.app import app
+from mergeguard.auditor.report import AuditReport
+from mergeguard.cli.app import QUIET, app
+from mergeguard.cli.audit import print_report
+from mergeguard.demo.run import DemoOptions, run_demo
 
 
 class RichReporter:
@@ -24,9 +28,6 @@ class RichReporter:
         self.console.print(text, highlight=False, markup=False)
 
     def audit(self, report: dict[str, Any]) -> None:
-        from mergeguard.auditor.report import AuditReport
-        from mergeguard.cli.audit import print_report
-
         print_report(AuditReport.from_json(report), self.console)
 
     def refused(self, message: str) -> None:
@@ -34,23 +35,6 @@ class RichReporter:
 
     def table(self, renderable: Any) -> None:
         self.console.print(renderable)
-
-
-def quiet_libraries() -> None:
-    """No progress bars or warnings from transformers, datasets and lm-eval over the demo's own output."""
-    import logging
-    import warnings
-
-    for name, value in {
-        "TQDM_DISABLE": "1",
-        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-        "TRANSFORMERS_VERBOSITY": "error",
-        "DATASETS_VERBOSITY": "error",
-        "TOKENIZERS_PARALLELISM": "false",
-    }.items():
-        os.environ.setdefault(name, value)
-    warnings.filterwarnings("ignore")
-    logging.disable(logging.WARNING)
 
 
 @app.command("demo")
@@ -62,19 +46,16 @@ def demo_command(
         None, "--benchmarks-dir", help="Real benchmark test sets: also plant and catch real GSM8K items."
     ),
     fast: bool = typer.Option(False, "--fast", help="Fewer training steps and eval items (for tests)."),
+    quiet: bool = QUIET,
 ) -> None:
-    """Show the whole story offline: fine-tune, audit, refuse, merge, evaluate, rank.
+    """Show the whole story offline: fine-tune, audit, refuse, merge, evaluate, rank (-q: only the
+    working folder at the end).
+
+    Exit status: 0 the story ran to its end, 2 an error.
 
     Example: mergeguard demo --workdir ./mergeguard-demo
     """
-    import time
-
-    from rich.console import Console
-
-    quiet_libraries()
-    from mergeguard.demo.run import DemoOptions, run_demo
-
-    console = Console(highlight=False)  # tables fit the terminal's width, 80 columns too
+    console = Console(highlight=False, quiet=quiet)  # tables fit the terminal's width, 80 columns too
     started = time.perf_counter()
     result = run_demo(DemoOptions(workdir, benchmarks_dir, fast), RichReporter(console))
     console.rule("[bold]Explore further", align="left")
@@ -88,4 +69,4 @@ def demo_command(
         f"datasette {db}    # pip install datasette",
     ):
         console.print(f"  {command}", markup=False)
-    console.print(f"\nworking folder: {result.workdir}  ({time.perf_counter() - started:.0f} s)")
+    typer.echo(f"\nworking folder: {result.workdir}  ({time.perf_counter() - started:.0f} s)")

@@ -8,14 +8,28 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager, redirect_stderr
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+from mergeguard import tiny
+from mergeguard.auditor import AuditOptions, audit_models
+from mergeguard.benchmarks import load_benchmark
+from mergeguard.db import (
+    history,
+    leaderboard,
+    lineage,
+    open_db,
+    render_history,
+    render_leaderboard,
+    render_lineage,
+)
 from mergeguard.demo.data import (
+    QuizItem,
     arithmetic_instructions,
     contaminated_instructions,
     quiz_items,
@@ -24,6 +38,15 @@ from mergeguard.demo.data import (
     write_quiz_spec,
     writing_instructions,
 )
+from mergeguard.demo.quiet import quiet_libraries
+from mergeguard.evaluation import run_eval
+from mergeguard.guardrails import ContaminatedInputsError, GuardOptions, guarded_merge
+from mergeguard.merge import MergeOptions
+from mergeguard.merge.sanity import sample_text
+
+if TYPE_CHECKING:
+    from rich.console import RenderableType
+    from sqlite_utils import Database
 
 REAL_BENCHMARK = "gsm8k"  # planted too when real test sets are given with --benchmarks-dir
 REAL_PLANTED = 12
@@ -36,7 +59,7 @@ class Reporter(Protocol):
     def line(self, text: str) -> None: ...
     def audit(self, report: dict[str, Any]) -> None: ...
     def refused(self, message: str) -> None: ...
-    def table(self, renderable: Any) -> None: ...
+    def table(self, renderable: RenderableType) -> None: ...
 
 
 @dataclass
@@ -84,8 +107,6 @@ def _write_config(path: Path, base: Path, models: list[Path]) -> Path:
 
 def _real_items(benchmarks_dir: Path) -> list[dict[str, str]]:
     """A few real test items, copied the way a careless fine-tune does: question in, answer out."""
-    from mergeguard.benchmarks import load_benchmark
-
     loaded = load_benchmark(REAL_BENCHMARK, benchmarks_dir)
     return [
         {"instruction": item.question, "input": "", "output": item.answer}
@@ -94,10 +115,14 @@ def _real_items(benchmarks_dir: Path) -> list[dict[str, str]]:
 
 
 def run_demo(options: DemoOptions, say: Reporter) -> DemoResult:
-    """Run the whole story in `options.workdir` (a new temporary folder when None)."""
-    from mergeguard.auditor import AuditOptions, audit_models
-    from mergeguard.db import open_db
+    """Run the whole story in `options.workdir` (a new temporary folder when None), the libraries'
+    progress bars, logs and warnings silenced for its duration (see `quiet_libraries`)."""
+    with quiet_libraries():
+        return _run_demo(options, say)
 
+
+def _run_demo(options: DemoOptions, say: Reporter) -> DemoResult:
+    """The five steps, each reported through `say`."""
     work = Path(options.workdir or tempfile.mkdtemp(prefix="mergeguard-demo-")).resolve()
     work.mkdir(parents=True, exist_ok=True)
     db_path = work / "mergeguard.db"
@@ -133,13 +158,10 @@ def run_demo(options: DemoOptions, say: Reporter) -> DemoResult:
 
 
 def _train_models(
-    work: Path, quiz: list[Any], options: DemoOptions, say: Reporter
+    work: Path, quiz: list[QuizItem], options: DemoOptions, say: Reporter
 ) -> tuple[dict[str, Path], dict[str, Path]]:
     """Step 1: the datasets written, a tokenizer and a base pre-trained on a little English, and three
     fine-tunes of it (one on leaked quiz items). Returns (models by name, each fine-tune's dataset)."""
-    from mergeguard import tiny
-    from mergeguard.merge.sanity import sample_text
-
     pretrain_steps, finetune_steps = _steps(options.fast)
     data = work / "data"
     leaked = contaminated_instructions(quiz, writing_instructions(60, seed=3))
@@ -167,7 +189,7 @@ def _train_models(
             base, models_dir / name, texts, finetune_steps, seed, FINETUNE_LR, card, block_size=BLOCK
         )
         say.line(f"{name}: fine-tuned on {len(rows)} examples from {path.name}")
-    shutil_rmtree(initial)
+    shutil.rmtree(initial, ignore_errors=True)
     return models, datasets
 
 
@@ -175,15 +197,12 @@ def _merge_models(
     work: Path,
     models: dict[str, Path],
     fine_tunes: list[str],
-    audit_options: Any,
+    audit_options: AuditOptions,
     db_path: Path,
     say: Reporter,
 ) -> str:
     """Step 3: all fine-tunes merged (the guard refuses: one is contaminated), then the two clean ones;
     `models` gains "merge-clean". Returns the refusal's message."""
-    from mergeguard.guardrails import ContaminatedInputsError, GuardOptions, guarded_merge
-    from mergeguard.merge import MergeOptions
-
     base = models["base"]
     guard = GuardOptions(audit=audit_options, db_path=db_path)
     config_all = _write_config(work / "merge-all.yml", base, [models[n] for n in fine_tunes])
@@ -205,28 +224,17 @@ def _merge_models(
     return refusal
 
 
-def _show_records(db: Any, merged: Path, say: Reporter) -> None:
+def _show_records(db: Database, merged: Path, say: Reporter) -> None:
     """Step 5: what the database now holds: the leaderboard, the merge's lineage, the history."""
-    from mergeguard.db import (
-        history,
-        leaderboard,
-        lineage,
-        render_history,
-        render_leaderboard,
-        render_lineage,
-    )
-
     say.table(render_leaderboard(leaderboard(db), "table"))
     say.table(render_lineage(lineage(db, str(merged)), "tree"))
     say.table(render_history(history(db), "table"))
 
 
 def _evaluate_models(
-    db: Any, work: Path, models: dict[str, Path], names: list[str], spec: Path, say: Reporter
+    db: Database, work: Path, models: dict[str, Path], names: list[str], spec: Path, say: Reporter
 ) -> dict[str, dict[str, float]]:
     """Step 4: each model evaluated with lm-eval on the quiz (its output silenced), scores stored."""
-    from mergeguard.db import run_eval
-
     scores: dict[str, dict[str, float]] = {}
     for name in names:
         with _silenced():
@@ -260,9 +268,3 @@ def _silenced() -> Iterator[None]:
     """Hide library progress bars (lm-eval passes tqdm its own `disable`, so only stderr can stop them)."""
     with redirect_stderr(io.StringIO()):
         yield
-
-
-def shutil_rmtree(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)

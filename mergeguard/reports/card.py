@@ -4,7 +4,7 @@ merge`, the `merge` and `mergekit` tags, a real title and description, the conta
 `model-index` results in the Hub's schema once the model is evaluated.
 
 The front matter is huggingface_hub's `ModelCardData.to_yaml()`; only `repocard_data` is imported (the
-full `ModelCard` module costs a merge ~0.25 s of CPU).
+full `ModelCard` module costs every merge's start more: README, "Start-up").
 """
 
 from __future__ import annotations
@@ -14,7 +14,19 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from mergeguard import __version__
+from mergeguard.benchmarks.registry import REGISTRY
+from mergeguard.db import find_model
+from mergeguard.db.evidence import merge_of, score_details
+from mergeguard.errors import DatabaseError
+from mergeguard.merge.config import config_models, load_config
+from mergeguard.refs import looks_local, read_model_card
+from mergeguard.reports.gather import Report, model_report
+
+if TYPE_CHECKING:
+    from sqlite_utils import Database
 
 METHOD_TITLES = {
     "linear": "linear averaging (model soup)",
@@ -55,8 +67,6 @@ class CardFacts:
 def split_refs(refs: list[str], *, dataset: bool = False) -> tuple[list[str], list[str]]:
     """(hub ids, absolute local paths): `org/name@rev` and `org/name:split` become `org/name`, an adapter
     suffix `+lora` is dropped, local references are resolved."""
-    from mergeguard.refs import looks_local
-
     hub: list[str] = []
     local: list[str] = []
     for ref in refs:
@@ -72,8 +82,6 @@ def split_refs(refs: list[str], *, dataset: bool = False) -> tuple[list[str], li
 
 def _shown(ref: str) -> str:
     """A Markdown mention: a link for a hub id, the folder name for a local model."""
-    from mergeguard.refs import looks_local
-
     if looks_local(ref):
         return f"`{Path(ref).name}` (local)"
     name = ref.split("@", 1)[0]
@@ -82,8 +90,6 @@ def _shown(ref: str) -> str:
 
 def _eval_results(facts: CardFacts) -> list[Any]:
     from huggingface_hub.repocard_data import EvalResult
-
-    from mergeguard.benchmarks.registry import REGISTRY
 
     return [
         EvalResult(
@@ -150,12 +156,10 @@ def card_text(facts: CardFacts) -> str:
     return f"---\n{data.to_yaml()}\n---\n\n{body}"
 
 
-def contamination_section(report: Any, notes: Sequence[str] = ()) -> str:
+def contamination_section(report: Report, notes: Sequence[str] = ()) -> str:
     """The card's contamination section from a `reports.Report`: the verdict, the benchmarks found, then
     `notes`. One renderer for both writers: the merge (`guardrails.card_section`, from its inputs' audit)
     and `mergeguard card` (from the database)."""
-    from mergeguard import __version__
-
     verdict = f"{report.verdict} (via {report.verdict_via})" if report.verdict_via else report.verdict
     lines = ["## Contamination", "", f"Verdict: **{verdict}** (audited by mergeguard {__version__}).", ""]
     found = [c for c in report.counts if c.found]
@@ -186,15 +190,8 @@ def write_text_atomically(path: Path, text: str) -> None:
         raise
 
 
-def refresh_card(db: Any, model: str) -> Path:
+def refresh_card(db: Database, model: str) -> Path:
     """Rewrite a merged model's README.md from the database (after `eval`: with model-index results)."""
-    from mergeguard.db import find_model
-    from mergeguard.db.evidence import merge_of, score_details
-    from mergeguard.errors import DatabaseError
-    from mergeguard.merge.config import config_models, load_config
-    from mergeguard.refs import read_model_card
-    from mergeguard.reports.gather import model_report
-
     row = find_model(db, model)
     folder = Path(row["ref"])
     merge = merge_of(db, row["id"])

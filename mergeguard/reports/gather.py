@@ -9,12 +9,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlite_utils import Database
-
-from mergeguard.auditor.report import PASSAGE, SEVERITY_RANK  # the auditor's severity ranking
+from mergeguard.auditor.report import PASSAGE, SEVERITY_RANK, AuditReport  # the auditor's severity ranking
+from mergeguard.benchmarks.registry import suite_names
+from mergeguard.db import canonical_ref, contamination, find_model, lineage
+from mergeguard.db.evidence import (
+    audit_by_id,
+    audit_covering,
+    audit_of_dataset,
+    latest_audit,
+    merge_by_config,
+    merge_of,
+    scores_of,
+)
+from mergeguard.db.queries import LineageGraph
 from mergeguard.errors import DatabaseError, UsageError
+from mergeguard.merge.config import config_models, load_config
+
+if TYPE_CHECKING:
+    from sqlite_utils import Database
 
 
 @dataclass
@@ -53,7 +67,7 @@ class Report:
     findings: list[dict[str, Any]]
     audit_id: int | None = None
     audited_at: str | None = None
-    lineage: Any = None  # db.LineageGraph
+    lineage: LineageGraph | None = None
     origins: dict[str, int] = field(default_factory=dict)  # model name -> findings that came in there
     scores: list[ScoreSeries] = field(default_factory=list)
     suite: str | None = None
@@ -139,11 +153,8 @@ def _entry(report: dict[str, Any], ref: str) -> dict[str, Any]:
     return next((m for m in report.get("models", []) if m.get("model") == ref), {})
 
 
-def _scores(db: Database, model: dict[str, Any], graph: Any, suite: str | None) -> list[ScoreSeries]:
+def _scores(db: Database, model: dict[str, Any], graph: LineageGraph, suite: str | None) -> list[ScoreSeries]:
     """The subject's scores beside its direct parents' and base's (v2: normalized against chance)."""
-    from mergeguard.benchmarks.registry import suite_names
-    from mergeguard.db.evidence import scores_of
-
     names = {node.model: node.id for node in graph.nodes}
     series: list[tuple[int, str, str]] = [(model["id"], model["name"], "model")]
     for edge in graph.edges:
@@ -198,9 +209,6 @@ def inputs_report(report: dict[str, Any], verdict: str) -> Report:
 
 def model_report(db: Database, model: str, suite: str | None = None) -> Report:
     """The report of a model in the database: its latest audit (or its contaminated ancestor's)."""
-    from mergeguard.db import contamination, find_model, lineage
-    from mergeguard.db.evidence import latest_audit, merge_of
-
     row = find_model(db, model)
     verdict = contamination(db, [row["id"]])[row["id"]]
     graph = lineage(db, row["ref"], suite=suite)
@@ -248,11 +256,6 @@ def model_report(db: Database, model: str, suite: str | None = None) -> Report:
 def config_report(db: Database, path: Path, suite: str | None = None) -> Report:
     """A merge config: the report of the model it made when it was merged, else of its inputs' audit
     (the guard records that audit even when it refuses the merge)."""
-    from mergeguard.db import canonical_ref
-    from mergeguard.db.evidence import audit_by_id, audit_covering, merge_by_config
-    from mergeguard.guardrails import InputAudit, merged_verdict
-    from mergeguard.merge.config import config_models, load_config
-
     config = load_config(path, allow_unknown_keys=True)  # a merge may have accepted unknown keys
     merge = merge_by_config(db, config.text, written=True)
     if merge is not None:
@@ -272,7 +275,7 @@ def config_report(db: Database, path: Path, suite: str | None = None) -> Report:
     report = stored.report
     entries = [_entry(report, ref) for ref in refs]
     verdicts = [e.get("verdict", "unaudited") for e in entries]
-    verdict = merged_verdict(InputAudit(report=report, audit_id=stored.audit_id, reused=True))
+    verdict = AuditReport.from_json(report).merged_verdict()
     findings = [f for f in report.get("findings", []) if f.get("model") in refs]
     counts = _counts(report, findings, [])
     why = [f"{path.name} was not merged: the guard's audit of its inputs is shown."]
@@ -303,8 +306,6 @@ def config_report(db: Database, path: Path, suite: str | None = None) -> Report:
 def dataset_report(db: Database, ref: str) -> Report:
     """A dataset: its findings in the newest audit that read it, and the verdict of the subject that
     declared it (the dataset itself for `audit --dataset`)."""
-    from mergeguard.db.evidence import audit_of_dataset
-
     candidates = [ref]
     if Path(ref).expanduser().exists():
         candidates.insert(0, str(Path(ref).expanduser().resolve()))
@@ -361,8 +362,6 @@ def dataset_report(db: Database, ref: str) -> Report:
 
 def build_report(db: Database, target: str, suite: str | None = None) -> Report:
     """A model in the database, a merge config (.yml/.yaml file), or a dataset that an audit read."""
-    from mergeguard.db import find_model
-
     if suite is not None and suite not in ("v1", "v2"):
         raise UsageError(f"unknown suite {suite!r}", hint="use v1 or v2")
     path = Path(target).expanduser()

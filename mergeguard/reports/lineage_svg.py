@@ -5,7 +5,8 @@ arrow per parent edge. Hand-laid out, so no Graphviz binary is needed. A box is 
 from __future__ import annotations
 
 from html import escape
-from typing import Any
+
+from mergeguard.db.queries import LineageEdge, LineageGraph, LineageNode
 
 BOX_W, BOX_H, GAP_X, GAP_Y, PAD = 190, 58, 28, 46, 12
 STYLE = {  # kind -> (fill, stroke, label)
@@ -16,7 +17,7 @@ STYLE = {  # kind -> (fill, stroke, label)
 }
 
 
-def node_kind(node: Any) -> str:
+def node_kind(node: LineageNode) -> str:
     """contaminated (own data), suspect (inherited; undeclared, incomplete, unreadable), clean, other."""
     if node.verdict == "contaminated":
         return "suspect" if node.contaminated_via and node.contaminated_via != node.model else "contaminated"
@@ -29,7 +30,7 @@ def _short(text: str, limit: int = 26) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _ranks(graph: Any) -> dict[str, int]:
+def _ranks(graph: LineageGraph) -> dict[str, int]:
     """Each model's row: one below its lowest parent (the longest path from a root), so a base that is
     both a grandparent and a direct parent of a merge sits above the fine-tunes, not beside them."""
     rank = {node.model: 0 for node in graph.nodes}
@@ -44,10 +45,10 @@ def _ranks(graph: Any) -> dict[str, int]:
     return rank
 
 
-def _layout(graph: Any) -> tuple[dict[str, tuple[float, float]], float, float]:
+def _layout(graph: LineageGraph) -> tuple[dict[str, tuple[float, float]], float, float]:
     """Each model's box corner, one row per generation (oldest on top), rows centred; and the size."""
     rank = _ranks(graph)
-    rows: dict[int, list[Any]] = {}
+    rows: dict[int, list[LineageNode]] = {}
     for node in graph.nodes:
         rows.setdefault(rank[node.model], []).append(node)
     depths = sorted(rows)
@@ -63,7 +64,7 @@ def _layout(graph: Any) -> tuple[dict[str, tuple[float, float]], float, float]:
     return where, width, height
 
 
-def _edge(edge: Any, where: dict[str, tuple[float, float]]) -> tuple[str, str]:
+def _edge(edge: LineageEdge, where: dict[str, tuple[float, float]]) -> tuple[str, str]:
     """An arrow from parent to child, and its label (relation and weight)."""
     px, py = where[edge.parent]
     cx, cy = where[edge.child]
@@ -80,7 +81,7 @@ def _edge(edge: Any, where: dict[str, tuple[float, float]]) -> tuple[str, str]:
     return line, text
 
 
-def _node(node: Any, x: float, y: float, came: int) -> str:
+def _node(node: LineageNode, x: float, y: float, came: int) -> str:
     """A model's box: name, method, verdict in its colour, and a badge counting the findings that came in."""
     kind = node_kind(node)
     fill, stroke, label = STYLE[kind]
@@ -111,7 +112,7 @@ def _node(node: Any, x: float, y: float, came: int) -> str:
     )
 
 
-def lineage_svg(graph: Any, origins: dict[str, int] | None = None) -> str:
+def lineage_svg(graph: LineageGraph, origins: dict[str, int] | None = None) -> str:
     """An `<svg>` element for `graph` (a db.LineageGraph); `origins` counts findings per model name,
     shown on the box where they came in."""
     origins = origins or {}

@@ -9,8 +9,12 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from mergeguard import __version__
+from mergeguard.db import render_lineage
 from mergeguard.reports.gather import Report
 from mergeguard.reports.highlight import Segments, highlight
+from mergeguard.reports.lineage_svg import lineage_svg
+from mergeguard.reports.plot import scores_svg
 
 FORMATS = ("html", "markdown")
 COLOURS = {"contaminated": "#c62828", "clean": "#2e7d32"}
@@ -118,8 +122,6 @@ def _html_table(title: str, headers: list[str], rows: list[list[Any]]) -> list[s
 
 def _html_head(report: Report) -> list[str]:
     """The document head (no network, no script) and the verdict with why."""
-    from mergeguard import __version__
-
     colour = COLOURS.get(report.verdict, "#e08a00")
     return [
         "<!DOCTYPE html>",
@@ -140,9 +142,6 @@ def _html_head(report: Report) -> list[str]:
 
 def _html_figures(report: Report) -> list[str]:
     """The lineage SVG (when there is more than the subject to show) and the score plot."""
-    from mergeguard.reports.lineage_svg import lineage_svg
-    from mergeguard.reports.plot import scores_svg
-
     figures = []
     if (
         report.lineage is not None
@@ -260,8 +259,6 @@ def _md_finding(number: int, finding: dict[str, Any]) -> list[str]:
 
 def render_markdown(report: Report) -> str:
     """The same content as Markdown: a Mermaid lineage and a score table stand in for the SVG pictures."""
-    from mergeguard.db import render_lineage
-
     out = [
         f"# mergeguard report: {report.subject}",
         "",

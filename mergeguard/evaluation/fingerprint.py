@@ -14,6 +14,9 @@ import struct
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, BinaryIO
+
+from mergeguard.merge.io import read_header
 
 SAMPLES_PER_FILE = 16
 SAMPLE_BYTES = 4096
@@ -34,7 +37,8 @@ def weight_files(folder: Path) -> list[Path]:
     return sorted(Path(folder).glob("*.safetensors"))
 
 
-def _header(handle, path: Path) -> tuple[bytes, dict]:  # type: ignore[no-untyped-def]
+def _header(handle: BinaryIO, path: Path) -> tuple[bytes, dict[str, Any]]:
+    """The header's raw bytes (length prefix included) and its JSON."""
     raw_len = handle.read(8)
     if len(raw_len) != 8:
         raise ValueError(f"{path} is too short to be a safetensors file")
@@ -53,7 +57,6 @@ def weights_info(folder: Path) -> WeightsInfo | None:
     digest = hashlib.sha256(VERSION.encode())
     params = 0
     dtypes: Counter[str] = Counter()
-    from mergeguard.merge.io import read_header
 
     for path in files:
         read_header(path)  # checked first: a FIFO, a link loop or a malformed header is a one-line error
