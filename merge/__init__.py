@@ -2,6 +2,9 @@
 
 config = load_config("merge.yml")          # validated; config.warnings lists ineffective settings
 result = run_merge(config, Path("out"), MergeOptions(random_seed=0))
+with WorkerPool() as pool:                 # optional: the caller's worker processes, started early
+    pool.start()
+    result = run_merge(config, Path("out"), MergeOptions(), pool=pool)
 """
 
 from __future__ import annotations
@@ -14,9 +17,10 @@ _HOME = {  # public name -> its module, imported on first use (a kernel worker p
     "OutputSlice": "config",
     "config_models": "config",
     "load_config": "config",
-    "MergeOptions": "engine",
-    "MergeResult": "engine",
-    "Progress": "engine",
+    "MergeOptions": "options",
+    "MergeResult": "options",
+    "Progress": "options",
+    "WorkerPool": "workers",
     "run_merge": "engine",
 }
 
@@ -30,6 +34,7 @@ __all__ = [
     "MergeResult",
     "OutputSlice",
     "Progress",
+    "WorkerPool",
     "config_models",
     "load_config",
     "run_merge",

@@ -19,8 +19,10 @@ from typing import Any
 import yaml
 
 from mergeguard.errors import ConfigError
+from mergeguard.merge import methods
+from mergeguard.merge.methods.base import REQUIRED
 from mergeguard.merge.params import cast, shown
-from mergeguard.merge.tokenizer import TokenizerSpec, check_references, parse_tokens
+from mergeguard.merge.tokenizer import CHAT_TEMPLATES, TokenizerSpec, check_references, parse_tokens
 
 TOP_KEYS = (
     "models",
@@ -112,12 +114,6 @@ def config_models(config: MergeConfig) -> list[str]:
     """Every input model reference (base included), each once, in config order."""
     refs = [config.base_model, *[s.base_model for s in config.slices or []]]
     return list(dict.fromkeys(ref for ref in [*refs, *(i.model for i in config.inputs())] if ref))
-
-
-def _methods() -> Any:
-    from mergeguard.merge import methods
-
-    return methods
 
 
 def _suggest(word: str, choices: Any) -> str | None:
@@ -248,7 +244,7 @@ def _check_duplicates(node: yaml.Node) -> None:
 
 
 def _parse_yaml(text: str) -> dict[str, Any]:
-    """Safe YAML (libyaml when present: ~4x faster), bounded: see `_check_tree`."""
+    """Safe YAML (libyaml when present: faster), bounded: see `_check_tree`."""
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(textwrap.dedent(text.expandtabs(2)))
     try:
         node = loader.get_single_node()
@@ -302,8 +298,6 @@ def _string(value: Any, key: str) -> str | None:
 
 def _chat_template(value: Any) -> str | None:
     """`auto`, a known template name, or a Jinja template: checked before any weights are read."""
-    from mergeguard.merge.output import CHAT_TEMPLATES
-
     template = _string(value, "chat_template")
     named = template in ("auto", *CHAT_TEMPLATES)
     if template and not named and "{{" not in template and "{%" not in template:
@@ -503,7 +497,6 @@ def load_config(source: str | Path, *, strict: bool = False, allow_unknown_keys:
     """
     text = _read_text(source)
     raw = _parse_yaml(text)
-    methods = _methods()
     method = _method(raw, methods, allow_unknown_keys)
     check = _Validator(method, methods, allow_unknown=allow_unknown_keys)
     check.misplaced(raw, TOP_KEYS, "the config")
@@ -696,8 +689,6 @@ def _check_method_needs(config: MergeConfig, method: Any) -> None:
                 f" in {where}, got {count}",
                 hint="list fewer models, or choose a method that merges more",
             )
-        from mergeguard.merge.methods.base import REQUIRED
-
         scopes = [sl.parameters, config.module_parameters, config.parameters]
         for param in method.params:
             if param.default is not REQUIRED:

@@ -11,15 +11,12 @@ existing folder other than an earlier merge.
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 import queue
-import sys
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,80 +24,48 @@ from mergeguard.errors import ConfigError, MergeguardError
 from mergeguard.merge.arch import infer_architecture
 from mergeguard.merge.config import MergeConfig, config_models
 from mergeguard.merge.io import ModelReader, ShardWriter, agreed_buffer, parse_size
+from mergeguard.merge.layout import out_dtype, output_layout, promoted_dtype, tensor_seed
+from mergeguard.merge.lora import apply_lora
 from mergeguard.merge.memory import tune_malloc
+from mergeguard.merge.methods import MergeMethod, get_method
+from mergeguard.merge.methods.base import MergeInputs
+from mergeguard.merge.numpy_stream import numpy_kernel, stream_numpy, workers_help_early
+from mergeguard.merge.options import MergeOptions, MergeResult, Progress, under_way
+from mergeguard.merge.output import (
+    check_out_dir,
+    check_tokenizer,
+    discard,
+    finish_folder,
+    local_inputs,
+    refuse_overlap,
+    remove_stale_temps,
+    replace_folder,
+    temp_path,
+)
 from mergeguard.merge.plan import MergePlan, SourceModel, TensorTask, build_plan
+from mergeguard.merge.tokenizer import build_vocabulary, needs_alignment
+from mergeguard.merge.workers import WorkerPool, machine_cores
+from mergeguard.refs import parse_model_ref, read_config, resolve_model
+
+__all__ = [  # the options, progress and result types and the output layout live beside, re-exported here
+    "MergeOptions",
+    "MergeResult",
+    "Progress",
+    "WorkerPool",
+    "out_dtype",
+    "output_layout",
+    "preflight",
+    "promoted_dtype",
+    "run_merge",
+    "tensor_seed",
+]
 
 PREFETCH_BUDGET = 96 * 2**20  # bytes of raw inputs of two consecutive tensors held at once
-
-
-@dataclass
-class Progress:
-    """What a progress callback receives after each tensor."""
-
-    tensors_done: int
-    tensors_total: int
-    bytes_done: int
-    bytes_total: int
-    name: str
-
-
-@dataclass
-class MergeOptions:
-    """How to run a merge (mergekit's command-line options, under the same names)."""
-
-    device: str = "cpu"
-    random_seed: int | None = None
-    out_shard_size: int | str = "5B"
-    copy_tokenizer: bool = True
-    allow_crimes: bool = False
-    allow_pickle: bool = False
-    strict: bool = False
-    force: bool = False
-    quiet: bool = False
-    lazy_unpickle: bool = False  # accepted for mergekit compatibility; reading is always lazy
-    low_cpu_memory: bool = False  # accepted for mergekit compatibility; memory is always bounded
-    write_model_card: bool = True
-    backend: str = "auto"  # "auto": numpy kernels where they apply, else torch; "numpy" or "torch" to force
-    local_files_only: bool = False
-    progress: Callable[[Progress], None] | None = None
-    unsafe_truncate_embeddings: bool = False  # cut differing vocabularies to the smallest (same ids assumed)
-    allow_unknown_keys: bool = False  # read by `load_config` callers; recorded in the result and the card
-    mergekit_rounding: bool = False  # round intermediates to half precision as mergekit does (torch path)
-    card_datasets: list[str] = field(default_factory=list)  # added to the card's `datasets:` (inherited ones)
-    card_section: str = ""  # markdown appended to the card (the guard's contamination section)
-    # called once the merge's work is under way (worker processes busy), so that a caller's own checks
-    # overlap it; raising there aborts the merge and nothing is written
-    on_started: Callable[[], None] | None = None
-
-
-@dataclass
-class MergeResult:
-    """What was merged and written: enough for lineage records and a summary line."""
-
-    out_dir: Path
-    method: str
-    models: dict[str, Path]
-    parents: dict[str, dict[str, Any]]
-    base_model: str | None
-    tensors: int
-    bytes: int
-    seconds: float
-    warnings: list[str] = field(default_factory=list)
-    unknown_keys: list[str] = field(default_factory=list)  # ignored under --allow-unknown-keys (in the card)
-
-
-def tensor_seed(seed: int, name: str) -> int:
-    """A generator seed from the run seed and the tensor name, independent of processing order."""
-    digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
 def _open_models(
     config: MergeConfig, options: MergeOptions, scratch: Callable[[], Path], out_dir: Path
 ) -> dict[str, SourceModel]:
-    from mergeguard.merge.output import refuse_overlap
-    from mergeguard.refs import parse_model_ref, read_config, resolve_model
-
     revisions = {m.model: m.revision for m in config.inputs() if m.revision}
     models: dict[str, SourceModel] = {}
     for ref in config_models(config):
@@ -112,8 +77,6 @@ def _open_models(
         )
         refuse_overlap(out_dir, [path])  # a hub model's cache folder too, before the adapter is applied
         if parsed.lora:
-            from mergeguard.merge.lora import apply_lora
-
             path = apply_lora(path, parsed.lora, scratch(), allow_pickle=options.allow_pickle)
         reader = ModelReader(path, allow_pickle=options.allow_pickle)
         model_config = read_config(path)
@@ -125,8 +88,6 @@ def _open_models(
 
 def preflight(config: MergeConfig, out_dir: str | Path, options: MergeOptions) -> None:
     """The cheap checks of a merge's options (output folder, --strict, device), before any other work."""
-    from mergeguard.merge.output import check_out_dir, local_inputs
-
     check_out_dir(Path(out_dir).expanduser().absolute(), local_inputs(config), options.force)
     if options.strict and config.warnings:
         raise ConfigError(f"{config.warnings[0]} (--strict)", hint="fix the config or drop --strict")
@@ -141,47 +102,31 @@ def preflight(config: MergeConfig, out_dir: str | Path, options: MergeOptions) -
             )
 
 
-def run_merge(config: MergeConfig, out_dir: str | Path, options: MergeOptions | None = None) -> MergeResult:
-    """Merge `config` into `out_dir`; every config/model problem is raised before any weights are read."""
-    from mergeguard.merge.methods import get_method
-    from mergeguard.merge.numpy_stream import prestart_workers, release_workers
-    from mergeguard.merge.output import check_out_dir, discard, remove_stale_temps, replace_folder, temp_path
+def run_merge(
+    config: MergeConfig,
+    out_dir: str | Path,
+    options: MergeOptions | None = None,
+    pool: WorkerPool | None = None,
+) -> MergeResult:
+    """Merge `config` into `out_dir`; every config/model problem is raised before any weights are read.
 
+    `pool`: the worker processes of the numpy kernels, owned by the caller (who may have started them
+    early); None: the merge makes its own, started early when the merge will likely want them.
+    """
     options = options or MergeOptions()
     start = time.perf_counter()
     out_dir = Path(out_dir).expanduser().absolute()
     preflight(config, out_dir, options)
     method = get_method(config.merge_method)
-    tmp = temp_path(out_dir, "tmp")
-    scratch_dir = temp_path(out_dir, "lora")
-
-    def scratch() -> Path:
-        scratch_dir.mkdir(parents=True, exist_ok=True)
-        return scratch_dir
-
-    models: dict[str, SourceModel] = {}
+    own = pool is None
+    pool = WorkerPool() if pool is None else pool
     try:
-        if options.backend != "torch":  # after the cheap checks (a refused merge starts none), inside the
-            prestart_workers(config, options.device)  # try whose `finally` stops unused ones
-        models = _open_models(config, options, scratch, out_dir)
-        plan = _plan(config, method, models, options, scratch)
-        from mergeguard.merge.output import check_tokenizer, finish_folder
-
-        tokenizer_from = check_tokenizer(config, models, plan)
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_temps(out_dir.parent)  # left by runs that were killed (their process is gone)
-        discard(tmp)
-        tmp.mkdir()
-        written = _stream(config, method, models, plan, tmp, options)
-        finish_folder(config, models, plan, tmp, tokenizer_from, options)
-        check_out_dir(out_dir, (), options.force)  # again: OUT may have changed while the merge ran
-        replace_folder(tmp, out_dir)
+        if own and options.backend != "torch" and workers_help_early(config, options.device):
+            pool.start()  # after the cheap checks: a refused merge starts none
+        models, plan, written = _merge_into(config, method, out_dir, options, pool)
     finally:
-        release_workers()
-        for model in models.values():
-            model.reader.close()
-        discard(tmp)
-        discard(scratch_dir)
+        if own:
+            pool.close()
     return MergeResult(
         out_dir=out_dir,
         method=method.name,
@@ -196,6 +141,39 @@ def run_merge(config: MergeConfig, out_dir: str | Path, options: MergeOptions | 
     )
 
 
+def _merge_into(
+    config: MergeConfig, method: MergeMethod, out_dir: Path, options: MergeOptions, pool: WorkerPool
+) -> tuple[dict[str, SourceModel], MergePlan, int]:
+    """Open, plan, stream and finish the merge in a temporary folder that replaces `out_dir` at the end:
+    (the input models, the plan, the bytes written)."""
+    tmp = temp_path(out_dir, "tmp")
+    scratch_dir = temp_path(out_dir, "lora")
+
+    def scratch() -> Path:
+        scratch_dir.mkdir(parents=True, exist_ok=True)
+        return scratch_dir
+
+    models: dict[str, SourceModel] = {}
+    try:
+        models = _open_models(config, options, scratch, out_dir)
+        plan = _plan(config, method, models, options, scratch)
+        tokenizer_from = check_tokenizer(config, models, plan)
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(out_dir.parent)  # left by runs that were killed (their process is gone)
+        discard(tmp)
+        tmp.mkdir()
+        written = _stream(config, method, models, plan, tmp, options, pool)
+        finish_folder(config, models, plan, tmp, tokenizer_from, options)
+        check_out_dir(out_dir, (), options.force)  # again: OUT may have changed while the merge ran
+        replace_folder(tmp, out_dir)
+    finally:
+        for model in models.values():
+            model.reader.close()
+        discard(tmp)
+        discard(scratch_dir)
+    return models, plan, written
+
+
 def _plan(
     config: MergeConfig,
     method: Any,
@@ -206,12 +184,9 @@ def _plan(
     """The tensor plan, with the output vocabulary built first when the config's tokenizer needs the
     inputs' vocabularies aligned (its files go to the scratch folder)."""
     vocabulary = None
-    if config.tokenizer is not None:
-        from mergeguard.merge.tokenizer import build_vocabulary, needs_alignment
-
-        if needs_alignment(config.tokenizer, models):
-            base = config.base_model or config_models(config)[0]
-            vocabulary = build_vocabulary(config.tokenizer, models, base, scratch() / "tokenizer")
+    if config.tokenizer is not None and needs_alignment(config.tokenizer, models):
+        base = config.base_model or config_models(config)[0]
+        vocabulary = build_vocabulary(config.tokenizer, models, base, scratch() / "tokenizer")
     return build_plan(
         config,
         method,
@@ -258,46 +233,6 @@ def check_finite(inputs: Any, result: Any) -> None:
     )
 
 
-def output_layout(
-    config: MergeConfig, models: dict[str, SourceModel], plan: MergePlan
-) -> list[tuple[str, str, tuple[int, ...], int]]:
-    """(name, dtype, shape, bytes) of every output tensor in plan order: what the shard writer reserves."""
-    import math
-
-    import numpy as np
-
-    from mergeguard.merge.kernels.floats import STORAGE
-
-    layout = []
-    for task in plan.tasks:
-        dtype = out_dtype(config, models, task)
-        itemsize = (STORAGE.get(dtype) or np.dtype(dtype)).itemsize
-        layout.append((task.name, dtype, task.shape, math.prod(task.shape) * itemsize))
-    return layout
-
-
-def out_dtype(config: MergeConfig, models: dict[str, SourceModel], task: TensorTask) -> str:
-    if config.out_dtype:
-        return config.out_dtype
-    if config.dtype:
-        return config.dtype
-    return promoted_dtype([models[ref].reader.dtype(name) for ref, name in task.sources()])
-
-
-_FLOAT_RANK = ("bfloat16", "float16", "float32", "float64")
-
-
-def promoted_dtype(dtypes: list[str]) -> str:
-    """The dtype mergekit 0.1.5 computes and writes a tensor in without `dtype:` (torch's promotion of its
-    inputs): bfloat16 + float32 -> float32, float16 + bfloat16 -> float32; integer buffers stay as stored."""
-    floats = [d for d in dtypes if d in _FLOAT_RANK]
-    if len(floats) != len(dtypes) or len(set(floats)) == 1:
-        return dtypes[0]
-    if set(floats) == {"bfloat16", "float16"}:
-        return "float32"
-    return max(floats, key=_FLOAT_RANK.index)
-
-
 def _stream(
     config: MergeConfig,
     method: Any,
@@ -305,13 +240,13 @@ def _stream(
     plan: MergePlan,
     out: Path,
     options: MergeOptions,
+    pool: WorkerPool,
 ) -> int:
     """Read, merge and write every planned tensor, overlapping the three stages.
 
-    numpy kernels run the merge when they can (no torch import, two tensors at once); else torch does.
+    numpy kernels run the merge when they can (no torch import, tensors spread over `pool`'s processes);
+    else torch does.
     """
-    from mergeguard.merge.numpy_stream import numpy_kernel, stream_numpy
-
     tune_malloc()
     if options.mergekit_rounding and options.backend == "numpy":
         raise MergeguardError(
@@ -324,56 +259,19 @@ def _stream(
             f"no numpy kernel can run this `{method.name}` merge", hint="drop backend='numpy' (use auto)"
         )
     if kernel is not None:
-        return stream_numpy(config, method, kernel, models, plan, out, options)
-    under_way(options, models)
+        return stream_numpy(config, method, kernel, models, plan, out, options, pool)
+    pool.close()  # the torch path runs in this process: workers started early are not needed
+    under_way(options, models, pool)
     import torch
 
     threads = torch.get_num_threads()
-    # one core stays free for the reader and writer threads; on a busy 2-core machine torch's own
-    # parallelism costs more in synchronisation than it gains (measured: element-wise ops 2-5x slower)
-    torch.set_num_threads(max(1, min(threads, (os.cpu_count() or 2) - 1)))
+    # one core stays free for the reader and writer threads, on which torch's own parallelism would wait
+    torch.set_num_threads(max(1, min(threads, machine_cores() - 1)))
     try:
         with torch.inference_mode():
             return _stream_tensors(config, method, models, plan, out, options)
     finally:
         torch.set_num_threads(threads)
-
-
-def under_way(options: MergeOptions, models: dict[str, SourceModel]) -> None:
-    """The merge has started: run the caller's `on_started` and start the card writer's imports."""
-    if options.on_started is not None:
-        options.on_started()
-    if options.write_model_card:
-        modules = ["huggingface_hub.repocard_data"]
-        if any((model.path / "README.md").is_file() for model in models.values()):
-            modules.append("huggingface_hub.repocard")  # reads the inputs' cards (`read_model_card`)
-        warm_imports(modules)
-
-
-_warming: list[threading.Thread] = []
-
-
-def warm_imports(modules: list[str]) -> None:
-    """Start importing the modules that the model card needs in the background: it is written at the
-    end. Called once the merge's own work is under way (the import would otherwise hold the GIL that
-    the planning needs); the reads, copies and waits on workers release it."""
-    if _warming and _warming[0].is_alive():
-        return
-    _warming[:] = [threading.Thread(target=_import_quietly, args=(modules,), daemon=True)]
-    _warming[0].start()
-
-
-def _import_quietly(modules: list[str]) -> None:
-    """Import `modules` in the background; a failure is left for the real import to report."""
-    import importlib
-
-    for module in modules:
-        if module in sys.modules:
-            continue
-        try:
-            importlib.import_module(module)
-        except Exception:  # noqa: BLE001 - reported by the foreground import
-            return
 
 
 def _stream_tensors(
@@ -475,8 +373,6 @@ def _merged(
     """One output tensor from its loaded inputs (a randomized method gets the tensor's own seeded
     generator), checked against the planned shape."""
     import torch
-
-    from mergeguard.merge.methods.base import MergeInputs
 
     generator = None
     if method.randomized:

@@ -18,9 +18,17 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
-from mergeguard.errors import MergeguardError, RefusalError
-from mergeguard.merge.io import DTYPE_NAMES, FLOAT_DTYPES, read_header, tensor_files
+import numpy as np
+
+from mergeguard.errors import RefusalError
+from mergeguard.merge.io import (
+    DTYPE_NAMES,
+    FLOAT_DTYPES,
+    read_header,
+    safetensors_weights,
+)
 from mergeguard.merge.kernels.floats import STORAGE, widen
+from mergeguard.refs import ModelRef, parse_model_ref, resolve_model
 
 # Calibrated on real training runs of the tiny fixtures (tests/conftest.py `trained`, README "Family check"):
 # fine-tunes (AdamW, lr 3e-4, 200 steps) measured 0.97-0.99 against their base and each other; an extreme
@@ -90,21 +98,6 @@ class FamilyReport:
         return json.dumps(self.to_dict(), sort_keys=True)
 
 
-def tensor_index(folder: Path) -> dict[str, Path]:
-    """Map each tensor name of a saved model to its safetensors file, reading (and checking) headers only."""
-    return _weights(Path(folder))[0]
-
-
-def _weights(folder: Path) -> tuple[dict[str, Path], dict[Path, tuple[int, dict[str, Any]]]]:
-    """({tensor: file}, {file: checked header}) of a safetensors model; none is an error."""
-    index, headers = tensor_files(folder)
-    if not index:
-        raise MergeguardError(
-            f"no safetensors weights in {folder}", hint="give a model folder saved with safetensors"
-        )
-    return index, headers
-
-
 def _shapes(index: dict[str, Path]) -> dict[str, tuple[int, ...]]:
     shapes: dict[str, tuple[int, ...]] = {}
     for path in sorted(set(index.values())):
@@ -153,7 +146,7 @@ class _Sampler:
 
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
-        self.index, self._headers = _weights(self.folder)
+        self.index, self._headers = safetensors_weights(self.folder)
         self.shapes = {n: tuple(self._headers[p][1][n]["shape"]) for n, p in self.index.items()}
         self._cache: dict[tuple[str, int], Any] = {}
 
@@ -162,8 +155,6 @@ class _Sampler:
         return DTYPE_NAMES[self._headers[self.index[name]][1][name]["dtype"]] in FLOAT_DTYPES
 
     def rows(self, name: str, rows: int) -> Any:
-        import numpy as np
-
         key = (name, rows)
         if key not in self._cache:
             path = self.index[name]
@@ -186,8 +177,6 @@ class _Sampler:
 
 def centred_cosine(x: Any, y: Any) -> float:
     """Cosine of the mean-centred vectors (Pearson correlation); 0.0 when either is constant."""
-    import numpy as np
-
     x = x - x.mean()
     y = y - y.mean()
     norm = float(np.linalg.norm(x) * np.linalg.norm(y))
@@ -257,7 +246,6 @@ def config_family_check(
 
     LoRA adapters (`model+adapter`) are ignored: the check compares the models they apply to.
     """
-    from mergeguard.refs import ModelRef, parse_model_ref, resolve_model
 
     def folder(ref: str, revision: str | None = None) -> Path:
         parsed = parse_model_ref(ref)

@@ -471,6 +471,21 @@ def read_index(folder: Path, name: str = SAFE_INDEX) -> dict[str, Path]:
     return files
 
 
+def tensor_index(folder: Path) -> dict[str, Path]:
+    """Map each tensor name of a saved model to its safetensors file, reading (and checking) headers only."""
+    return safetensors_weights(Path(folder))[0]
+
+
+def safetensors_weights(folder: Path) -> tuple[dict[str, Path], dict[Path, tuple[int, dict[str, Any]]]]:
+    """({tensor: file}, {file: checked header}) of a safetensors model; none is an error."""
+    index, headers = tensor_files(folder)
+    if not index:
+        raise MergeguardError(
+            f"no safetensors weights in {folder}", hint="give a model folder saved with safetensors"
+        )
+    return index, headers
+
+
 def tensor_files(folder: Path) -> tuple[dict[str, Path], dict[Path, tuple[int, dict[str, Any]]]]:
     """({tensor: file}, {file: header}) of a safetensors model, every header read and checked.
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from mergeguard.errors import MergeguardError
+from mergeguard.merge.io import tensor_files
+from mergeguard.merge.output import TOKENIZER_FILES
+from mergeguard.refs import require_no_custom_code, resolve_model
 
 
 def apply_lora(base: Path, adapter: str, scratch: Path, *, allow_pickle: bool = False) -> Path:
@@ -17,9 +20,6 @@ def apply_lora(base: Path, adapter: str, scratch: Path, *, allow_pickle: bool = 
         ) from None
     from transformers import AutoModelForCausalLM
 
-    from mergeguard.merge.io import tensor_files
-    from mergeguard.refs import require_no_custom_code, resolve_model
-
     adapter_path = resolve_model(adapter, allow_pickle=allow_pickle)
     out = scratch / f"{base.name}+{adapter_path.name}"
     if out.is_dir():
@@ -30,8 +30,6 @@ def apply_lora(base: Path, adapter: str, scratch: Path, *, allow_pickle: bool = 
     model = AutoModelForCausalLM.from_pretrained(base, dtype="auto", trust_remote_code=False)
     model = peft.PeftModel.from_pretrained(model, adapter_path).merge_and_unload()
     model.save_pretrained(out, safe_serialization=True)
-    from mergeguard.merge.output import TOKENIZER_FILES
-
     for name in (*TOKENIZER_FILES, "generation_config.json", "README.md"):
         if (base / name).is_file() and not (out / name).exists():
             (out / name).write_bytes((base / name).read_bytes())

@@ -16,10 +16,15 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from mergeguard import __version__
 from mergeguard.errors import ConfigError, MergeguardError
 from mergeguard.merge.arch import LAYER_COUNT_KEYS
 from mergeguard.merge.config import MergeConfig, config_models
+from mergeguard.merge.layout import out_dtype
 from mergeguard.merge.plan import MergePlan, SourceModel
+from mergeguard.merge.tokenizer import CHAT_TEMPLATES
+from mergeguard.refs import parse_model_ref, read_model_card
+from mergeguard.reports.card import CardFacts, card_text
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -33,54 +38,6 @@ TOKENIZER_FILES = (
     "vocab.txt",
     "merges.txt",
 )
-CHAT_TEMPLATES = {
-    # The names mergekit 0.1.5 knows, written here: chatml, llama3 and mistral render exactly what
-    # mergekit's do (tested); alpaca and exaone render their formats without mergekit's stray whitespace
-    # (its alpaca joins the last instruction and "### Response:" with no blank line).
-    "alpaca": (
-        "{% set ns = namespace(parts=[]) %}{% for message in messages %}"
-        "{% if message['role'] == 'system' %}{% set ns.parts = ns.parts + [message['content'] | trim] %}"
-        "{% elif message['role'] == 'user' %}"
-        "{% set ns.parts = ns.parts + ['### Instruction:\n' + message['content'] | trim] %}"
-        "{% elif message['role'] == 'user_context' %}"
-        "{% set ns.parts = ns.parts + ['### Input:\n' + message['content'] | trim] %}"
-        "{% elif message['role'] == 'assistant' %}"
-        "{% set ns.parts = ns.parts + ['### Response:\n' + message['content'] | trim] %}{% endif %}"
-        "{% endfor %}{{ ns.parts | join('\n\n') }}"
-        "{% if add_generation_prompt and messages[-1]['role'] != 'assistant' %}"
-        "{{ '\n\n### Response:\n' if ns.parts else '### Response:\n' }}{% endif %}"
-    ),
-    "chatml": (
-        "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
-        "'<|im_end|>' + '\n'}}{% endfor %}"
-        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-    ),
-    "exaone": (
-        "{% for message in messages %}"
-        "{% if loop.first and message['role'] != 'system' %}{{ '[|system|][|endofturn|]\n' }}{% endif %}"
-        "{{ '[|' + message['role'] + '|]' + message['content'] }}"
-        "{{ '\n' if message['role'] == 'user' else '[|endofturn|]\n' }}{% endfor %}"
-        "{% if add_generation_prompt %}{{ '[|assistant|]' }}{% endif %}"
-    ),
-    "llama3": (
-        "{% for message in messages %}{% if loop.first %}{{ bos_token }}{% endif %}"
-        "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim"
-        " + '<|eot_id|>\n' }}{% endfor %}"
-        "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
-    ),
-    "mistral": (
-        "{% if messages and messages[0]['role'] == 'system' %}{% set system = messages[0]['content'] %}"
-        "{% set turns = messages[1:] %}{% else %}{% set turns = messages %}{% endif %}{{ bos_token }}"
-        "{% for message in turns %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
-        "{{ raise_exception('After the optional system message, roles must alternate user/assistant') }}"
-        "{% endif %}{% if message['role'] == 'user' %}"
-        "{{ ' [INST] ' + (system + '\n\n' if loop.first and system is defined else '')"
-        " + message['content'] + ' [/INST]' }}"
-        "{% elif message['role'] == 'assistant' %}{{ ' ' + message['content'] + eos_token }}"
-        "{% else %}{{ raise_exception('Only user and assistant roles are supported, after an optional"
-        " system message') }}{% endif %}{% endfor %}"
-    ),
-}
 
 
 def check_tokenizer(config: MergeConfig, models: dict[str, SourceModel], plan: MergePlan) -> Path:
@@ -109,8 +66,6 @@ def out_config(config: MergeConfig, models: dict[str, SourceModel], plan: MergeP
                 scope[key] = _resize(value, plan.layer_origin)
     dtype = config.out_dtype or config.dtype
     if dtype is None and plan.tasks:
-        from mergeguard.merge.engine import out_dtype
-
         dtype = out_dtype(config, models, plan.tasks[0])
     out["dtype"] = dtype
     if "torch_dtype" in out:
@@ -199,9 +154,6 @@ def write_model_card(
     """README.md, Hub-ready (`mergeguard.reports.card`): hub ids in base_model and datasets, local paths
     under `mergeguard:`, base_model_relation merge, tags merge/mergekit/mergeguard, a title and description.
     The file is exactly what `ModelCard(text).save()` writes (tested)."""
-    from mergeguard.refs import read_model_card
-    from mergeguard.reports.card import CardFacts, card_text
-
     datasets: list[str] = []
     for model in models.values():
         for name in read_model_card(model.path).datasets:
@@ -237,8 +189,6 @@ def temp_path(out_dir: Path, kind: str) -> Path:
 
 def write_marker(folder: Path, config: MergeConfig) -> None:
     """Mark `folder` as a mergeguard output, so that a later `--force` may replace it (and nothing else)."""
-    from mergeguard import __version__
-
     data = {
         "tool": "mergeguard",
         "version": __version__,
@@ -262,8 +212,6 @@ def is_mergeguard_output(folder: Path) -> bool:
 
 def local_inputs(config: MergeConfig) -> list[Path]:
     """The config's model and adapter references that are existing local paths (no hub lookup)."""
-    from mergeguard.refs import parse_model_ref
-
     paths: list[Path] = []
     for ref in config_models(config):
         try:

@@ -16,6 +16,7 @@ from mergeguard.errors import ConfigError
 from mergeguard.merge.arch import Architecture
 from mergeguard.merge.config import InputModel, MergeConfig, OutputSlice
 from mergeguard.merge.io import ModelReader, check_input_dtypes
+from mergeguard.merge.methods.base import REQUIRED
 from mergeguard.merge.params import MISSING, resolve
 from mergeguard.merge.tokenizer import Vocabulary, vocab_size
 
@@ -112,8 +113,6 @@ def _resolve_task(
     own_parameters: dict[str, dict[str, Any]],
 ) -> None:
     """Fill `task.params` and `task.options` (precedence: per-model > slice > module > global)."""
-    from mergeguard.merge.methods.base import REQUIRED
-
     shared = [sl.parameters, config.module_parameters, config.parameters]
     options: dict[str, Any] = {}
     for param in method.params:

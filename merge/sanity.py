@@ -17,6 +17,7 @@ Verdicts (factors calibrated in tests/test_sanity.py, see the README "Sanity che
 
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import math
@@ -25,8 +26,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from safetensors import safe_open
+
 from mergeguard.errors import MergeguardError
-from mergeguard.progress import progress_bar
+from mergeguard.merge.io import tensor_index
+from mergeguard.progress import ProgressCallback, step
+from mergeguard.refs import require_no_custom_code
 
 # Evidence (tests/test_sanity.py models, README "Sanity check"): an average of two real fine-tunes scored
 # 0.36x the worst parent's perplexity; weights scaled x1.25 1.4x, x1.5 4.1x, x2 152x, x10 1e21x.
@@ -108,25 +113,21 @@ def sample_text() -> str:
     return SAMPLE_TEXT.read_text(encoding="utf-8")
 
 
-def scan_nonfinite(model: Path, bar: Any = None) -> list[str]:
+def scan_nonfinite(model: Path, progress: ProgressCallback | None = None) -> list[str]:
     """Names of floating tensors holding NaN or inf, read one tensor at a time (never the whole model)."""
     import torch
-    from safetensors import safe_open
-
-    from mergeguard.merge.family import tensor_index
 
     index = tensor_index(Path(model))
-    task = bar.add_task(f"scan {Path(model).name}", total=len(index)) if bar else None
     bad: list[str] = []
-    for path in sorted(set(index.values())):
-        with safe_open(path, framework="pt") as handle:
-            for name in handle.keys():  # noqa: SIM118
-                tensor = handle.get_tensor(name)
-                if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-                    bad.append(name)
-                del tensor
-                if bar:
-                    bar.advance(task)
+    with step(progress, f"scan {Path(model).name}", len(index)) as scanned:
+        for path in sorted(set(index.values())):
+            with safe_open(path, framework="pt") as handle:
+                for name in handle.keys():  # noqa: SIM118
+                    tensor = handle.get_tensor(name)
+                    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                        bad.append(name)
+                    del tensor
+                    scanned.advance()
     return bad
 
 
@@ -161,26 +162,58 @@ def measure(
     device: str = "cpu",
     max_tokens: int = 512,
     tokenizer_dir: Path | None = None,
-    bar: Any = None,
+    progress: ProgressCallback | None = None,
     trust_remote_code: bool = False,
 ) -> Measurement:
     """Load `model`, score perplexity on at most `max_tokens` tokens of the sample, generate from PROMPTS."""
     import torch
+
+    tokenizer, lm = _load(model, tokenizer_dir or model, device, trust_remote_code)
+    config = lm.config
+    name = Path(model).name
+    with torch.no_grad():
+        perplexity, scored = _perplexity(
+            lm, tokenizer, device, max_tokens, step_name=f"perplexity {name}", progress=progress
+        )
+        samples, repeats = _generations(
+            lm, tokenizer, device, step_name=f"generate {name}", progress=progress
+        )
+    vocab = int(getattr(config, "vocab_size", 0) or lm.get_output_embeddings().weight.shape[0])
+    del lm
+    gc.collect()
+    return Measurement(perplexity, sum(repeats) / len(repeats), samples, scored, vocab)
+
+
+def _load(model: Path, tokenizer_dir: Path, device: str, trust_remote_code: bool) -> tuple[Any, Any]:
+    """The tokenizer and the model on `device`, in eval mode; custom code refused before transformers could
+    prompt for it."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from mergeguard.refs import require_no_custom_code
-
-    for folder in {Path(model), Path(tokenizer_dir or model)}:  # refused before transformers could prompt
+    for folder in {Path(model), Path(tokenizer_dir)}:
         require_no_custom_code(folder, trust_remote_code)
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir or model, trust_remote_code=trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, trust_remote_code=trust_remote_code)
     try:
         lm = AutoModelForCausalLM.from_pretrained(model, dtype="auto", trust_remote_code=trust_remote_code)
-        lm = lm.to(device).eval()
+        return tokenizer, lm.to(device).eval()
     except (OSError, ValueError) as error:
         raise MergeguardError(
             f"transformers cannot load {model} ({type(error).__name__}: {str(error).splitlines()[0]})",
             hint="check that the folder holds config.json and safetensors weights",
         ) from error
+
+
+def _perplexity(
+    lm: Any,
+    tokenizer: Any,
+    device: str,
+    max_tokens: int,
+    *,
+    step_name: str,
+    progress: ProgressCallback | None,
+) -> tuple[float, int]:
+    """(perplexity, tokens scored) on the sample, scored in windows of the model's context at most."""
+    import torch
+
     config = lm.config
     context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 1024
     window = max(2, min(WINDOW, int(context)))
@@ -188,23 +221,25 @@ def measure(
     chunks = [ids[i : i + window] for i in range(0, len(ids), window)]
     chunks = [c for c in chunks if len(c) > 1]
     total_nll, scored = 0.0, 0
-    name = Path(model).name
-    task = bar.add_task(f"perplexity {name}", total=len(chunks)) if bar else None
-    with torch.no_grad():
+    with step(progress, step_name, len(chunks)) as done:
         for chunk in chunks:
             batch = chunk.unsqueeze(0).to(device)
             logits = lm(input_ids=batch).logits[0, :-1].float()
             nll = torch.nn.functional.cross_entropy(logits, batch[0, 1:], reduction="sum")
             total_nll += float(nll)
             scored += len(chunk) - 1
-            if bar:
-                bar.advance(task)
-        perplexity = math.exp(total_nll / scored) if scored and math.isfinite(total_nll) else math.inf
-        if math.isnan(perplexity):
-            perplexity = math.inf
-        samples, repeats = [], []
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        task = bar.add_task(f"generate {name}", total=len(PROMPTS)) if bar else None
+            done.advance()
+    perplexity = math.exp(total_nll / scored) if scored and math.isfinite(total_nll) else math.inf
+    return (math.inf if math.isnan(perplexity) else perplexity), scored
+
+
+def _generations(
+    lm: Any, tokenizer: Any, device: str, *, step_name: str, progress: ProgressCallback | None
+) -> tuple[list[str], list[float]]:
+    """The greedy continuation of each prompt (prompt included) and its repetition."""
+    samples, repeats = [], []
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    with step(progress, step_name, len(PROMPTS)) as done:
         for prompt in PROMPTS:
             encoded = tokenizer(prompt, return_tensors="pt").to(device)
             out = lm.generate(
@@ -217,12 +252,8 @@ def measure(
             new = out[0, encoded["input_ids"].shape[1] :].tolist()
             repeats.append(repetition(new))
             samples.append(prompt + tokenizer.decode(new, skip_special_tokens=True))
-            if bar:
-                bar.advance(task)
-    vocab = int(getattr(config, "vocab_size", 0) or lm.get_output_embeddings().weight.shape[0])
-    del lm
-    gc.collect()
-    return Measurement(perplexity, sum(repeats) / len(repeats), samples, scored, vocab)
+            done.advance()
+    return samples, repeats
 
 
 def judge(
@@ -284,7 +315,7 @@ def sanity_check(
     *,
     device: str = "cpu",
     max_tokens: int = 512,
-    progress: bool = False,
+    progress: ProgressCallback | None = None,
     trust_remote_code: bool = False,
     base: Path | None = None,
 ) -> SanityReport:
@@ -292,7 +323,7 @@ def sanity_check(
     and with `base` (the merge's base model, measured too when not among `against`).
 
     A model with NaN/inf weights is `broken` without being loaded. The tokenizer comes from the model's
-    folder, or from the first parent that has one.
+    folder, or from the first parent that has one. `progress` receives each step's progress.
     """
     if max_tokens < 2:
         raise MergeguardError(f"--max-tokens {max_tokens} is too small", hint="give at least 2 (default 512)")
@@ -301,31 +332,15 @@ def sanity_check(
     if base is not None and Path(base) not in parents:
         parents.append(Path(base))
     device = _resolve_device(device)
-    with progress_bar(progress) as bar:
-        nonfinite = scan_nonfinite(model, bar)
-        if nonfinite:
-            verdict, reasons = judge(math.inf, 0.0, {}, {}, vocab_size=0, nonfinite_tensors=nonfinite)
-            return SanityReport(str(model), verdict, math.inf, {}, 0.0, nonfinite, [], reasons, device=device)
-        tokenizer_dir = tokenizer_folder(model, parents)
-        mine = measure(
-            model,
-            device=device,
-            max_tokens=max_tokens,
-            tokenizer_dir=tokenizer_dir,
-            bar=bar,
-            trust_remote_code=trust_remote_code,
-        )
-        theirs = {
-            str(p): measure(
-                p,
-                device=device,
-                max_tokens=max_tokens,
-                tokenizer_dir=tokenizer_folder(p, [model]),
-                bar=bar,
-                trust_remote_code=trust_remote_code,
-            )
-            for p in parents
-        }
+    nonfinite = scan_nonfinite(model, progress)
+    if nonfinite:
+        verdict, reasons = judge(math.inf, 0.0, {}, {}, vocab_size=0, nonfinite_tensors=nonfinite)
+        return SanityReport(str(model), verdict, math.inf, {}, 0.0, nonfinite, [], reasons, device=device)
+    measured = functools.partial(
+        measure, device=device, max_tokens=max_tokens, progress=progress, trust_remote_code=trust_remote_code
+    )
+    mine = measured(model, tokenizer_dir=tokenizer_folder(model, parents))
+    theirs = {str(p): measured(p, tokenizer_dir=tokenizer_folder(p, [model])) for p in parents}
     parent_ppl = {name: m.perplexity for name, m in theirs.items()}
     parent_rep = {name: m.repetition for name, m in theirs.items()}
     verdict, reasons = judge(

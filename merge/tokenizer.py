@@ -20,12 +20,62 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from mergeguard.errors import ConfigError
 
-if TYPE_CHECKING:  # numpy is imported where used: a config is parsed without it
-    import numpy as np
-
+if TYPE_CHECKING:
     from mergeguard.merge.plan import SourceModel
+
+CHAT_TEMPLATES = {
+    # The names mergekit 0.1.5 knows, written here: chatml, llama3 and mistral render exactly what
+    # mergekit's do (tested); alpaca and exaone render their formats without mergekit's stray whitespace
+    # (its alpaca joins the last instruction and "### Response:" with no blank line).
+    "alpaca": (
+        "{% set ns = namespace(parts=[]) %}{% for message in messages %}"
+        "{% if message['role'] == 'system' %}{% set ns.parts = ns.parts + [message['content'] | trim] %}"
+        "{% elif message['role'] == 'user' %}"
+        "{% set ns.parts = ns.parts + ['### Instruction:\n' + message['content'] | trim] %}"
+        "{% elif message['role'] == 'user_context' %}"
+        "{% set ns.parts = ns.parts + ['### Input:\n' + message['content'] | trim] %}"
+        "{% elif message['role'] == 'assistant' %}"
+        "{% set ns.parts = ns.parts + ['### Response:\n' + message['content'] | trim] %}{% endif %}"
+        "{% endfor %}{{ ns.parts | join('\n\n') }}"
+        "{% if add_generation_prompt and messages[-1]['role'] != 'assistant' %}"
+        "{{ '\n\n### Response:\n' if ns.parts else '### Response:\n' }}{% endif %}"
+    ),
+    "chatml": (
+        "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
+        "'<|im_end|>' + '\n'}}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+    ),
+    "exaone": (
+        "{% for message in messages %}"
+        "{% if loop.first and message['role'] != 'system' %}{{ '[|system|][|endofturn|]\n' }}{% endif %}"
+        "{{ '[|' + message['role'] + '|]' + message['content'] }}"
+        "{{ '\n' if message['role'] == 'user' else '[|endofturn|]\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '[|assistant|]' }}{% endif %}"
+    ),
+    "llama3": (
+        "{% for message in messages %}{% if loop.first %}{{ bos_token }}{% endif %}"
+        "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim"
+        " + '<|eot_id|>\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+    ),
+    "mistral": (
+        "{% if messages and messages[0]['role'] == 'system' %}{% set system = messages[0]['content'] %}"
+        "{% set turns = messages[1:] %}{% else %}{% set turns = messages %}{% endif %}{{ bos_token }}"
+        "{% for message in turns %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+        "{{ raise_exception('After the optional system message, roles must alternate user/assistant') }}"
+        "{% endif %}{% if message['role'] == 'user' %}"
+        "{{ ' [INST] ' + (system + '\n\n' if loop.first and system is defined else '')"
+        " + message['content'] + ' [/INST]' }}"
+        "{% elif message['role'] == 'assistant' %}{{ ' ' + message['content'] + eos_token }}"
+        "{% else %}{{ raise_exception('Only user and assistant roles are supported, after an optional"
+        " system message') }}{% endif %}{% endfor %}"
+    ),
+}
+
 
 TOKEN_KEYS = ("source", "force")
 SOURCE_KEYS = ("kind", "model", "token", "token_id")
@@ -128,8 +178,6 @@ class Vocabulary:
 
     def align(self, name: str, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Every input's rows re-indexed to the output vocabulary (axis 0), as float arrays."""
-        import numpy as np
-
         refs = list(arrays)
         present = np.stack([self.rows[ref] >= 0 for ref in refs])
         configured = self.spec.tokens
@@ -160,8 +208,6 @@ class Vocabulary:
         self, name: str, token_id: int, refs: list[str], has: np.ndarray, arrays: dict[str, np.ndarray]
     ) -> np.ndarray:
         """The embedding a model that lacks (or must replace) token `token_id` gets."""
-        import numpy as np
-
         token = self.tokens[token_id]
         cfg = self.spec.tokens.get(token)
         if cfg is None or (cfg.model is None and not cfg.zero):  # mergekit's automatic choice
@@ -238,7 +284,7 @@ def _plain_vocab(model: SourceModel) -> dict[str, int] | None:
 def needs_alignment(spec: TokenizerSpec, models: dict[str, SourceModel]) -> bool:
     """False when the tokenizer setting changes nothing: every model has the same tokenizer.json vocabulary,
     one row per token (no padding rows), and no tokens or padding are configured. Then the tokenizer files
-    are copied and the weights merged as they are, without loading transformers (2-3 s of a merge)."""
+    are copied and the weights merged as they are, without loading transformers (README, Performance)."""
     if spec.tokens or spec.pad_to_multiple_of:
         return True
     vocabs = [_plain_vocab(model) for model in models.values()]
@@ -264,8 +310,6 @@ def _load(model: SourceModel) -> Any:
 
 def _stripped(model: SourceModel) -> Any:
     """The model's tokenizer without the tokens whose id has no embedding row (ids >= vocab_size)."""
-    from tokenizers import Tokenizer
-
     tokenizer = _load(model)
     size = vocab_size(model) or len(tokenizer.get_vocab())
     unused = {tok for tok, idx in tokenizer.get_vocab().items() if idx >= size}
@@ -285,7 +329,8 @@ def _stripped(model: SourceModel) -> Any:
         return not any(part in unused for part in parts)
 
     data["model"]["merges"] = [m for m in data["model"].get("merges") or [] if keep(m)]
-    tokenizer._tokenizer = Tokenizer.from_str(json.dumps(data))
+    rebuilt = type(tokenizer.backend_tokenizer)  # tokenizers.Tokenizer, without importing it for every config
+    tokenizer._tokenizer = rebuilt.from_str(json.dumps(data))
     return tokenizer
 
 
@@ -320,8 +365,6 @@ def build_vocabulary(
     spec: TokenizerSpec, models: dict[str, SourceModel], base: str, scratch: Path
 ) -> Vocabulary:
     """The output tokenizer and every model's row map; `scratch` is an empty folder for a copy."""
-    import numpy as np
-
     base_tok = _stripped(models[base])
     tokenizers = {base: base_tok} | {ref: _load(m) for ref, m in models.items() if ref != base}
     if spec.source == "base":

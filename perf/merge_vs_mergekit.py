@@ -23,7 +23,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 MERGEGUARD = [str(REPO / ".venv" / "bin" / "mergeguard"), "merge"]
-MERGEKIT = os.environ.get("MERGEKIT_YAML", "/work/mkvenv/bin/mergekit-yaml")
+MERGEKIT = os.environ.get("MERGEKIT_YAML") or (
+    str(Path(os.environ["MERGEKIT_PYTHON"]).with_name("mergekit-yaml"))  # the parity tests' variable
+    if os.environ.get("MERGEKIT_PYTHON")
+    else "/work/mkvenv/bin/mergekit-yaml"
+)
 
 SHAPE = dict(
     vocab_size=32000,

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from mergekit_configs import weighted_config, write_config
 
 from mergeguard.cli import main
 
@@ -53,12 +54,7 @@ def _hashes(*folders: Path) -> dict[str, str]:
 
 
 def _merge(tmp_path: Path, a: Path, b: Path, *extra: str, method: str = "linear") -> int:
-    config = tmp_path / "merge.yml"
-    config.write_text(
-        f"models:\n  - model: {a}\n    parameters: {{weight: 0.5}}\n"
-        f"  - model: {b}\n    parameters: {{weight: 0.5}}\nmerge_method: {method}\n",
-        encoding="utf-8",
-    )
+    config = write_config(tmp_path / "merge.yml", weighted_config([a, b], method=method))
     return main(["merge", str(config), str(tmp_path / "out"), "--no-audit", "--quiet", *extra])
 
 
@@ -344,10 +340,7 @@ def test_a_fifo_as_weights_is_refused_without_blocking(pair, tmp_path) -> None:
     base, ft = pair
     (ft / "model.safetensors").unlink()
     os.mkfifo(ft / "model.safetensors")
-    config = tmp_path / "merge.yml"
-    config.write_text(
-        f"models:\n  - model: {base}\n  - model: {ft}\nmerge_method: linear\nparameters: {{weight: 0.5}}\n"
-    )
+    config = write_config(tmp_path / "merge.yml", weighted_config([base, ft]))
     env = {**os.environ, "MERGEGUARD_DB": str(tmp_path / "mg.db")}
     from quiz_setup import quiz_args, quiz_benchmark
 
@@ -413,11 +406,7 @@ def test_a_malformed_lora_adapter_is_refused_before_peft_reads_it(pair, tmp_path
     adapter = tmp_path / "adapter"
     peft.get_peft_model(model, peft.LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(adapter)
     (adapter / "adapter_model.safetensors").write_bytes(_pack(b"[1, 2]", b""))
-    config = tmp_path / "merge.yml"
-    config.write_text(
-        f"models:\n  - model: {base}+{adapter}\n  - model: {ft}\n"
-        "merge_method: linear\nparameters: {weight: 0.5}\n"
-    )
+    config = write_config(tmp_path / "merge.yml", weighted_config([f"{base}+{adapter}", ft]))
     code = main(["merge", str(config), str(tmp_path / "out"), "--no-audit", "--quiet"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1, err

@@ -11,11 +11,11 @@ import shutil
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import pytest
+from mergekit_configs import weighted_config, write_config
 
 from mergeguard.cli import main
 from mergeguard.merge.output import MARKER
@@ -32,18 +32,7 @@ def inputs(models, tmp_path: Path) -> Path:
 
 
 def _config(folder: Path, inputs: Path) -> Path:
-    config = folder / "merge.yml"
-    config.write_text(
-        textwrap.dedent(f"""
-            models:
-              - model: {inputs / "base"}
-                parameters: {{weight: 0.5}}
-              - model: {inputs / "ft"}
-                parameters: {{weight: 0.5}}
-            merge_method: linear
-        """)
-    )
-    return config
+    return write_config(folder / "merge.yml", weighted_config([inputs / "base", inputs / "ft"]))
 
 
 def _hashes(folder: Path) -> dict[str, str]:
@@ -167,12 +156,16 @@ def test_dead_runs_temporary_folders_are_removed_live_ones_kept(inputs: Path, tm
 # ------------------------------------------------------------------ processes: kill -9 and SIGTERM
 
 _SLOW_MERGE = r"""
-import sys
+import dataclasses, sys, threading
 import mergeguard.merge.numpy_stream as numpy_stream
+from mergeguard.merge.kernels import NumpyKernel
+from mergeguard.merge.methods import METHODS
 import mg_slow_kernel
 numpy_stream.PARALLEL_MIN_ELEMENTS = 0
-numpy_stream.START_METHOD = sys.argv[1]
-numpy_stream.kernel_for = lambda method, options: mg_slow_kernel.slow
+slow = NumpyKernel(mg_slow_kernel.slow)
+METHODS.update({name: dataclasses.replace(m, kernel=slow) for name, m in METHODS.items()})
+if sys.argv[1] == "spawn":  # a second thread: the workers are spawned (fork only from a one-thread process)
+    threading.Thread(target=threading.Event().wait, daemon=True).start()
 from mergeguard.cli import main
 sys.exit(main(sys.argv[2:]))
 """
@@ -208,6 +201,8 @@ def _start_slow_merge(inputs: Path, tmp_path: Path, start_method: str) -> tuple[
         process.kill()
         process.wait()
         pytest.fail((tmp_path / "stderr.txt").read_text()[-2000:])
+    spawned = [b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes() for pid in workers]
+    assert spawned == [start_method == "spawn"] * len(workers), (start_method, spawned)
     return process, workers
 
 

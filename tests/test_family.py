@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from mergekit_configs import weighted_config, write_config
 from safetensors.torch import load_file, save_file
 
 from mergeguard.errors import MergeguardError
@@ -17,8 +18,8 @@ from mergeguard.merge.family import (
     UnrelatedModelsError,
     family_check,
     sample_tensor_names,
-    tensor_index,
 )
+from mergeguard.merge.io import tensor_index
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -127,10 +128,7 @@ def test_folder_without_weights_is_an_error(tmp_path: Path) -> None:
 
 
 def _linear(path: Path, *models: Path, base: Path | None = None) -> Path:
-    lines = ["models:"] + [f"  - model: {m}\n    parameters:\n      weight: 0.5" for m in models]
-    lines += [f"base_model: {base}"] if base else []
-    path.write_text("\n".join([*lines, "merge_method: linear", "dtype: float32", ""]))
-    return path
+    return write_config(path, weighted_config(models, base=base, dtype="float32"))
 
 
 def test_merge_cli_refuses_unrelated_models_unless_allowed(

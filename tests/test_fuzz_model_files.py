@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from mergekit_configs import weighted_config, write_config
 from quiz_setup import quiz_args, quiz_benchmark
 
 from mergeguard.cli import main
@@ -174,12 +175,7 @@ def test_malformed_model_folders_never_crash(models, tmp_path: Path, capsys: pyt
             target.write_bytes(mutation(rng, target.read_bytes()))
         what = f"case {case} ({how} of {target.name})"
         reference = sharded if source is sharded else base
-        config = tmp_path / "merge.yml"
-        config.write_text(
-            f"models:\n  - model: {reference}\n  - model: {folder}\nmerge_method: linear\n"
-            "parameters: {weight: 0.5}\n",
-            encoding="utf-8",
-        )
+        config = write_config(tmp_path / "merge.yml", weighted_config([reference, folder]))
         out = tmp_path / "out"
         mutated = _hash(folder)
         try:

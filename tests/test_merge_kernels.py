@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -21,11 +22,13 @@ import pytest
 import torch
 
 from mergeguard.errors import ConfigError, MergeguardError
-from mergeguard.merge import MergeOptions, load_config, run_merge
+from mergeguard.merge import MergeOptions, load_config, run_merge, workers
 from mergeguard.merge.engine import tensor_seed
-from mergeguard.merge.kernels import BLOCK, Job, Operand, kernel_for, run
+from mergeguard.merge.kernels import BLOCK, Job, NumpyKernel, Operand, run
 from mergeguard.merge.kernels.floats import narrow, widen
 from mergeguard.merge.methods import METHODS, REQUIRED, MergeInputs, get_method
+from mergeguard.merge.numpy_stream import kernel_for
+from mergeguard.merge.workers import WorkerPool
 
 BIG = 3 * BLOCK + 123  # several blocks and a ragged last one
 TINY = 7
@@ -117,7 +120,7 @@ def _merge_both(
     out = out or compute
     opts = _options(method, **options)
     full = [_per_model(method, p, i == base_index) for i, p in enumerate(params)]
-    kernel = kernel_for(method, [opts])
+    kernel = kernel_for(get_method(method), [opts])
     assert kernel is not None, f"no kernel for {method} {opts}"
     operands = [Operand.of(_storage(t), str(t.dtype).removeprefix("torch.")) for t in tensors]
     base_operand = None
@@ -383,7 +386,7 @@ def test_mixed_stored_dtypes_without_a_config_dtype(method: str) -> None:
     operands = [Operand.of(_storage(first), "bfloat16"), Operand.of(_storage(second), "float32")]
     base = operands[0] if base_index == 0 else None
     job = Job(operands, params, base, base_index, opts, "w", None, "bfloat16")
-    kernel = kernel_for(method, [opts])
+    kernel = kernel_for(get_method(method), [opts])
     assert kernel is not None
     ours = _tensor(run(kernel, job), "bfloat16")
     # the promised semantics: float32 inside, one rounding (the torch task vectors round to the base's dtype)
@@ -660,7 +663,7 @@ def test_file_operands_and_file_target_give_the_in_memory_result(
     params = [{"weight": 0.7, "density": 0.3}, {"weight": 0.4, "density": 0.6}]
     if method == "slerp":
         params = [{}, {}]
-    kernel = kernel_for(method, [opts])
+    kernel = kernel_for(get_method(method), [opts])
     assert kernel is not None
     target = tmp_path / "out.bin"
     offset = 6  # not aligned either
@@ -684,16 +687,19 @@ def test_file_operands_and_file_target_give_the_in_memory_result(
 
 
 def test_kernel_for_declines_what_only_torch_implements() -> None:
-    assert kernel_for("ties", [_options("ties")]) is not None
-    assert kernel_for("dare_ties", [_options("dare_ties")]) is not None
-    assert kernel_for("ties", [_options("ties"), _options("ties", paper_sign_election=True)]) is None
-    assert kernel_for("dare_ties", [_options("dare_ties", paper_sign_election=True)]) is None
-    assert kernel_for("dare_linear", [_options("dare_linear", paper_rescale=True)]) is None
-    assert kernel_for("dare_ties", [_options("dare_ties", paper_rescale=True)]) is None
-    assert kernel_for("ties", [_options("ties", rescale=True)]) is None
-    assert kernel_for("dare_linear", [_options("dare_linear", rescale=True)]) is not None
+    def kernel(method: str, *options: dict[str, Any]) -> Any:
+        return kernel_for(get_method(method), list(options))
+
+    assert kernel("ties", _options("ties")) is not None
+    assert kernel("dare_ties", _options("dare_ties")) is not None
+    assert kernel("ties", _options("ties"), _options("ties", paper_sign_election=True)) is None
+    assert kernel("dare_ties", _options("dare_ties", paper_sign_election=True)) is None
+    assert kernel("dare_linear", _options("dare_linear", paper_rescale=True)) is None
+    assert kernel("dare_ties", _options("dare_ties", paper_rescale=True)) is None
+    assert kernel("ties", _options("ties", rescale=True)) is None
+    assert kernel("dare_linear", _options("dare_linear", rescale=True)) is not None
     for method in ("della", "della_linear", "nuslerp", "multislerp", "breadcrumbs", "sce", "karcher"):
-        assert kernel_for(method, [_options(method) if method != "nuslerp" else {}]) is None, method
+        assert kernel(method, _options(method) if method != "nuslerp" else {}) is None, method
 
 
 # ---------------------------------------------------------------- engine: numpy vs torch
@@ -901,46 +907,35 @@ DARE_CONFIG = """
 """
 
 
-def _force_workers(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Make even tiny merges run in worker processes; returns the list of worker pools started."""
-    import mergeguard.merge.numpy_stream as numpy_stream
-
-    started: list[int] = []
-    original = numpy_stream._start_workers
-
-    def start(count: int) -> Any:
-        started.append(count)
-        return original(count)
-
-    monkeypatch.setattr(numpy_stream, "PARALLEL_MIN_ELEMENTS", 0)
-    monkeypatch.setattr(numpy_stream, "_start_workers", start)
-    return started
-
-
 @pytest.mark.parametrize("start_method", ["fork", "spawn"])
 def test_engine_worker_processes_give_the_in_process_result(
-    family_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, start_method: str
+    family_models: dict[str, Path], tmp_path: Path, start_method: str
 ) -> None:
-    import mergeguard.merge.numpy_stream as numpy_stream
-
     config = load_config(textwrap.dedent(DARE_CONFIG.format(**family_models)))
     opts = {"backend": "numpy", "write_model_card": False, "random_seed": 5, "out_shard_size": "100KB"}
     run_merge(config, tmp_path / "here", MergeOptions(**opts))
-    started = _force_workers(monkeypatch)
-    monkeypatch.setattr(numpy_stream, "START_METHOD", start_method)
-    run_merge(config, tmp_path / "workers", MergeOptions(**opts))
-    assert started, "the merge did not run in worker processes"
+    with WorkerPool(2, start_method=start_method) as pool:
+        pool.start()  # a started pool runs even a tiny merge
+        run_merge(config, tmp_path / "workers", MergeOptions(**opts), pool=pool)
+        assert not pool.started  # the merge stopped the workers when it ended
+    assert pool.jobs_submitted, "the merge did not run in worker processes"
     assert _raw(tmp_path / "workers") == _raw(tmp_path / "here")  # same bytes: draws seeded per tensor
+
+
+def test_a_merge_without_a_pool_runs_a_tiny_merge_in_this_process(
+    family_models: dict[str, Path], tmp_path: Path
+) -> None:
+    """A pool that nobody started is used only for merges big enough to gain from workers."""
+    config = load_config(textwrap.dedent(DARE_CONFIG.format(**family_models)))
+    with WorkerPool(2) as pool:
+        run_merge(config, tmp_path / "out", MergeOptions(backend="numpy", write_model_card=False), pool=pool)
+    assert pool.jobs_submitted == 0 and (tmp_path / "out" / "model.safetensors").exists()
 
 
 @pytest.mark.parametrize("start_method", ["fork", "spawn"])
 def test_engine_worker_error_keeps_type_and_hint(
-    family_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, start_method: str
+    family_models: dict[str, Path], tmp_path: Path, start_method: str
 ) -> None:
-    import mergeguard.merge.numpy_stream as numpy_stream
-
-    started = _force_workers(monkeypatch)
-    monkeypatch.setattr(numpy_stream, "START_METHOD", start_method)
     config = f"""
         models:
           - model: {family_models["ft1"]}
@@ -950,11 +945,15 @@ def test_engine_worker_error_keeps_type_and_hint(
         merge_method: linear
         parameters: {{normalize: true}}
     """
-    with pytest.raises(ConfigError, match="sum to zero") as caught:
-        run_merge(load_config(config), tmp_path / "out", MergeOptions(backend="numpy"))
+    with (
+        WorkerPool(2, start_method=start_method) as pool,
+        pytest.raises(ConfigError, match="sum to zero") as caught,
+    ):
+        pool.start()
+        run_merge(load_config(config), tmp_path / "out", MergeOptions(backend="numpy"), pool=pool)
     assert caught.value.hint == "change the weights or set `normalize: false`"
     assert str(caught.value).startswith("linear weights sum to zero for `")
-    assert started, "the merge did not run in worker processes"
+    assert pool.jobs_submitted, "the merge did not run in worker processes"
     assert not (tmp_path / "out").exists()
 
 
@@ -962,19 +961,18 @@ def test_engine_worker_that_dies_is_a_clear_error(
     family_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A worker killed mid-merge (e.g. by the OOM killer) surfaces as a MergeguardError; nothing is left."""
-    import sys
-
-    import mergeguard.merge.numpy_stream as numpy_stream
+    import dataclasses
 
     (tmp_path / "mg_dying_kernel.py").write_text("import os\n\ndef die(job):\n    os._exit(9)\n")
     monkeypatch.syspath_prepend(str(tmp_path))  # the spawned workers inherit sys.path
     import mg_dying_kernel
 
-    monkeypatch.setattr(numpy_stream, "kernel_for", lambda method, options: mg_dying_kernel.die)
-    _force_workers(monkeypatch)
+    dying = dataclasses.replace(METHODS["dare_ties"], kernel=NumpyKernel(mg_dying_kernel.die))
+    monkeypatch.setitem(METHODS, "dare_ties", dying)
     config = load_config(textwrap.dedent(DARE_CONFIG.format(**family_models)))
-    with pytest.raises(MergeguardError, match="worker process died") as caught:
-        run_merge(config, tmp_path / "out", MergeOptions(backend="numpy", write_model_card=False))
+    with WorkerPool(2) as pool, pytest.raises(MergeguardError, match="worker process died") as caught:
+        pool.start()
+        run_merge(config, tmp_path / "out", MergeOptions(backend="numpy", write_model_card=False), pool=pool)
     assert caught.value.hint and "memory" in caught.value.hint
     assert not (tmp_path / "out").exists()
     sys.modules.pop("mg_dying_kernel", None)
@@ -1037,50 +1035,76 @@ def test_workers_fork_only_from_a_single_threaded_process(monkeypatch: pytest.Mo
     """Forking while another thread runs can deadlock the child, so then the workers are spawned."""
     import threading
 
-    import mergeguard.merge.numpy_stream as numpy_stream
-
     if not sys.platform.startswith("linux"):
         pytest.skip("workers are forked on Linux only")
-    monkeypatch.setattr(numpy_stream, "START_METHOD", None)
     monkeypatch.setattr(threading, "active_count", lambda: 1)
-    monkeypatch.setattr(numpy_stream, "_os_threads", lambda: 1)
-    assert numpy_stream._can_fork() == (importlib.util.find_spec("threadpoolctl") is not None)
+    monkeypatch.setattr(workers, "os_threads", lambda: 1)
+    assert workers.can_fork() == (importlib.util.find_spec("threadpoolctl") is not None)
     monkeypatch.setattr(threading, "active_count", lambda: 2)
-    assert not numpy_stream._can_fork()
+    assert not workers.can_fork()
     monkeypatch.setattr(threading, "active_count", lambda: 1)
-    monkeypatch.setattr(numpy_stream, "_os_threads", lambda: 3)  # e.g. a BLAS or OpenMP thread pool
-    assert not numpy_stream._can_fork()
+    monkeypatch.setattr(workers, "os_threads", lambda: 3 + workers.blas_pool_threads())  # e.g. OpenMP's
+    assert not workers.can_fork()
+    monkeypatch.setattr(workers, "os_threads", lambda: 1 + workers.blas_pool_threads())  # OpenBLAS's own
+    assert workers.can_fork() == (importlib.util.find_spec("threadpoolctl") is not None)
+
+
+_OPENBLAS_AT_FORK = r"""
+import os
+import numpy as np
+from mergeguard.merge import workers
+a = np.ones((300, 300))
+a @ a  # the BLAS pool runs
+before = workers.os_threads()
+pid = os.fork()
+if pid == 0:
+    os._exit(10 + workers.os_threads())
+_, status = os.waitpid(pid, 0)
+print(before, workers.blas_pool_threads(), os.waitstatus_to_exitcode(status) - 10)
+"""
+
+
+def test_openblas_stops_its_own_pool_at_a_fork() -> None:
+    """Why `can_fork` may discount OpenBLAS's threads: the child of a fork has none of them."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("reads /proc")
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"} | {"OPENBLAS_NUM_THREADS": "2"}
+    done = subprocess.run([sys.executable, "-c", _OPENBLAS_AT_FORK], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    before, pool, child = (int(x) for x in done.stdout.split())
+    assert before == 1 + pool and child == 1, done.stdout
 
 
 def test_os_thread_count_sees_native_and_python_threads() -> None:
     import threading
 
-    import mergeguard.merge.numpy_stream as numpy_stream
-
     if not sys.platform.startswith("linux"):
         pytest.skip("reads /proc")
-    before = numpy_stream._os_threads()
+    before = workers.os_threads()
     stop = threading.Event()
     thread = threading.Thread(target=stop.wait)
     thread.start()
     try:
-        assert numpy_stream._os_threads() == before + 1
+        assert workers.os_threads() == before + 1
     finally:
         stop.set()
         thread.join()
 
 
-def test_forked_workers_use_one_blas_thread(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Two workers on two cores: a forked worker must not inherit a multi-threaded BLAS."""
-    pytest.importorskip("threadpoolctl")
-    import mergeguard.merge.numpy_stream as numpy_stream
+def test_pool_is_sized_from_the_machine_and_checks_its_start_method() -> None:
+    assert WorkerPool().workers == workers.machine_cores() >= 1
+    with pytest.raises(ValueError, match="start_method"):
+        WorkerPool(start_method="forkserver")
+    with WorkerPool(1) as single:
+        single.start()  # one worker: the merge runs in the calling process
+        assert not single.started
 
-    monkeypatch.setattr(numpy_stream, "START_METHOD", "fork")
-    pool = numpy_stream._start_workers(1)
-    try:
+
+def test_forked_workers_use_one_blas_thread() -> None:
+    """Workers on few cores: a forked worker must not inherit a multi-threaded BLAS."""
+    pytest.importorskip("threadpoolctl")
+    with WorkerPool(2, start_method="fork") as pool:
         infos = pool.submit(_blas_threads).result(timeout=60)
-    finally:
-        pool.shutdown(wait=True)
     assert infos and all(threads == 1 for threads in infos)
 
 
@@ -1091,15 +1115,27 @@ def _blas_threads() -> list[int]:
 
 
 _INTERRUPTED_MERGE = r"""
-import sys
+import dataclasses, signal, sys, threading
+# Ctrl-C as in a terminal's foreground job: a test suite started in the background by a shell (`pytest &`)
+# passes SIGINT down ignored, and the merge then rightly runs to its end (this test's old flakiness)
+signal.signal(signal.SIGINT, signal.default_int_handler)
 import mergeguard.merge.numpy_stream as numpy_stream
+from mergeguard.merge.kernels import NumpyKernel
+from mergeguard.merge.methods import METHODS
 import mg_slow_kernel
 numpy_stream.PARALLEL_MIN_ELEMENTS = 0
-numpy_stream.START_METHOD = sys.argv[1]
-numpy_stream.kernel_for = lambda method, options: mg_slow_kernel.slow
+slow = NumpyKernel(mg_slow_kernel.slow)
+METHODS.update({name: dataclasses.replace(m, kernel=slow) for name, m in METHODS.items()})
+if sys.argv[1] == "spawn":  # a second thread: the workers are spawned (fork only from a one-thread process)
+    threading.Thread(target=threading.Event().wait, daemon=True).start()
 from mergeguard.cli import main
 sys.exit(main(sys.argv[2:]))
 """
+
+
+def spawned(pid: int) -> bool:
+    """Whether the worker `pid` was spawned (it runs multiprocessing's spawn_main), not forked."""
+    return b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
 
 
 @pytest.mark.parametrize("start_method", ["fork", "spawn"])
@@ -1136,8 +1172,9 @@ def test_ctrl_c_during_a_merge_stops_the_workers_and_leaves_nothing(
     deadline = time.monotonic() + 60
     while not any(started.iterdir()) and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.05)
-    workers = [int(p.name) for p in started.iterdir()]
-    assert workers, process.communicate()[1].decode()[-2000:]
+    pids = [int(p.name) for p in started.iterdir()]
+    assert pids, process.communicate()[1].decode()[-2000:]
+    assert all(spawned(pid) == (start_method == "spawn") for pid in pids)
     os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C does
     _, stderr = process.communicate(timeout=60)
     assert process.returncode != 0, stderr.decode()[-2000:]
@@ -1145,9 +1182,9 @@ def test_ctrl_c_during_a_merge_stops_the_workers_and_leaves_nothing(
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir() if "mergeguard-tmp" in p.name] == []
     deadline = time.monotonic() + 10
-    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not any(_alive(pid) for pid in workers), "a worker process outlived the interrupted merge"
+    assert not any(_alive(pid) for pid in pids), "a worker process outlived the interrupted merge"
 
 
 def _alive(pid: int) -> bool:
@@ -1163,14 +1200,14 @@ def _alive(pid: int) -> bool:
 
 _EARLY_CTRL_C = r"""
 import os, signal, sys
-import mergeguard.merge.numpy_stream as numpy_stream
-numpy_stream.START_METHOD = sys.argv[1]
+from mergeguard.merge.workers import WorkerPool
 interrupted = []
 signal.signal(signal.SIGINT, lambda *_: interrupted.append(1))
-pool = numpy_stream._start_workers(2)
+pool = WorkerPool(2, start_method=sys.argv[1])
+pool.start()
 os.killpg(0, signal.SIGINT)  # while the workers are still starting (a spawned one imports numpy)
 pids = {pool.submit(os.getpid).result(timeout=60) for _ in range(8)}
-pool.shutdown(wait=True)
+pool.close(wait_running=True)
 assert interrupted and pids, (interrupted, pids)
 print("ok")
 """

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 import pytest
+from mergekit_configs import weighted_config
 from vocab_models import with_tokens
 
 from mergeguard.cli import main
@@ -47,10 +48,7 @@ def padded(models, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _linear(a: Path, b: Path, extra: str = "") -> str:
-    return (
-        f"models:\n  - model: {a}\n    parameters: {{weight: 0.5}}\n  - model: {b}\n"
-        f"    parameters: {{weight: 0.5}}\nmerge_method: linear\nbase_model: {a}\n{extra}"
-    )
+    return weighted_config([a, b], base=a, extra=extra)
 
 
 def test_different_vocabularies_need_a_tokenizer_setting(models, padded, tmp_path, capsys) -> None:

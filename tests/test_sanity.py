@@ -28,6 +28,7 @@ from mergeguard.merge.sanity import (
     scan_nonfinite,
     tokenizer_folder,
 )
+from mergeguard.progress import ProgressEvent
 
 Tensors = dict[str, torch.Tensor]
 
@@ -80,8 +81,16 @@ def test_a_merge_of_real_finetunes_is_ok_and_near_its_parents(merged: Path, trai
 
 
 def test_scaled_weights_are_broken(broken: Path, trained: dict[str, Path]) -> None:
-    report = sanity_check(broken, [trained["ft_a"]], max_tokens=256)
+    events: list[ProgressEvent] = []
+    report = sanity_check(broken, [trained["ft_a"]], max_tokens=256, progress=events.append)
     assert report.verdict == "broken" and report.exit_code == VERDICT_EXIT_CODES["broken"]
+    ends = [e for e in events if e.finished]  # each step reported through the callback, to its end
+    parent = trained["ft_a"].name
+    assert [e.step for e in ends] == [
+        f"{kind} {name}" for kind, name in [("scan", "x10"), ("perplexity", "x10"), ("generate", "x10")]
+    ] + [f"perplexity {parent}", f"generate {parent}"]
+    assert all(e.done == e.total and e.total for e in ends)
+    assert ends[-1].total == len(PROMPTS)
     worst = report.parent_perplexities[str(trained["ft_a"])]
     assert report.perplexity > BROKEN_FACTOR * worst
     assert any("worst parent" in r for r in report.reasons)

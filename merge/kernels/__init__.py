@@ -1,10 +1,11 @@
 """numpy kernels for the most used merge methods, so a CPU merge of safetensors never imports torch.
 
-torch's import alone costs about 3 s here, more than a whole passthrough merge should take, and the
+torch's import alone costs more than a whole passthrough merge should take (README, Performance), and the
 element-wise methods need nothing that numpy lacks. Each kernel computes one output tensor block by block
 (cache-sized float32 blocks, never a float32 copy of a whole tensor) with the same formula as the torch
-method of the same name in `merge/methods/`; the engine uses the torch method whenever no kernel applies
-(`kernel_for`): another device, pickled inputs, integer tensors, or a method or option without a kernel.
+method of the same name in `merge/methods/`, which declares it (`MergeMethod.kernel`); the engine uses the
+torch method whenever no kernel applies (`numpy_stream.numpy_kernel`): another device, pickled inputs,
+integer tensors, or a method or option without a kernel.
 
 Precision: kernels compute in float32 (float64 for float64) and round once to the output dtype. The torch
 methods, like mergekit, round half-precision intermediates (e.g. each task vector) to the config's dtype,
@@ -199,7 +200,7 @@ class Job:
         """Elements [start, end) of each operand into the rows of `rows` (as `load`); returns those rows.
 
         Half-precision files of one dtype are read into one buffer and widened by one set of numpy calls
-        for all rows: a block costs a few dozen numpy calls, and their overhead is ~15% of a merge.
+        for all rows: a block costs a few dozen numpy calls, whose overhead is a sizeable part of a merge.
         """
         size, count = end - start, len(operands)
         dtype = operands[0].dtype
@@ -315,18 +316,25 @@ def run(kernel: Kernel, job: Job) -> np.ndarray | None:
         job.files.close()
 
 
-def kernel_for(method: str, options: list[dict[str, Any]]) -> Kernel | None:
-    """The numpy kernel for `method` with these per-tensor options, or None (use the torch method)."""
-    from . import linear, passthrough, slerp, task_vectors
+def _always(options: dict[str, Any]) -> bool:
+    return True
 
-    if method == "linear":
-        return linear.linear
-    if method == "passthrough":
-        return passthrough.passthrough
-    if method == "slerp":
-        return slerp.slerp
-    return task_vectors.kernel(method, options)
+
+@dataclass(frozen=True)
+class NumpyKernel:
+    """A merge method's numpy twin, as the method declares it (`MergeMethod.kernel`)."""
+
+    run: Kernel
+    """Computes one output tensor (a module-level function or a partial of one: it is sent to workers)."""
+    accepts: Callable[[dict[str, Any]], bool] = _always
+    """Whether the kernel handles a tensor's resolved method options; False for any tensor: torch merges."""
+    copies: Callable[[list[dict[str, Any]], str, str, str], bool] | None = None
+    """(params, stored dtype, compute dtype, output dtype) -> whether the output is the input's bytes, which
+    are then copied file to file, never computed (passthrough)."""
+    workers_early: bool = True
+    """Worth starting the worker processes before the plan is made (False when most tensors are copied)."""
 
 
 def supported_dtype(dtype: str) -> bool:
+    """Whether the kernels read and write `dtype` (the floats; integer buffers go through torch)."""
     return dtype in STORAGE

@@ -1,7 +1,7 @@
 """Half-precision storage <-> float32 blocks in numpy, without torch.
 
-numpy has no bfloat16 and its float16 casts are scalar loops (2.5 ns and 4.7 ns an element here, where a
-float32 add costs 0.2 ns), so both halves are widened with integer bit operations on reused, cache-sized
+numpy has no bfloat16 and its float16 casts are scalar loops, an order of magnitude slower than a float32
+add (README, Performance), so both halves are widened with integer bit operations on reused, cache-sized
 buffers. Half tensors are held as their uint16 bit patterns. Rounding to half is round-to-nearest-even,
 bit-identical to torch's `.to(torch.float16 / torch.bfloat16)` (NaNs stay NaN, overflow becomes inf).
 """
@@ -9,6 +9,8 @@ bit-identical to torch's `.to(torch.float16 / torch.bfloat16)` (NaNs stay NaN, o
 from __future__ import annotations
 
 import numpy as np
+
+from mergeguard.merge.method_rules import work_dtype_name
 
 STORAGE = {
     "float16": np.dtype(np.uint16),
@@ -23,7 +25,7 @@ _F16_EXP_SHIFT = np.float32(2.0**112)  # float16 bits << 13 read as float32, tim
 
 def work_dtype(*dtypes: str) -> np.dtype:
     """float64 when any dtype involved is float64, else float32 (what the torch methods compute in)."""
-    return np.dtype(np.float64) if "float64" in dtypes else np.dtype(np.float32)
+    return np.dtype(work_dtype_name(*dtypes))
 
 
 def widen(src: np.ndarray, dtype: str, out: np.ndarray, scratch: np.ndarray) -> np.ndarray:

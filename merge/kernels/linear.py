@@ -6,7 +6,7 @@ import numpy as np
 
 from mergeguard.errors import ConfigError
 
-from . import Job, mix
+from . import Job, NumpyKernel, mix
 
 
 def linear(job: Job) -> np.ndarray | None:
@@ -21,3 +21,6 @@ def linear(job: Job) -> np.ndarray | None:
             )
         weights = weights / total
     return mix(job, job.tensors, weights)
+
+
+KERNEL = NumpyKernel(linear)

@@ -6,11 +6,13 @@ to file (`copy_unchanged`).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
-from mergeguard.merge.methods.passthrough import require_one_source
+from mergeguard.merge.method_rules import require_one_source
 
-from . import Job
+from . import Job, NumpyKernel
 
 
 def passthrough(job: Job) -> np.ndarray:
@@ -26,6 +28,9 @@ def passthrough(job: Job) -> np.ndarray:
     return out
 
 
-def copy_unchanged(params: list[dict], stored: str, compute: str, out: str) -> bool:
+def copy_unchanged(params: list[dict[str, Any]], stored: str, compute: str, out: str) -> bool:
     """True when passthrough's output is the input's bytes (no scale, no dtype change on the way)."""
     return (not params or params[0].get("scale") is None) and stored == compute == out
+
+
+KERNEL = NumpyKernel(passthrough, copies=copy_unchanged, workers_early=False)

@@ -7,8 +7,9 @@ import math
 import numpy as np
 
 from mergeguard.errors import ConfigError
+from mergeguard.merge.method_rules import missing_base
 
-from . import Job, mix
+from . import Job, NumpyKernel, mix
 
 DOT_THRESHOLD = 0.9995
 EPS = 1e-8
@@ -29,7 +30,7 @@ def coefficients(t: float, cos: float, work: np.dtype) -> tuple[float, float]:
 def slerp(job: Job) -> np.ndarray | None:
     """Spherical interpolation from the base (t=0) to the other model (t=1) over the flattened tensor."""
     if job.base is None:
-        raise ConfigError("merge method `slerp` needs a base model", hint="add `base_model:` to the config")
+        raise missing_base("slerp")
     others = job.others()
     if len(others) != 1:
         raise ConfigError(
@@ -50,3 +51,6 @@ def slerp(job: Job) -> np.ndarray | None:
     cos = min(1.0, max(-1.0, float(job.work.type(ab / (norm_a * norm_b)))))
     ca, cb = coefficients(float(job.options["t"]), cos, job.work)
     return mix(job, [base, other], np.array([ca, cb], dtype=job.work))
+
+
+KERNEL = NumpyKernel(slerp)

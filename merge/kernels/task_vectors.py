@@ -15,41 +15,32 @@ from typing import Any
 
 import numpy as np
 
-from mergeguard.errors import ConfigError
-from mergeguard.merge.methods.sparsify import trim_size
+from mergeguard.merge.method_rules import Cut, missing_base, trim_size
 
-from . import BLOCK, Job, Kernel, Operand, mix
+from . import BLOCK, Job, NumpyKernel, Operand, mix
 
 RESCALE_EPS = 1e-7
 _SAMPLE = 1 << 16
 
-VARIANTS: dict[str, tuple[str | None, bool]] = {  # name: (sparsification, sign consensus)
-    "task_arithmetic": (None, False),
-    "ties": ("magnitude", True),
-    "dare_ties": ("random", True),
-    "dare_linear": ("random", False),
-}
+CONSENSUS = (None, "sum")
+"""The sign consensus the kernel computes (none, or TIES's weighted sum); other variants merge with torch."""
+SPARSIFICATIONS = (None, "magnitude", "random")
+"""The sparsifications the kernel computes (none, TIES's trim, DARE's drop); others merge with torch."""
 
 
-def kernel(method: str, options: list[dict[str, Any]]) -> Kernel | None:
-    """The kernel for `method`, unless an option asks for what only the torch method does."""
-    if method not in VARIANTS:
+def for_variant(name: str, sparsification: str | None, consensus: str | None) -> NumpyKernel | None:
+    """The kernel of the task-vector method `name` (`methods/task_arithmetic.py`'s switches), or None."""
+    if sparsification not in SPARSIFICATIONS or consensus not in CONSENSUS:
         return None
-    sparsification, consensus = VARIANTS[method]
-    for opts in options:
-        if opts.get("paper_sign_election") or opts.get("paper_rescale"):
-            return None
-        if sparsification == "magnitude" and opts.get("rescale"):
-            return None
-    return partial(task_vectors, method=method, sparsification=sparsification, consensus=consensus)
+    run = partial(task_vectors, method=name, sparsification=sparsification, consensus=consensus is not None)
+    return NumpyKernel(run, accepts=partial(accepts, sparsification=sparsification))
 
 
-@dataclass
-class Cut:
-    """Keep |delta| > thr, and the first `ties` entries (lowest indices) with |delta| == thr."""
-
-    thr: float
-    ties: int
+def accepts(options: dict[str, Any], sparsification: str | None) -> bool:
+    """False for the options that only the torch method implements (the papers' variants, TIES rescale)."""
+    if options.get("paper_sign_election") or options.get("paper_rescale"):
+        return False
+    return not (sparsification == "magnitude" and options.get("rescale"))
 
 
 @dataclass
@@ -63,9 +54,7 @@ class Sparsity:
 
 def task_vectors(job: Job, method: str, sparsification: str | None, consensus: bool) -> np.ndarray | None:
     if job.base is None:
-        raise ConfigError(
-            f"merge method `{method}` needs a base model", hint="add `base_model:` to the config"
-        )
+        raise missing_base(method)
     base = job.base
     others = job.others()
     weights = [float(p["weight"]) for _, p in others]
@@ -116,7 +105,7 @@ def _combine(
 
     s_i is w_i (times DARE's rescale); `normalize` divides by the sum of the w_i (of the agreeing models
     under a sign consensus). Masks are bool arrays combined with logical operations: numpy's masked
-    copies and `where` cost 30 times more here.
+    copies and `where` cost many times more (README, Performance).
     """
     for row, scale in zip(deltas, scales, strict=True):
         np.multiply(row, scale, out=row)

@@ -1,8 +1,9 @@
-"""The merge methods, by mergekit name.
+"""The merge methods, by mergekit name: the one registry of what a method is and can do.
 
 Add a method: write `def my_method(inputs: MergeInputs) -> torch.Tensor` in a module here, declare
 `MY_METHOD = MergeMethod("my_method", my_method, params=(Param(...), ...), requires_base=...)` beside
-it, and add it to `_ALL` below.
+it (optionally `kernel=NumpyKernel(my_kernel)`, its numpy twin, which a CPU merge runs without torch and in
+worker processes), and add it to `_ALL` below. The README's "Adding a merge method" has a worked example.
 """
 
 from __future__ import annotations

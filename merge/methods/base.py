@@ -11,10 +11,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from mergeguard.merge.method_rules import missing_base, work_dtype_name
 from mergeguard.merge.params import Interval
 
 if TYPE_CHECKING:
     import torch
+
+    from mergeguard.merge.kernels import NumpyKernel
 
 FRACTION = Interval(0, 1, low_open=True)
 """(0, 1]: a density or a kept fraction (0 keeps nothing, and DARE's rescale would divide by it)."""
@@ -87,6 +90,9 @@ class MergeMethod:
     check: Callable[[list[dict[str, Any]]], None] | None = None
     """Checks one tensor's resolved per-model parameters together (the plan calls it before any weights are
     read): for rules no single value's range can say, such as DELLA's density +/- epsilon inside (0, 1)."""
+    kernel: NumpyKernel | None = None
+    """The method's numpy twin (`merge/kernels/`): a CPU merge of safetensors runs it, without torch, and
+    in worker processes; None: the method always runs in torch."""
 
     def param(self, name: str) -> Param | None:
         return next((p for p in self.params if p.name == name), None)
@@ -97,12 +103,8 @@ class MergeMethod:
 
 def require_base(inputs: MergeInputs, method: str) -> torch.Tensor:
     """The base tensor, or a ConfigError naming the method that needs it."""
-    from mergeguard.errors import ConfigError
-
     if inputs.base is None:
-        raise ConfigError(
-            f"merge method `{method}` needs a base model", hint="add `base_model:` to the config"
-        )
+        raise missing_base(method)
     return inputs.base
 
 
@@ -110,4 +112,4 @@ def work_dtype(tensor: torch.Tensor) -> torch.dtype:
     """float64 stays float64; everything else is computed in float32 (as mergekit does for these methods)."""
     import torch
 
-    return torch.float64 if tensor.dtype == torch.float64 else torch.float32
+    return getattr(torch, work_dtype_name(str(tensor.dtype).removeprefix("torch.")))

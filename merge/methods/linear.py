@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from mergeguard.errors import ConfigError
+from mergeguard.merge.kernels import linear as linear_kernel
 
 from .base import MergeInputs, MergeMethod, Param, work_dtype
 
@@ -65,4 +66,5 @@ LINEAR = MergeMethod(
     ),
     requires_base=False,
     description="weighted average of the models",
+    kernel=linear_kernel.KERNEL,
 )

@@ -4,21 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from mergeguard.errors import ConfigError
+from mergeguard.merge.kernels import passthrough as passthrough_kernel
+from mergeguard.merge.method_rules import require_one_source
 
 from .base import MergeInputs, MergeMethod, Param
 
 if TYPE_CHECKING:
     import torch
-
-
-def require_one_source(count: int) -> None:
-    """Passthrough copies one tensor: each slice source names a single model (this method and the kernel)."""
-    if count != 1:
-        raise ConfigError(
-            f"passthrough takes exactly one model per slice source, got {count}",
-            hint="give each slice a single source",
-        )
 
 
 def passthrough(inputs: MergeInputs) -> torch.Tensor:
@@ -35,4 +27,5 @@ PASSTHROUGH = MergeMethod(
     requires_base=False,
     max_models=1,
     description="copy tensors unchanged (layer stacking), optionally scaled",
+    kernel=passthrough_kernel.KERNEL,
 )

@@ -10,6 +10,7 @@ import math
 from typing import TYPE_CHECKING
 
 from mergeguard.errors import ConfigError
+from mergeguard.merge.kernels import slerp as slerp_kernel
 
 from .base import MergeInputs, MergeMethod, Param, require_base, work_dtype
 
@@ -114,4 +115,5 @@ SLERP = MergeMethod(
     min_models=2,
     max_models=2,
     description="spherical interpolation between the base and one other model",
+    kernel=slerp_kernel.KERNEL,
 )

@@ -16,10 +16,12 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from mergeguard.merge.kernels import task_vectors as task_vectors_kernel
+from mergeguard.merge.method_rules import Cut
+
 from .base import FRACTION, REQUIRED, Interval, MergeInputs, MergeMethod, Param, require_base
 from .sparsify import (
     EXACT_TIES_MAX_NUMEL,
-    Cut,
     apply_cut_,
     breadcrumbs_,
     check_della,
@@ -258,6 +260,7 @@ def _method(v: Variant) -> MergeMethod:
         randomized=v.sparsification in ("random", "della"),
         description=v.description,
         check=_check_della if v.sparsification == "della" else None,
+        kernel=task_vectors_kernel.for_variant(v.name, v.sparsification, v.consensus),
     )
 
 

@@ -11,9 +11,17 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
 
 from mergeguard.cli.app import DB, JSON_ALIAS, QUIET, app, console, format_option, output_format
+from mergeguard.cli.progress_view import progress_view
+from mergeguard.db import open_db, parents_of, record_check
+from mergeguard.db.queries import base_of
 from mergeguard.errors import UsageError
+from mergeguard.merge.sanity import sanity_check
+from mergeguard.refs import resolve_model
 
 DEVICES = ("cpu", "cuda")
 STYLE = {"ok": "bold green", "degraded": "bold yellow", "broken": "bold red"}
@@ -25,10 +33,6 @@ def _number(value: float) -> str:
 
 def render(report: Any) -> Any:
     """A rich table of one report: the model and each parent, then the verdict, reasons and samples."""
-    from rich.console import Group
-    from rich.table import Table
-    from rich.text import Text
-
     table = Table(title=f"sanity check of {report.model}", title_justify="left")
     table.add_column("model", overflow="fold")  # a long parent path wraps, never ends in an ellipsis
     table.add_column("perplexity", justify="right")
@@ -47,8 +51,6 @@ def render(report: Any) -> Any:
 
 def render_family(report: Any) -> Any:
     """A rich table of a FamilyReport (for `audit` and `merge`): each pair, its similarity, its verdict."""
-    from rich.table import Table
-
     table = Table(title=f"family check (related at similarity >= {report.threshold:g})", title_justify="left")
     for column in ("model", "compared with", "similarity", "family"):
         table.add_column(column, justify="right" if column == "similarity" else "left", overflow="fold")
@@ -70,16 +72,15 @@ def check_merge(
     base: Any = None,
 ) -> Any:
     """After `merge --check`: sanity-check the output against its inputs and its base; print the verdict."""
-    from mergeguard.merge.sanity import sanity_check
-
-    report = sanity_check(
-        out_dir,
-        list(dict.fromkeys(parents)),
-        device=device,
-        progress=not quiet,
-        trust_remote_code=trust_remote_code,
-        base=base,
-    )
+    with progress_view(not quiet) as progress:
+        report = sanity_check(
+            out_dir,
+            list(dict.fromkeys(parents)),
+            device=device,
+            progress=progress,
+            trust_remote_code=trust_remote_code,
+            base=base,
+        )
     console().print(render(report))
     return report
 
@@ -110,11 +111,6 @@ def check_command(
 
     Example: mergeguard check ./merged --against ./ft-math --against ./ft-code --base ./base
     """
-    from mergeguard.db import open_db, parents_of, record_check
-    from mergeguard.db.queries import base_of
-    from mergeguard.merge.sanity import sanity_check
-    from mergeguard.refs import resolve_model
-
     fmt = output_format(fmt, as_json, ("table", "json"))
     if device.split(":")[0] not in DEVICES:
         raise UsageError(f"unknown device {device!r}", hint="use --device cpu or --device cuda")
@@ -122,15 +118,16 @@ def check_command(
     store = open_db(db)
     parent_refs = list(against or []) or parents_of(store, str(folder))
     base_ref = base or base_of(store, str(folder))
-    report = sanity_check(
-        folder,
-        [resolve_model(p) for p in parent_refs],
-        device=device,
-        max_tokens=max_tokens,
-        progress=not (quiet or fmt == "json"),
-        trust_remote_code=trust_remote_code,
-        base=resolve_model(base_ref) if base_ref else None,
-    )
+    with progress_view(not (quiet or fmt == "json")) as progress:
+        report = sanity_check(
+            folder,
+            [resolve_model(p) for p in parent_refs],
+            device=device,
+            max_tokens=max_tokens,
+            progress=progress,
+            trust_remote_code=trust_remote_code,
+            base=resolve_model(base_ref) if base_ref else None,
+        )
     record_check(store, folder, report.verdict, report.summary())
     if fmt == "json":
         typer.echo(report.to_json())
