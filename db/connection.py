@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -50,6 +51,25 @@ def _check_file(conn: sqlite3.Connection, path: Path) -> bool:
     return False
 
 
+def sqlite_utils_database() -> type[Database]:
+    """sqlite_utils' `Database`, imported without pandas unless pandas is already loaded.
+
+    sqlite_utils imports pandas when it can, only to accept DataFrames, which mergeguard never passes; pandas
+    (with pyarrow) adds ~0.2 s and ~80 MB to every command that opens the database, a merge included. For this
+    one import `pandas` is made unimportable; the previous state is restored at once, so the rest of the
+    process (and the user's notebook) imports pandas as usual.
+    """
+    if "sqlite_utils.db" in sys.modules or "pandas" in sys.modules:
+        from sqlite_utils import Database
+    else:
+        sys.modules["pandas"] = None  # type: ignore[assignment]  # `import pandas` raises ImportError
+        try:
+            from sqlite_utils import Database
+        finally:
+            del sys.modules["pandas"]
+    return Database
+
+
 def open_db(
     path: str | os.PathLike[str] | None = None, *, migrate: bool = True, write: bool = True
 ) -> Database:
@@ -60,8 +80,7 @@ def open_db(
     mistyped --db is an error rather than a new empty database, and a read-only file is opened read-only.
     Every SQLite or file-system failure becomes one `DatabaseError` naming the file.
     """
-    from sqlite_utils import Database
-
+    Database = sqlite_utils_database()
     file = db_path(path)
     try:
         _require_usable(file, write)
