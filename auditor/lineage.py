@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from mergeguard.errors import MergeguardError
+from mergeguard.merge.config import config_models, load_config, read_yaml
+from mergeguard.refs import read_model_card, resolve_model
 
 MERGE_CONFIG = "mergekit_config.yml"
 MAX_DEPTH = 16
@@ -40,17 +42,11 @@ def config_inputs(path: Path) -> list[str]:
     """Every input model of a merge config (base included), via the merge engine's parser when it accepts
     the file, else a minimal read of `models`/`slices`/`base_model` (lineage only needs the names)."""
     try:
-        from mergeguard.merge.config import config_models, load_config
-
         return config_models(load_config(path, allow_unknown_keys=True))
-    except ImportError:
-        pass
     except MergeguardError:
         pass
-    from mergeguard.merge.config import read_yaml  # bounded: size, nesting, aliases, UTF-8
-
     try:
-        raw = read_yaml(Path(path))
+        raw = read_yaml(Path(path))  # bounded as load_config is: size, nesting, aliases, UTF-8
     except OSError as error:
         raise MergeguardError(f"cannot read merge config {path} ({error})", hint="fix the YAML") from error
     refs: list[str] = []
@@ -101,8 +97,6 @@ def resolve_lineage(
 ) -> Lineage:
     """Collect the datasets of `model` and its ancestors. Unreachable parents become problems, not errors;
     the model itself must resolve."""
-    from mergeguard.refs import read_model_card, resolve_model
-
     overrides = overrides or {}
     lineage = Lineage(model=model, folder=None)
     seen: set[str] = set()

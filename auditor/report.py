@@ -7,19 +7,50 @@ database stores it as is.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from typing import Any
 
-# `passage`: only the shared source text an item quotes (a reading passage) is there: listed, never counted.
-SEVERITY_RANK = {"verbatim": 4, "partial": 3, "question_only": 2, "paraphrase": 1, "passage": 0}
-PASSAGE = "passage"
-# `paraphrase`: the semantic stage's finding (reworded or translated item, confirmed by evidence); counted.
-PARAPHRASE = "paraphrase"
-# Verdicts, the one list (the guard, the CLI and the database take them from here). `incomplete`: a declared
-# dataset was read only in part; `unreadable`: one gave no text at all. Both fail closed: never clean.
-CLEAN, CONTAMINATED, UNDECLARED = "clean", "contaminated", "undeclared"
-INCOMPLETE, UNREADABLE = "incomplete", "unreadable"
-VERDICTS = (CLEAN, CONTAMINATED, UNDECLARED, INCOMPLETE, UNREADABLE)
+
+class Severity(StrEnum):
+    """How strongly a finding matches its benchmark item, strongest first (the order ranks evidence).
+    `paraphrase`: the semantic stage's finding (reworded or translated item, confirmed by evidence); counted.
+    `passage`: only the shared source text an item quotes (a reading passage) is there: listed, never counted.
+    """
+
+    VERBATIM = "verbatim"
+    PARTIAL = "partial"
+    QUESTION_ONLY = "question_only"
+    PARAPHRASE = "paraphrase"
+    PASSAGE = "passage"
+
+    @property
+    def rank(self) -> int:
+        """Higher is stronger: verbatim 4 ... passage 0."""
+        return SEVERITY_RANK[self]
+
+
+class Verdict(StrEnum):
+    """A model's (or dataset's) verdict; str values, so JSON and the database keep the same strings.
+    `incomplete`: a declared dataset was read only in part; `unreadable`: one gave no text at all. Both fail
+    closed: never clean. `unaudited`: a merge made under --no-audit (never an audit's verdict)."""
+
+    CLEAN = "clean"
+    CONTAMINATED = "contaminated"
+    UNDECLARED = "undeclared"
+    INCOMPLETE = "incomplete"
+    UNREADABLE = "unreadable"
+    UNAUDITED = "unaudited"
+
+
+SEVERITY_RANK: dict[str, int] = {s.value: len(Severity) - 1 - i for i, s in enumerate(Severity)}
+PASSAGE, PARAPHRASE = Severity.PASSAGE, Severity.PARAPHRASE
+# The guard, the CLI and the database take verdicts from here (the names below are kept for callers).
+CLEAN, CONTAMINATED, UNDECLARED = Verdict.CLEAN, Verdict.CONTAMINATED, Verdict.UNDECLARED
+INCOMPLETE, UNREADABLE, UNAUDITED = Verdict.INCOMPLETE, Verdict.UNREADABLE, Verdict.UNAUDITED
+VERDICTS = (CLEAN, CONTAMINATED, UNDECLARED, INCOMPLETE, UNREADABLE)  # what an audit can say
 UNREAD = (INCOMPLETE, UNREADABLE)
+# How bad a merge's worst input is, worst first: a merge inherits the first of these found in its inputs.
+VERDICT_ORDER = (CONTAMINATED, UNREADABLE, INCOMPLETE, UNDECLARED, CLEAN)
 # A dataset's read status: all of it, all but the bad rows the user chose to skip, or one of UNREAD.
 COMPLETE, SKIPPED = "complete", "skipped"
 SCHEMA_VERSION = 1
@@ -37,7 +68,7 @@ class Finding:
     item: int  # 0-based row index in the benchmark split
     item_id: str | None
     score: float  # containment of the item's informative n-grams in the example, 0..1
-    severity: str  # verbatim | partial | question_only | passage (source text only: never counted)
+    severity: str  # a Severity value (passage: source text only, never counted)
     inherited_from: str | None  # the ancestor whose dataset holds it, None for the model's own
     evidence: str  # the matched span of the training text
     subset: str | None = None
@@ -69,7 +100,7 @@ class ModelVerdict:
     """The verdict on one model (or, for `audit --dataset`, one dataset: kind == "dataset")."""
 
     model: str
-    verdict: str  # one of VERDICTS
+    verdict: str  # a Verdict value, one of VERDICTS
     # {ref, declared_by, inherited_from, source, status, examples, skipped, reasons}: status is complete,
     # skipped (bad rows skipped with --skip-bad-rows, `skipped` counts them), incomplete or unreadable
     datasets: list[dict[str, Any]] = field(default_factory=list)
@@ -103,6 +134,15 @@ class AuditReport:
     def unread(self) -> list[str]:
         """Models (or datasets) whose declared data could not be read completely: not auditable."""
         return [model.model for model in self.models if model.verdict in UNREAD]
+
+    def verdicts(self) -> dict[str, str]:
+        """Each audited model's verdict (`audit --dataset` verdicts, about datasets, left out)."""
+        return {model.model: model.verdict for model in self.models if model.kind == "model"}
+
+    def merged_verdict(self) -> Verdict:
+        """What a merge of the audited models is: as bad as its worst input (VERDICT_ORDER)."""
+        found = set(self.verdicts().values())
+        return next(verdict for verdict in VERDICT_ORDER if verdict in found or verdict == CLEAN)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -153,7 +193,7 @@ def worst(severities: list[str]) -> str | None:
 
 def rate_verdict(contaminated: int, items: int, severities: list[str], thresholds: dict[str, Any]) -> str:
     """contaminated when any verbatim finding (if so configured) or the rate reaches the threshold."""
-    if thresholds.get("fail_on_verbatim", True) and "verbatim" in severities:
+    if thresholds.get("fail_on_verbatim", True) and Severity.VERBATIM in severities:
         return CONTAMINATED
     if items and contaminated / items >= thresholds.get("rate", 0.01):
         return CONTAMINATED

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
+from mergeguard.auditor.report import Verdict
 from mergeguard.benchmarks.registry import REGISTRY, suite_names
 from mergeguard.db.records import canonical_ref, find_model
 from mergeguard.db.scores import averages, resolve_benchmarks
@@ -58,7 +59,8 @@ def contamination(db: Database, model_ids: Sequence[int]) -> dict[int, Contamina
             list(chunk),
         ).fetchall()
         for model_id, verdict, inherited_from in own:
-            out[model_id] = Contamination(verdict, inherited_from if verdict == "contaminated" else None)
+            via = inherited_from if verdict == Verdict.CONTAMINATED else None
+            out[model_id] = Contamination(verdict, via)
         tainted = db.execute(
             f"""
             WITH RECURSIVE anc(seed, id) AS (
@@ -77,10 +79,10 @@ def contamination(db: Database, model_ids: Sequence[int]) -> dict[int, Contamina
         ).fetchall()
         for seed, ancestor, _ in tainted:  # the ancestor contaminated by its own data comes first
             current = out.get(seed)
-            if current is None or current.verdict != "contaminated":
-                out[seed] = Contamination("contaminated", ancestor)
+            if current is None or current.verdict != Verdict.CONTAMINATED:
+                out[seed] = Contamination(Verdict.CONTAMINATED, ancestor)
     for model_id in ids:
-        out.setdefault(model_id, Contamination("unaudited"))
+        out.setdefault(model_id, Contamination(Verdict.UNAUDITED))
     return out
 
 
@@ -299,7 +301,7 @@ def _pick(
     if not benchmarks and (want is None or len(picked) < want):
         unscored = _unscored_merges(db, (want - len(picked)) if want else None)
         verdicts.update(contamination(db, unscored))
-        picked += [(i, None, 0) for i in unscored if not clean_only or verdicts[i].verdict == "clean"]
+        picked += [(i, None, 0) for i in unscored if not clean_only or verdicts[i].verdict == Verdict.CLEAN]
     return picked, verdicts
 
 
@@ -322,7 +324,7 @@ def _ranked_clean(
             break
         offset += len(batch)
         verdicts.update(contamination(db, [r[0] for r in batch]))
-        picked += [r for r in batch if not clean_only or verdicts[r[0]].verdict == "clean"]
+        picked += [r for r in batch if not clean_only or verdicts[r[0]].verdict == Verdict.CLEAN]
         if len(batch) < page:
             break
     return picked[:want] if want else picked
@@ -359,6 +361,23 @@ class LineageNode:
     scores: dict[str, float] = field(default_factory=dict)
     check: str | None = None  # the latest sanity check verdict: ok | degraded | broken
     probe: str | None = None  # the latest model-side probe (see LeaderboardRow.probe)
+    probe_gains: list[ProbeGain] = field(default_factory=list)  # vs each parent, per benchmark both probed
+
+
+@dataclass
+class ProbeGain:
+    """The model's latest probe effect on one benchmark against one parent's: a merge or fine-tune inherits
+    what its parents memorised, so a child flagged with `gain` near 0 or below shows a parent's signal, and
+    a clearly positive `gain` is memorisation the child added. Effects are each model's own test against
+    its own reference (mean controlled gain over its spread), so they compare across models."""
+
+    benchmark: str
+    parent: str
+    effect: float
+    parent_effect: float
+    gain: float  # effect - parent_effect
+    verdict: str
+    parent_verdict: str
 
 
 @dataclass
@@ -454,6 +473,7 @@ def lineage(
     into: dict[int, list[tuple[int, int, str, str | None, float | None]]] = {}
     for edge in edges_raw:
         into.setdefault(edge[0], []).append(edge)
+    gains = probe_gains(db, into, names)
     nodes = []
     for model_id in sorted(ids, key=lambda i: (depth[i], names[i][0])):
         own = scores[model_id]
@@ -477,6 +497,7 @@ def lineage(
                 scores={b: v[0] * 100 for b, v in own.items() if only is None or b in only},
                 check=checks.get(model_id),
                 probe=probes.get(model_id),
+                probe_gains=gains.get(model_id, []),
             )
         )
     edges = [
@@ -667,6 +688,46 @@ def latest_probes(db: Database, model_ids: Sequence[int]) -> dict[int, str]:
                         f"suspect: {', '.join(found[verdict])}" if verdict == "suspect" else verdict
                     )
                     break
+    return out
+
+
+def latest_probe_effects(db: Database, model_ids: Sequence[int]) -> dict[int, dict[str, tuple[str, float]]]:
+    """Per model and benchmark, the latest probe's (verdict, effect); probes without an effect (too few
+    items, no reference) are left out, since there is nothing to compare."""
+    out: dict[int, dict[str, tuple[str, float]]] = {}
+    for chunk in _chunks(list(dict.fromkeys(model_ids))):
+        rows = db.execute(
+            "SELECT model_id, benchmark, verdict, effect FROM probes WHERE id IN (SELECT max(id) FROM probes "
+            f"WHERE model_id IN ({_marks(chunk)}) GROUP BY model_id, benchmark) ORDER BY benchmark",
+            list(chunk),
+        ).fetchall()
+        for model_id, benchmark, verdict, effect in rows:
+            if effect is not None:
+                out.setdefault(int(model_id), {})[benchmark] = (verdict, float(effect))
+    return out
+
+
+def probe_gains(
+    db: Database,
+    into: dict[int, list[tuple[int, int, str, str | None, float | None]]],
+    names: dict[int, tuple[str, str]],
+) -> dict[int, list[ProbeGain]]:
+    """Per child (the keys of `into`, its incoming edges), its probe effect against each parent's on every
+    benchmark both were probed on: benchmark by benchmark, parents in edge order."""
+    effects = latest_probe_effects(db, [*into, *(e[1] for edges in into.values() for e in edges)])
+    out: dict[int, list[ProbeGain]] = {}
+    for child, edges in into.items():
+        mine = effects.get(child, {})
+        parents = list(dict.fromkeys(e[1] for e in edges))
+        for benchmark, (verdict, effect) in mine.items():
+            for parent in parents:
+                theirs = effects.get(parent, {}).get(benchmark)
+                if theirs is None:
+                    continue
+                gain = ProbeGain(
+                    benchmark, names[parent][0], effect, theirs[1], effect - theirs[1], verdict, theirs[0]
+                )
+                out.setdefault(child, []).append(gain)
     return out
 
 

@@ -16,7 +16,15 @@ from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
 
-from mergeguard.db.queries import HistoryEvent, Leaderboard, LineageEdge, LineageGraph, LineageNode
+from mergeguard.auditor.report import Verdict
+from mergeguard.db.queries import (
+    HistoryEvent,
+    Leaderboard,
+    LineageEdge,
+    LineageGraph,
+    LineageNode,
+    ProbeGain,
+)
 
 MISSING = "—"
 TABLE_FORMATS = ("table", "json", "csv", "markdown")
@@ -237,7 +245,21 @@ def _node_text(node: LineageNode) -> str:
         parts.append(f"check {node.check}")
     if node.probe:
         parts.append(f"probe {node.probe}")
+    parts += _gains_text(node.probe_gains)
     return " ".join(parts)
+
+
+def _gains_text(gains: list[ProbeGain]) -> list[str]:
+    """Per benchmark, `probe effect BENCH 1.20: +0.05 vs leaky, +1.10 vs clean`: the child's effect and its
+    gain over each probed parent (a merge that only inherits shows about 0 or less against the source)."""
+    by_bench: dict[str, list[ProbeGain]] = {}
+    for gain in gains:
+        by_bench.setdefault(gain.benchmark, []).append(gain)
+    return [
+        f"probe effect {bench} {rows[0].effect:.2f}: "
+        + ", ".join(f"{row.gain:+.2f} vs {row.parent}" for row in rows)
+        for bench, rows in by_bench.items()
+    ]
 
 
 def _tree(graph: LineageGraph) -> Tree:
@@ -252,7 +274,7 @@ def _tree(graph: LineageGraph) -> Tree:
 
     def style(node: LineageNode) -> str:
         text = escape(_node_text(node))
-        return f"[red]{text}[/]" if node.verdict == "contaminated" else text
+        return f"[red]{text}[/]" if node.verdict == Verdict.CONTAMINATED else text
 
     tree = Tree(f"[bold]{style(root)}[/]")
     shown = {root.model}
@@ -325,7 +347,7 @@ def lineage_mermaid(graph: LineageGraph) -> str:
     for edge in graph.edges:
         lines.append(f"    {ids[edge.parent]} -->|{mermaid_text(_edge_label(edge))}| {ids[edge.child]}")
     lines.append("    classDef contaminated fill:#fdd,stroke:#c00")
-    bad = [ids[n.model] for n in graph.nodes if n.verdict == "contaminated"]
+    bad = [ids[n.model] for n in graph.nodes if n.verdict == Verdict.CONTAMINATED]
     if bad:
         lines.append(f"    class {','.join(bad)} contaminated")
     return "\n".join(lines) + "\n"
@@ -336,7 +358,7 @@ def lineage_dot(graph: LineageGraph) -> str:
     ids = _ids(graph)
     lines = ["digraph lineage {", "  rankdir=TB;", "  node [shape=box];"]
     for node in graph.nodes:
-        extra = ', style=filled, fillcolor="#ffdddd"' if node.verdict == "contaminated" else ""
+        extra = ', style=filled, fillcolor="#ffdddd"' if node.verdict == Verdict.CONTAMINATED else ""
         bold = ", penwidth=2" if node.model == graph.root else ""
         lines.append(f'  {ids[node.model]} [label="{_quote(_node_text(node))}"{extra}{bold}];')
     for edge in graph.edges:

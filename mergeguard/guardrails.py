@@ -1,67 +1,118 @@
 """The guarded merge: audit every input before any weight is read, refuse contamination, record everything.
 
-This is the flow `mergeguard merge` runs (see the README's Architecture section):
+This is the flow `mergeguard merge` runs (see the README's Architecture section), one phase per function,
+each taking and returning plain data, in the order `_guarded_merge` calls them:
 
-    config ─► audit the inputs (or reuse a stored audit of the same inputs) ─► refuse if contaminated
-           ─► family check ─► merge ─► record the merge, its lineage and the verdict it inherits
+    validate ─► audit (or reuse a stored audit of the same inputs; probe) ─► decide (refuse, recorded)
+             ─► merge, with the family check running while it computes ─► record the merge and its verdict
 
 The auditor, the merge engine and the database stay unaware of each other; this module is the only place
-that knows all three.
+that knows all three. The caller's options are copied (`dataclasses.replace`), never changed.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from mergeguard import __version__
-from mergeguard.auditor.report import CLEAN, CONTAMINATED, INCOMPLETE, UNDECLARED, UNREAD, UNREADABLE
+from mergeguard.audit_reuse import audit_key
+from mergeguard.auditor.audit import audit_models
+from mergeguard.auditor.options import AuditOptions
+from mergeguard.auditor.probe import SUSPECT, probe_models
+from mergeguard.auditor.report import (
+    CONTAMINATED,
+    UNAUDITED,
+    AuditReport,
+    ModelVerdict,
+    Verdict,
+)
+from mergeguard.db.connection import open_db
+from mergeguard.db.queries import parents_of
+from mergeguard.db.records import (
+    record_audit,
+    record_merge,
+    record_probe,
+    record_refusal,
+    register_model,
+    reusable_audit,
+    set_merge_guard,
+)
 from mergeguard.errors import MergeguardError, RefusalError
+from mergeguard.merge.config import MergeConfig, config_models, load_config
+from mergeguard.merge.engine import preflight, run_merge
+from mergeguard.merge.family import FamilyReport, config_family_check
+from mergeguard.merge.numpy_stream import workers_help_early
+from mergeguard.merge.options import MergeOptions, MergeResult
+from mergeguard.merge.workers import WorkerPool
+from mergeguard.reports.card import contamination_section
+from mergeguard.reports.gather import inputs_report
 
-UNAUDITED = "unaudited"  # a merge's verdict under --no-audit (the auditor's verdicts are in auditor.report)
+if TYPE_CHECKING:
+    from mergeguard.auditor.probe import ProbeOptions, ProbeReport
+
+__all__ = [
+    "UNAUDITED",
+    "ContaminatedInputsError",
+    "GuardOptions",
+    "GuardedMerge",
+    "InputAudit",
+    "SuspectInputsError",
+    "UnreadableInputsError",
+    "audit_inputs",
+    "audit_key",
+    "card_section",
+    "guarded_merge",
+    "inherited_report",
+    "merged_verdict",
+    "probe_inputs",
+]
 
 
 @dataclass
 class GuardOptions:
     """What the guard checks and what the user chose to override."""
 
-    audit: Any = None  # mergeguard.auditor.AuditOptions; None: the defaults
+    audit: AuditOptions | None = None  # None: the defaults
     no_audit: bool = False
     allow_contaminated: bool = False
     allow_unrelated: bool = False
     db_path: Path | None = None
-    probe: Any = None  # auditor.probe.ProbeOptions (None: no probe), for the inputs `probe_scope` names
+    probe: ProbeOptions | None = None  # None: no probe, for the inputs `probe_scope` names
     probe_scope: str = "missing"  # "missing": inputs with no declared data (undeclared); "all": every input
     allow_suspect: bool = False
 
 
 @dataclass
 class InputAudit:
-    """The audit of a merge's inputs: the report as JSON, where it is stored, and whether it was reused."""
+    """The audit of a merge's inputs: the report, where it is stored, and whether it was reused. A report
+    given as its JSON (`AuditReport.to_json()`, as the database stores it) is read back into the class."""
 
-    report: dict[str, Any]
+    report: AuditReport
     audit_id: int | None
     reused: bool
 
+    def __post_init__(self) -> None:
+        if isinstance(self.report, dict):
+            self.report = AuditReport.from_json(self.report)
+
     def verdicts(self) -> dict[str, str]:
-        return {m["model"]: m["verdict"] for m in self.report.get("models", []) if m.get("kind") == "model"}
+        return self.report.verdicts()
 
     @property
     def contaminated(self) -> list[str]:
-        return [model for model, verdict in self.verdicts().items() if verdict == CONTAMINATED]
+        return [model for model, verdict in self.verdicts().items() if verdict == Verdict.CONTAMINATED]
 
     @property
     def undeclared(self) -> list[str]:
-        return [model for model, verdict in self.verdicts().items() if verdict == UNDECLARED]
+        return [model for model, verdict in self.verdicts().items() if verdict == Verdict.UNDECLARED]
 
     @property
     def unread(self) -> list[str]:
         """Inputs whose declared data could not be read completely: the audit cannot vouch for them."""
-        return [model for model, verdict in self.verdicts().items() if verdict in UNREAD]
+        return [model for model in self.report.unread if model in self.verdicts()]
 
 
 @dataclass
@@ -69,9 +120,9 @@ class GuardedMerge:
     """Everything a guarded merge did: the audit it passed, the family check, the merge, the records."""
 
     audit: InputAudit | None
-    family: Any  # mergeguard.merge.family.FamilyReport, or None when it could not run
-    result: Any  # mergeguard.merge.MergeResult
-    verdict: str  # the merged model's: clean | contaminated | undeclared | unaudited
+    family: FamilyReport | None  # None when it could not run
+    result: MergeResult
+    verdict: str  # the merged model's: clean | contaminated | undeclared | unaudited (a Verdict)
     merge_id: int
     model_id: int
     warnings: list[str] = field(default_factory=list)
@@ -103,19 +154,6 @@ class SuspectInputsError(RefusalError):
         )
 
 
-def probe_inputs(models: list[str], audit: InputAudit | None, guard: GuardOptions, db: Any) -> list[Any]:
-    """Run the model-side probe on the inputs `guard.probe_scope` names, record each report, return them."""
-    from mergeguard.auditor.probe import probe_models
-    from mergeguard.db import record_probe
-
-    undeclared = set(audit.undeclared) if audit is not None else set()
-    targets = [m for m in dict.fromkeys(models) if guard.probe_scope == "all" or m in undeclared]
-    reports = probe_models(targets, guard.probe) if targets else []
-    for report in reports:
-        record_probe(db, report.to_dict())
-    return reports
-
-
 class UnreadableInputsError(MergeguardError):
     """A merge refused because an input's declared data could not be read completely: the audit cannot
     say it is clean (fail closed). Exit status 2, as `audit` gives for the same inputs."""
@@ -133,138 +171,319 @@ class UnreadableInputsError(MergeguardError):
         )
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+# ---------------------------------------------------------------- what the phases hand on
 
 
-def _stat_tree(root: Path, limit: int = 5000) -> list[tuple[str, int, int]]:
-    """(relative path, size, mtime) of the files under `root`: cheap evidence that nothing changed."""
-    out = []
-    for path in sorted(root.rglob("*"))[:limit]:
-        if path.is_file():
-            stat = path.stat()
-            out.append((path.relative_to(root).as_posix(), stat.st_size, stat.st_mtime_ns))
-    return out
+@dataclass(frozen=True)
+class MergeRequest:
+    """`validate`'s output: the parsed config, its inputs, and copies of the options with defaults set."""
+
+    config: MergeConfig
+    models: list[str]
+    out_dir: Path
+    merge: MergeOptions
+    guard: GuardOptions
+    audit: AuditOptions
 
 
-def _dataset_state(ref: str, declared_by: Path | None) -> Any:
-    """What a dataset reference points at now: a file's hash, a folder's listing, or the bare hub id."""
-    for candidate in (Path(ref).expanduser(), (declared_by / ref) if declared_by else None):
-        if candidate is None or not candidate.exists():
-            continue
-        if candidate.is_file():
-            return ["file", str(candidate.resolve()), _sha256_file(candidate)]
-        return ["dir", str(candidate.resolve()), _stat_tree(candidate)]
-    return ["ref", ref]
+@dataclass(frozen=True)
+class Audited:
+    """`audit`'s output: the inputs' audit (None under --no-audit) and the probe reports (if asked)."""
+
+    inputs: InputAudit | None
+    probes: list[ProbeReport] = field(default_factory=list)
+    seconds: float = 0.0
 
 
-def _benchmark_state(audit_options: Any) -> Any:
-    """The benchmark data an audit would index: local files by listing, custom specs by content."""
-    from mergeguard.paths import benchmarks_dir
+@dataclass(frozen=True)
+class Decision:
+    """`decide`'s output: the verdict the merge will carry, or why it is refused (`refusal` set)."""
 
-    folder = benchmarks_dir(audit_options.benchmarks_dir)
-    state: dict[str, Any] = {
-        "names": audit_options.benchmarks,
-        "dir": [str(folder.resolve()), _stat_tree(folder)] if folder and folder.is_dir() else None,
-        "custom": [],
+    verdict: str
+    refusal: MergeguardError | None = None
+    reason: str = ""  # the refusal as `history` shows it
+
+
+@dataclass(frozen=True)
+class Checked:
+    """`check`'s output, run while the merge computes: the family check (None when it could not run) and
+    the database, opened meanwhile when no earlier phase needed it."""
+
+    family: FamilyReport | None
+    db: Any
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Merged:
+    """`merge`'s output: the written merge and what its concurrent check found."""
+
+    result: MergeResult
+    checked: Checked
+
+
+# ---------------------------------------------------------------- the guarded merge, phase by phase
+
+
+def guarded_merge(
+    config: str | Path | MergeConfig,
+    out_dir: str | Path,
+    merge_options: MergeOptions | None = None,
+    guard: GuardOptions | None = None,
+) -> GuardedMerge:
+    """Audit, check, merge and record `config` (a path, or a config `merge.load_config` parsed) into
+    `out_dir` (nothing written when refused). The options are read, never changed."""
+    with WorkerPool() as pool:  # started early (`validate`); stopped however the merge ends
+        return _guarded_merge(config, out_dir, merge_options, guard, pool)
+
+
+def _guarded_merge(
+    config: str | Path | MergeConfig,
+    out_dir: str | Path,
+    merge_options: MergeOptions | None,
+    guard: GuardOptions | None,
+    pool: WorkerPool,
+) -> GuardedMerge:
+    """The phases in order; each takes and returns plain data."""
+    started = time.perf_counter()
+    request = validate(config, out_dir, merge_options, guard, pool)
+    db = _open_early(request)
+    audited = audit(request, db, started)
+    decision = decide(request, audited)
+    if decision.refusal is not None:
+        refuse(db, request, decision, audited)
+    merged = merge(request, decision, audited, db, pool)
+    return record(request, decision, audited, merged, started)
+
+
+def validate(
+    config: str | Path | MergeConfig,
+    out_dir: str | Path,
+    merge_options: MergeOptions | None,
+    guard: GuardOptions | None,
+    pool: WorkerPool,
+) -> MergeRequest:
+    """The config parsed (unless the caller did) and the output checked before anything slow (preflight:
+    the output folder, --strict, the device); the merge's workers start meanwhile."""
+    options = merge_options or MergeOptions()
+    guard = guard or GuardOptions()
+    if not isinstance(config, MergeConfig):
+        config = load_config(config, allow_unknown_keys=options.allow_unknown_keys)
+    preflight(config, out_dir, options)  # the one --strict check
+    if options.backend != "torch" and workers_help_early(config, options.device):
+        pool.start()  # the workers start while the database opens
+    audit_options = guard.audit or AuditOptions()
+    return MergeRequest(
+        config=config,
+        models=config_models(config),
+        out_dir=Path(out_dir),
+        merge=options,
+        guard=replace(guard, audit=audit_options),
+        audit=audit_options,
+    )
+
+
+def _open_early(request: MergeRequest) -> Any:
+    """The database, when the audit or the probe needs it; else None (it opens while the merge runs)."""
+    needed = not request.guard.no_audit or request.guard.probe is not None
+    return open_db(request.guard.db_path) if needed else None
+
+
+def audit(request: MergeRequest, db: Any, started: float) -> Audited:
+    """The inputs' audit (reused when stored for the same inputs); then, unless the audit alone refuses
+    the merge, the model-side probe of the inputs `probe_scope` names."""
+    if request.guard.no_audit:
+        inputs, seconds = None, 0.0
+    else:
+        inputs = audit_inputs(request.models, request.audit, db)
+        seconds = time.perf_counter() - started
+    probes: list[ProbeReport] = []
+    if request.guard.probe is not None and _audit_refusal(request.guard, inputs) is None:
+        probes = probe_inputs(request.models, inputs, request.guard, db)
+    return Audited(inputs, probes, seconds)
+
+
+def decide(request: MergeRequest, audited: Audited) -> Decision:
+    """Refuse a contaminated input (unless allowed), unread data, or a suspect one (unless allowed); else
+    the verdict the merge inherits from its worst input."""
+    refusal = _audit_refusal(request.guard, audited.inputs)
+    if refusal is not None:
+        return refusal
+    suspects = {
+        r.model: [b.benchmark for b in r.benchmarks if b.verdict == SUSPECT]
+        for r in audited.probes
+        if r.verdict == SUSPECT
     }
-    for spec in audit_options.custom_specs or []:
-        spec = Path(spec)
-        state["custom"].append(
-            [str(spec.resolve()), _sha256_file(spec), _stat_tree(spec.parent)]
-            if spec.is_file()
-            else str(spec)
-        )
-    return state
+    if suspects and not request.guard.allow_suspect:
+        reason = f"probe suspect {_names(suspects)}"
+        return Decision(merged_verdict(audited.inputs), SuspectInputsError(suspects), reason)
+    return Decision(merged_verdict(audited.inputs))
 
 
-def audit_key(models: list[str], audit_options: Any) -> str:
-    """A hash of everything an audit of `models` reads: each model's weights fingerprint and card, every
-    dataset in its lineage, the benchmark data and the thresholds. Equal keys, equal audits."""
-    from mergeguard.auditor import resolve_lineage
-    from mergeguard.db.fingerprint import weights_info
-
-    parts: list[Any] = [__version__, audit_options.thresholds, audit_options.text_field]
-    if audit_options.only_text_field:
-        parts.append(audit_options.only_text_field)
-    parts.append(_benchmark_state(audit_options))
-    for ref in models:
-        lineage = resolve_lineage(ref, audit_options.dataset_overrides)
-        folder = lineage.folder
-        info = weights_info(folder) if folder is not None else None
-        card = folder / "README.md" if folder is not None else None
-        parts.append(
-            [
-                ref,
-                info.fingerprint if info else None,
-                _sha256_file(card) if card is not None and card.is_file() else None,
-                lineage.ancestors,
-                [[d.ref, d.declared_by, _dataset_state(d.ref, folder)] for d in lineage.datasets],
-            ]
-        )
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+def _audit_refusal(guard: GuardOptions, inputs: InputAudit | None) -> Decision | None:
+    """The audit's own refusal: a contaminated input (unless --allow-contaminated), or data not read
+    completely (no override but --skip-bad-rows, which the audit itself records)."""
+    if inputs is None:
+        return None
+    verdict = merged_verdict(inputs)
+    if inputs.contaminated and not guard.allow_contaminated:
+        reason = f"contaminated {_names(inputs.contaminated)}"
+        return Decision(verdict, ContaminatedInputsError(inputs), reason)
+    if inputs.unread:
+        return Decision(verdict, UnreadableInputsError(inputs), f"unreadable data in {_names(inputs.unread)}")
+    return None
 
 
-def audit_inputs(config_path: Path, models: list[str], options: GuardOptions, db: Any) -> InputAudit:
+def refuse(db: Any, request: MergeRequest, decision: Decision, audited: Audited) -> NoReturn:
+    """Record the refused merge (status 'refused', so `history` shows the guard's decision) with its inputs'
+    lineage (shown in `lineage` and `report`), then raise the refusal."""
+    assert decision.refusal is not None
+    _register_inputs(db, request.models)
+    record_refusal(
+        db,
+        output=request.out_dir,
+        config_text=request.config.text,
+        method=request.config.merge_method,
+        inputs=[ref.split("+", 1)[0] for ref in request.models],
+        reason=decision.reason,
+        audit_id=audited.inputs.audit_id if audited.inputs else None,
+        tool_version=__version__,
+    )
+    raise decision.refusal
+
+
+def merge(request: MergeRequest, decision: Decision, audited: Audited, db: Any, pool: WorkerPool) -> Merged:
+    """run_merge on copies of the options that add the card's contamination section and datasets; the
+    family check (`check`) runs once the merge's work is under way, overlapping its compute, and raising
+    there stops the merge before anything is written. The caller's own `on_started` still runs."""
+    found: list[Checked] = []
+    callers_hook = request.merge.on_started
+
+    def while_merging() -> None:
+        found.append(check(request, db))
+        if callers_hook is not None:
+            callers_hook()
+
+    options = replace(
+        request.merge,
+        on_started=while_merging,
+        card_section=card_section(decision.verdict, audited.inputs),
+        card_datasets=_lineage_datasets(audited.inputs),
+    )
+    result = run_merge(request.config, request.out_dir, options, pool=pool)
+    return Merged(result, found[0] if found else check(request, db))
+
+
+def check(request: MergeRequest, db: Any) -> Checked:
+    """The family check of the inputs (unrelated ones refuse the merge unless --allow-unrelated), and the
+    database opened if no earlier phase did."""
+    family_started = time.perf_counter()
+    try:
+        family = config_family_check(request.config, local_files_only=request.merge.local_files_only)
+    except MergeguardError:
+        family = None  # an unreadable input: the engine reports it with its own message
+    if family is not None and not family.related and not request.guard.allow_unrelated:
+        family.raise_if_unrelated()
+    seconds = time.perf_counter() - family_started
+    return Checked(family, db if db is not None else open_db(request.guard.db_path), seconds)
+
+
+def record(
+    request: MergeRequest, decision: Decision, audited: Audited, merged: Merged, started: float
+) -> GuardedMerge:
+    """The written merge in the database: its lineage, the audit it inherits and the guard's decisions."""
+    db, result, inputs = merged.checked.db, merged.result, audited.inputs
+    _register_inputs(db, request.models)  # after the merge: reading the cards would delay its start
+    timings = {"audit": audited.seconds} if inputs is not None else {}
+    timings |= {"family_check": merged.checked.seconds, "merge": result.seconds}
+    output = str(result.out_dir)
+    entry = record_merge(
+        db,
+        output=output,
+        config_text=request.config.text,
+        method=result.method,
+        parents=_parents(request.config, result),
+        seed=request.merge.random_seed,
+        seconds=time.perf_counter() - started,
+        timings=timings,
+        tool_version=__version__,
+    )
+    if inputs is not None:
+        record_audit(db, inherited_report(output, inputs), tool_version=__version__)
+    guard = _guard_record(request, decision, audited, merged)
+    set_merge_guard(db, entry.merge_id, inputs.audit_id if inputs else None, guard)
+    warnings = list(result.warnings)
+    if inputs is not None and inputs.undeclared:
+        names = ", ".join(inputs.undeclared)
+        warnings.append(f"undeclared training data in {names}: the merge is `undeclared` too")
+    family = merged.checked.family
+    return GuardedMerge(inputs, family, result, decision.verdict, entry.merge_id, entry.model_id, warnings)
+
+
+def _guard_record(
+    request: MergeRequest, decision: Decision, audited: Audited, merged: Merged
+) -> dict[str, Any]:
+    """The guard's decisions as the database keeps them beside the merge."""
+    family = merged.checked.family
+    return {
+        "audited": audited.inputs is not None,
+        "reused_audit": bool(audited.inputs and audited.inputs.reused),
+        "verdict": decision.verdict,
+        "allow_contaminated": request.guard.allow_contaminated,
+        "allow_unrelated": request.guard.allow_unrelated,
+        "family": family.to_dict() if family is not None else None,
+    }
+
+
+# ---------------------------------------------------------------- the pieces the phases use (public ones too)
+
+
+def audit_inputs(models: list[str], audit_options: AuditOptions, db: Any) -> InputAudit:
     """Audit the merge's inputs, or hand back the stored audit of exactly the same inputs."""
-    from mergeguard.auditor import audit_config
-    from mergeguard.db import record_audit, reusable_audit
-
-    key = audit_key(models, options.audit)
+    key = audit_key(models, audit_options)
     stored = reusable_audit(db, key)
     if stored is not None:
-        return InputAudit(report=stored[1], audit_id=stored[0], reused=True)
-    report = audit_config(config_path, options.audit).to_json()
+        return InputAudit(report=AuditReport.from_json(stored[1]), audit_id=stored[0], reused=True)
+    report = audit_models(models, audit_options)
     audit_id = record_audit(db, report, tool_version=__version__, input_key=key)
     return InputAudit(report=report, audit_id=audit_id, reused=False)
 
 
+def probe_inputs(
+    models: list[str], audit: InputAudit | None, guard: GuardOptions, db: Any
+) -> list[ProbeReport]:
+    """Run the model-side probe on the inputs `guard.probe_scope` names, record each report, return them."""
+    undeclared = set(audit.undeclared) if audit is not None else set()
+    targets = [m for m in dict.fromkeys(models) if guard.probe_scope == "all" or m in undeclared]
+    reports = probe_models(targets, guard.probe) if targets else []
+    for report in reports:
+        record_probe(db, report.to_dict())
+    return reports
+
+
 def merged_verdict(audit: InputAudit | None) -> str:
     """A merge is as bad as its worst input: contaminated, then unreadable or incomplete data, then
-    undeclared, else clean."""
-    if audit is None:
-        return UNAUDITED
-    found = set(audit.verdicts().values())
-    return next((v for v in (CONTAMINATED, UNREADABLE, INCOMPLETE, UNDECLARED) if v in found), CLEAN)
+    undeclared, else clean (`unaudited` without an audit)."""
+    return UNAUDITED if audit is None else audit.report.merged_verdict()
 
 
-def inherited_report(output: str, audit: InputAudit) -> dict[str, Any]:
+def inherited_report(output: str, audit: InputAudit) -> AuditReport:
     """The audit report of the merged model: its inputs' findings, each marked with the input it came
     through, and the verdict it inherits. Recorded so the merge is marked in the database too."""
-    findings = []
-    for finding in audit.report.get("findings", []):
-        if finding.get("model") is None:
-            continue
-        copy = dict(finding)
-        copy["inherited_from"] = finding.get("inherited_from") or finding["model"]
-        copy["model"] = output
-        findings.append(copy)
-    datasets = []
-    for entry in audit.report.get("models", []):
-        for dataset in entry.get("datasets", []):
-            datasets.append({**dataset, "inherited_from": dataset.get("inherited_from") or entry["model"]})
+    findings = [
+        replace(finding, model=output, inherited_from=finding.inherited_from or finding.model)
+        for finding in audit.report.findings
+        if finding.model is not None
+    ]
+    datasets = [
+        {**dataset, "inherited_from": dataset.get("inherited_from") or entry.model}
+        for entry in audit.report.models
+        for dataset in entry.datasets
+    ]
     verdict = merged_verdict(audit)
     sources = audit.contaminated if verdict == CONTAMINATED else audit.undeclared
-    return {
-        **{k: v for k, v in audit.report.items() if k not in ("findings", "models")},
-        "contaminated": verdict == CONTAMINATED,
-        "findings": findings,
-        "models": [
-            {
-                "model": output,
-                "verdict": verdict,
-                "datasets": datasets,
-                "rates": [],
-                "inherited_from": sources,
-                "kind": "model",
-                "problems": [],
-            }
-        ],
-    }
+    merged = ModelVerdict(model=output, verdict=verdict, datasets=datasets, inherited_from=sources)
+    return replace(audit.report, findings=findings, models=[merged])
 
 
 def card_section(verdict: str, audit: InputAudit | None) -> str:
@@ -272,22 +491,38 @@ def card_section(verdict: str, audit: InputAudit | None) -> str:
     what only the merge knows: undeclared data and rows skipped under --skip-bad-rows."""
     if audit is None:
         return "## Contamination\n\nNot audited (merged with `--no-audit`).\n"
-    from mergeguard.reports.card import contamination_section
-    from mergeguard.reports.gather import inputs_report
-
     notes = []
     if audit.undeclared:
         notes.append(f"Undeclared training data (not auditable): {', '.join(audit.undeclared)}.")
     skipped = {
-        d["ref"]: d["skipped"]
-        for entry in audit.report.get("models", [])
-        for d in entry.get("datasets", [])
-        if d.get("skipped")
+        d["ref"]: d["skipped"] for entry in audit.report.models for d in entry.datasets if d.get("skipped")
     }
     if skipped:  # the audit saw only the readable rows: say so where the verdict is read
         counts = ", ".join(f"{ref} ({n} skipped)" for ref, n in skipped.items())
         notes.append(f"Audited with `--skip-bad-rows`: unreadable rows or files were skipped in {counts}.")
-    return contamination_section(inputs_report(audit.report, verdict), notes)
+    return contamination_section(inputs_report(audit.report.to_json(), verdict), notes)
+
+
+def _lineage_datasets(audit: InputAudit | None) -> list[str]:
+    """Every dataset the inputs declared or inherited, for the merged model card's `datasets:`."""
+    refs = [d.get("ref") for entry in (audit.report.models if audit else []) for d in entry.datasets]
+    return list(dict.fromkeys(ref for ref in refs if ref))
+
+
+def _names(refs: Any) -> str:
+    """Models as a refusal reason names them: folder names for local paths."""
+    return ", ".join(Path(n).name or n for n in refs)
+
+
+def _register_inputs(db: Any, models: list[str]) -> None:
+    """Record each input with the parents and datasets its card names, so `lineage` shows where the
+    inputs came from (fine-tune edges), not only the merge that used them."""
+    for ref in models:
+        try:
+            if not parents_of(db, ref.split("+", 1)[0]):  # a recorded merge already has its edges
+                register_model(db, ref.split("+", 1)[0])
+        except MergeguardError:
+            continue  # an input the database cannot describe still merges; the engine checks it
 
 
 def _scalar(value: Any) -> float | None:
@@ -303,7 +538,7 @@ def _scalar(value: Any) -> float | None:
     return None
 
 
-def _parents(config: Any, result: Any) -> list[tuple[str, str, float | None]]:
+def _parents(config: MergeConfig, result: MergeResult) -> list[tuple[str, str, float | None]]:
     parents = []
     for ref, params in result.parents.items():
         relation = "base" if ref == config.base_model else "merge"
@@ -314,258 +549,3 @@ def _parents(config: Any, result: Any) -> list[tuple[str, str, float | None]]:
                 break
         parents.append((ref.split("+", 1)[0], relation, weight))
     return parents
-
-
-def guarded_merge(
-    config_path: str | Path, out_dir: str | Path, merge_options: Any = None, guard: GuardOptions | None = None
-) -> GuardedMerge:
-    """Audit, check, merge and record `config_path` into `out_dir` (nothing written when refused)."""
-    from mergeguard.merge.numpy_stream import release_workers
-
-    try:
-        return _guarded_merge(config_path, out_dir, merge_options, guard)
-    finally:
-        release_workers()  # started early for a merge that was refused or failed before using them
-
-
-def _guarded_merge(
-    config_path: str | Path, out_dir: str | Path, merge_options: Any, guard: GuardOptions | None
-) -> GuardedMerge:
-    from mergeguard.auditor import AuditOptions
-    from mergeguard.merge import MergeOptions
-
-    guard = guard or GuardOptions()
-    guard.audit = guard.audit or AuditOptions()
-    merge_options = merge_options or MergeOptions()
-    config_path = Path(config_path)
-    started = time.perf_counter()
-    config, models, db = _prepare(config_path, out_dir, merge_options, guard)
-    timings: dict[str, float] = {}
-    audit = None
-    if not guard.no_audit:
-        audit = _audit_or_refuse(config_path, config, out_dir, models, guard, db)
-        timings["audit"] = time.perf_counter() - started
-    if guard.probe is not None:
-        if db is None:
-            from mergeguard.db import open_db
-
-            db = open_db(guard.db_path)
-        _probe_or_refuse(config, out_dir, models, audit, guard, db)
-    verdict = merged_verdict(audit)
-    result, family, db = _merge_checking_family(
-        config, out_dir, merge_options, guard, db, verdict, audit, timings
-    )
-    timings["merge"] = result.seconds
-    _register_inputs(db, models)  # after the merge: reading the cards would delay its start
-    record = _record_merge(db, config, result, merge_options, guard, audit, verdict, family, started, timings)
-    warnings = list(result.warnings)
-    if audit is not None and audit.undeclared:
-        warnings.append(
-            f"undeclared training data in {', '.join(audit.undeclared)}: the merge is `undeclared` too"
-        )
-    return GuardedMerge(audit, family, result, verdict, record.merge_id, record.model_id, warnings)
-
-
-def _prepare(config_path: Path, out_dir: str | Path, merge_options: Any, guard: GuardOptions) -> tuple:
-    """The config validated and the output checked before anything slow; the merge's workers start and the
-    database opens meanwhile (not under --no-audit: then it opens while the merge runs)."""
-    from mergeguard.merge import config_models, load_config
-    from mergeguard.merge.engine import preflight
-    from mergeguard.merge.numpy_stream import prestart_workers
-
-    config = load_config(
-        config_path, strict=merge_options.strict, allow_unknown_keys=merge_options.allow_unknown_keys
-    )
-    preflight(config, out_dir, merge_options)
-    if merge_options.backend != "torch":
-        prestart_workers(config, merge_options.device)  # they start while the database opens
-    db = None
-    if not guard.no_audit:  # else the database code is imported and opened while the merge runs
-        from mergeguard.db import open_db
-
-        db = open_db(guard.db_path)
-    return config, config_models(config), db
-
-
-def _audit_or_refuse(
-    config_path: Path, config: Any, out_dir: str | Path, models: list[str], guard: GuardOptions, db: Any
-) -> InputAudit:
-    """The inputs' audit; a contaminated input (unless allowed) or unread data refuses the merge, recorded."""
-    audit = audit_inputs(config_path, models, guard, db)
-    refusal: MergeguardError | None = None
-    if audit.contaminated and not guard.allow_contaminated:
-        refusal = ContaminatedInputsError(audit)
-    elif audit.unread:  # no override but --skip-bad-rows, which the audit itself records
-        refusal = UnreadableInputsError(audit)
-    if refusal is not None:
-        names = audit.contaminated or audit.unread
-        why = "contaminated" if audit.contaminated else "unreadable data in"
-        _refuse(db, config, out_dir, models, f"{why} {_names(names)}", refusal, audit.audit_id)
-    return audit
-
-
-def _probe_or_refuse(
-    config: Any,
-    out_dir: str | Path,
-    models: list[str],
-    audit: InputAudit | None,
-    guard: GuardOptions,
-    db: Any,
-) -> None:
-    """The model-side probe of the inputs `guard.probe_scope` names; a suspect one refuses the merge unless
-    --allow-suspect."""
-    suspects = {
-        r.model: [b.benchmark for b in r.benchmarks if b.verdict == "suspect"]
-        for r in probe_inputs(models, audit, guard, db)
-        if r.verdict == "suspect"
-    }
-    if suspects and not guard.allow_suspect:
-        _refuse(
-            db, config, out_dir, models, f"probe suspect {_names(suspects)}", SuspectInputsError(suspects)
-        )
-
-
-def _merge_checking_family(
-    config: Any,
-    out_dir: str | Path,
-    merge_options: Any,
-    guard: GuardOptions,
-    db: Any,
-    verdict: str,
-    audit: InputAudit | None,
-    timings: dict[str, float],
-) -> tuple[Any, Any, Any]:
-    """run_merge, with the family check and the database open overlapping its compute: (result, family
-    report, database). The caller's `on_started` hook still runs and is restored afterwards."""
-    from mergeguard.merge import run_merge
-    from mergeguard.merge.family import config_family_check
-
-    checked: dict[str, Any] = {}
-
-    def while_merging() -> None:
-        """The family check and the database open, overlapping the merge's compute; raising refuses it
-        (the merge stops and nothing is written)."""
-        family_started = time.perf_counter()
-        try:
-            family = config_family_check(config, local_files_only=merge_options.local_files_only)
-        except MergeguardError:
-            family = None  # an unreadable input: the engine reports it with its own message
-        if family is not None and not family.related and not guard.allow_unrelated:
-            family.raise_if_unrelated()
-        checked["family"] = family
-        timings["family_check"] = time.perf_counter() - family_started
-        from mergeguard.db import open_db, parents_of, record_merge  # noqa: F401  (what the end needs)
-
-        checked["db"] = db or open_db(guard.db_path)
-        if callers_hook is not None:
-            callers_hook()
-
-    callers_hook = merge_options.on_started
-    merge_options.on_started = while_merging
-    merge_options.card_section = card_section(verdict, audit)
-    merge_options.card_datasets = _lineage_datasets(audit)
-    try:
-        result = run_merge(config, out_dir, merge_options)
-    finally:
-        merge_options.on_started = callers_hook
-    return result, checked["family"], checked["db"]
-
-
-def _record_merge(
-    db: Any,
-    config: Any,
-    result: Any,
-    merge_options: Any,
-    guard: GuardOptions,
-    audit: InputAudit | None,
-    verdict: str,
-    family: Any,
-    started: float,
-    timings: dict[str, float],
-) -> Any:
-    """The written merge in the database: its lineage, the audit it inherits and the guard's decisions."""
-    from mergeguard.db import record_audit, record_merge, set_merge_guard
-
-    output = str(result.out_dir)
-    record = record_merge(
-        db,
-        output=output,
-        config_text=config.text,
-        method=result.method,
-        parents=_parents(config, result),
-        seed=merge_options.random_seed,
-        seconds=time.perf_counter() - started,
-        timings=timings,
-        tool_version=__version__,
-    )
-    if audit is not None:
-        record_audit(db, inherited_report(output, audit), tool_version=__version__)
-    set_merge_guard(
-        db,
-        record.merge_id,
-        audit.audit_id if audit else None,
-        {
-            "audited": audit is not None,
-            "reused_audit": bool(audit and audit.reused),
-            "verdict": verdict,
-            "allow_contaminated": guard.allow_contaminated,
-            "allow_unrelated": guard.allow_unrelated,
-            "family": family.to_dict() if family is not None else None,
-        },
-    )
-    return record
-
-
-def _names(refs: Any) -> str:
-    """Models as a refusal reason names them: folder names for local paths."""
-    return ", ".join(Path(n).name or n for n in refs)
-
-
-def _refuse(
-    db: Any,
-    config: Any,
-    out_dir: str | Path,
-    models: list[str],
-    reason: str,
-    error: MergeguardError,
-    audit_id: int | None = None,
-) -> None:
-    """Record the refused merge (status 'refused', so `history` shows the guard's decision) with its inputs'
-    lineage (shown in `lineage` and `report`), then raise `error`."""
-    from mergeguard.db.records import record_refusal
-
-    _register_inputs(db, models)
-    record_refusal(
-        db,
-        output=out_dir,
-        config_text=config.text,
-        method=getattr(config, "merge_method", None),
-        inputs=[ref.split("+", 1)[0] for ref in models],
-        reason=reason,
-        audit_id=audit_id,
-        tool_version=__version__,
-    )
-    raise error
-
-
-def _register_inputs(db: Any, models: list[str]) -> None:
-    """Record each input with the parents and datasets its card names, so `lineage` shows where the
-    inputs came from (fine-tune edges), not only the merge that used them."""
-    from mergeguard.db import parents_of, register_model
-
-    for ref in models:
-        try:
-            if not parents_of(db, ref.split("+", 1)[0]):  # a recorded merge already has its edges
-                register_model(db, ref.split("+", 1)[0])
-        except MergeguardError:
-            continue  # an input the database cannot describe still merges; the engine checks it
-
-
-def _lineage_datasets(audit: InputAudit | None) -> list[str]:
-    """Every dataset the inputs declared or inherited, for the merged model card's `datasets:`."""
-    out: list[str] = []
-    for entry in audit.report.get("models", []) if audit else []:
-        for dataset in entry.get("datasets", []):
-            if dataset.get("ref") and dataset["ref"] not in out:
-                out.append(dataset["ref"])
-    return out

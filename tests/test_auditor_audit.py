@@ -234,3 +234,15 @@ def test_cli_model_with_dataset_override(
     config = tmp_path / "merge.yml"
     config.write_text(f"merge_method: linear\nmodels:\n  - model: {model}\n    parameters: {{weight: 1.0}}\n")
     assert main(["audit", str(config), *common, "--dataset", f"{model}={contaminated}"]) == 1
+
+
+def test_verdicts_and_severities_are_str_enums_with_the_stored_strings() -> None:
+    """One definition each (auditor.report); str values: JSON, the database and the CLI keep the strings."""
+    from mergeguard.auditor.report import SEVERITY_RANK, VERDICTS, Severity, Verdict, worst
+
+    assert [s.value for s in Severity] == ["verbatim", "partial", "question_only", "paraphrase", "passage"]
+    assert SEVERITY_RANK == {"verbatim": 4, "partial": 3, "question_only": 2, "paraphrase": 1, "passage": 0}
+    assert Severity.PARTIAL.rank == 3 and worst(["partial", "verbatim", "passage"]) == "verbatim"
+    assert {*VERDICTS, "unaudited"} == {v.value for v in Verdict}
+    assert json.dumps({"v": Verdict.CONTAMINATED}) == '{"v": "contaminated"}'
+    assert f"{Verdict.CLEAN}" == "clean" and Verdict("undeclared") is Verdict.UNDECLARED

@@ -349,3 +349,92 @@ def test_no_option_name_is_given_twice(command: list[str]) -> None:
         group = group.commands[name]  # type: ignore[attr-defined]
     names = Counter(o for param in group.params for o in [*param.opts, *param.secondary_opts])
     assert [name for name, count in names.items() if count > 1] == []
+
+
+# ---------------------------------------------------------------- the shared options, on every command
+
+# Commands whose output is a document, a file or a server, not rows: `--format table|json|...` has no
+# meaning there (`report --format` chooses html or markdown).
+NOT_TABULAR = {"card", "demo", "report", "serve"}
+# lm-eval's spelling keeps `-b` for --batch_size on `eval`: its benchmarks are `--tasks/-t/--benchmark`.
+SHORT_B_ELSEWHERE = {"eval"}
+
+
+def _params(command: list[str]) -> list[object]:
+    import typer
+
+    from mergeguard.cli import app
+
+    group = typer.main.get_command(app)
+    for name in command:
+        group = group.commands[name]  # type: ignore[attr-defined]
+    return list(group.params)  # type: ignore[attr-defined]
+
+
+def _names(param: object) -> set[str]:
+    return {*param.opts, *param.secondary_opts}  # type: ignore[attr-defined]
+
+
+def shared_option_gaps(name: str, params: list[object]) -> list[str]:
+    """#17's rule, one option name per idea: `-q/--quiet` everywhere, `--format` with its `--json` alias
+    wherever the output is rows, `--benchmark` (with `-b`) taking repeats (and commas: `split_names`)."""
+    names = set().union(*(_names(p) for p in params))
+    gaps = [] if {"-q", "--quiet"} <= names else ["-q/--quiet"]
+    if name not in NOT_TABULAR and not {"--format", "--json"} <= names:
+        gaps.append("--format/--json")
+    for param in (p for p in params if "--benchmark" in _names(p)):
+        if not param.multiple or (name not in SHORT_B_ELSEWHERE and "-b" not in _names(param)):  # type: ignore[attr-defined]
+            gaps.append("-b/--benchmark (repeatable)")
+    return gaps
+
+
+@pytest.mark.parametrize("command", _commands(), ids=" ".join)
+def test_every_command_takes_the_shared_options(command: list[str]) -> None:
+    assert shared_option_gaps(" ".join(command), _params(command)) == []
+
+
+def test_the_rule_sees_a_missing_shared_option() -> None:
+    """A command declared without `-q`, and with a single-valued `--benchmark`, breaks the rule."""
+    import typer
+
+    from mergeguard.cli.app import JSON_ALIAS, format_option
+
+    bare = typer.Typer()
+
+    @bare.command("bare")
+    def bare_command(
+        fmt: str = format_option(),
+        as_json: bool = JSON_ALIAS,
+        benchmark: str = typer.Option("", "--benchmark", "-b"),
+    ) -> None:
+        """Example: mergeguard bare"""
+
+    params = list(typer.main.get_command(bare).params)
+    assert shared_option_gaps("bare", params) == ["-q/--quiet", "-b/--benchmark (repeatable)"]
+
+
+@pytest.mark.parametrize("command", _commands(), ids=" ".join)
+def test_every_command_help_documents_its_exit_status(command: list[str]) -> None:
+    from typer.testing import CliRunner
+
+    from mergeguard.cli import app
+
+    result = CliRunner().invoke(app, [*command, "--help"], terminal_width=200)
+    assert result.exit_code == 0 and "Exit status: 0 " in result.output
+
+
+def test_probe_formats_and_benchmarks(family, tmp_path, capsys) -> None:
+    """`probe`: `--format csv|markdown|json` (`--json` its alias), `-b` with commas, `-q`; a probe without
+    its reference model is inconclusive (exit 2), in every format."""
+    args = ["probe", str(family["a"]), "-b", "demo_quiz,demo_quiz", "--benchmark-spec", str(family["spec"])]
+    args += ["--reference", str(family["base"]), "--limit", "4", "-q"]
+    assert main([*args, "--format", "csv"]) == 2
+    out, err = capsys.readouterr()
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert [(r["benchmark"], r["verdict"], r["items"]) for r in rows] == [("demo_quiz", "inconclusive", "4")]
+    assert err.startswith("error: probe inconclusive (") and err.count("\n") == 1
+    assert main([*args, "--json"]) == 2
+    document = _json(capsys)
+    assert document["suspect"] is False and document["models"][0]["benchmarks"][0]["benchmark"] == "demo_quiz"
+    assert main([*args, "--format", "markdown"]) == 2
+    assert capsys.readouterr().out.startswith("| model | benchmark | items | verdict |")

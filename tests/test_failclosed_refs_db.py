@@ -95,7 +95,8 @@ def _run_in_terminal(
     else:
         os.kill(pid, 9)
     _, status = os.waitpid(pid, 0)
-    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", output.decode(errors="replace"))
+    text = output.decode(errors="replace").replace("\x1b[2K", "\n")  # a transient bar erased: a new line
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
     return os.waitstatus_to_exitcode(status), text
 
 

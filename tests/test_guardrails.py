@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -108,17 +109,23 @@ def test_undeclared_input_makes_an_undeclared_merge(family, tmp_path, capsys) ->
 
 def test_clean_merge_reuses_the_stored_audit(family, tmp_path) -> None:
     from mergeguard.auditor import AuditOptions
+    from mergeguard.auditor.report import Verdict
     from mergeguard.guardrails import GuardOptions, guarded_merge
-    from mergeguard.merge import MergeOptions
+    from mergeguard.merge import MergeOptions, load_config
 
     options = AuditOptions(
         benchmarks=["demo_quiz"], custom_specs=[family["spec"]], cache_dir=tmp_path / "cache"
     )
     guard = GuardOptions(audit=options, db_path=tmp_path / "mg.db")
     config = merge_config(tmp_path / "c.yml", family["base"], [family["a"], family["b"]])
-    first = guarded_merge(config, tmp_path / "m1", MergeOptions(quiet=True), guard)
-    second = guarded_merge(config, tmp_path / "m2", MergeOptions(quiet=True), guard)
+    merge_options = MergeOptions(quiet=True)
+    before = copy.deepcopy((guard, merge_options))
+    first = guarded_merge(config, tmp_path / "m1", merge_options, guard)
+    assert (guard, merge_options) == before  # the caller's options are read, never changed
+    parsed = load_config(config)  # a caller that parsed the config passes it on (parsed once)
+    second = guarded_merge(parsed, tmp_path / "m2", MergeOptions(quiet=True), guard)
     assert first.verdict == second.verdict == "clean"
+    assert first.verdict is Verdict.CLEAN and json.dumps(first.verdict) == '"clean"'
     assert first.audit is not None and not first.audit.reused
     assert second.audit is not None and second.audit.reused
     assert second.audit.audit_id == first.audit.audit_id

@@ -7,9 +7,13 @@ torch, datasets and lm_eval inside the functions that need them, never at the to
 from __future__ import annotations
 
 import gc
+import os
 import sys
 
-from mergeguard.cli import (  # noqa: F401  (each module registers its commands on `app`)
+if sys.argv[1:2] == ["merge"]:  # before numpy loads (the command modules import it): its BLAS threads
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # would spin on the cores the merge's workers need
+
+from mergeguard.cli import (  # noqa: E402, F401  (each module registers its commands on `app`)
     audit,
     benchmarks,
     card,

@@ -6,26 +6,30 @@ a library function, print the result; logic a library user would need belongs in
 
 from __future__ import annotations
 
+import io
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, redirect_stderr
 from typing import Any
 
 import click
 import typer
-from typer.core import TyperGroup
+from rich.console import Console
+from rich.markup import escape
+from typer.core import TyperCommand, TyperGroup
+from typer.main import get_click_param
+from typer.models import ParamMeta
 
 from mergeguard import __version__
-from mergeguard.errors import MergeguardError
+from mergeguard.db.render import render_rows
+from mergeguard.errors import MergeguardError, UsageError
 
 
 def error_console() -> Any:
-    from rich.console import Console
-
     return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def print_error(error: MergeguardError) -> None:
-    """One line on stderr: `error: <problem>; <fix>`."""
-    from rich.markup import escape  # the message may hold [brackets] from the user's own input
-
+    """One line on stderr: `error: <problem>; <fix>` (escaped: it may hold [brackets] from the input)."""
     error_console().print(f"[bold red]error:[/] {escape(str(error))}", markup=True, emoji=False)
 
 
@@ -94,14 +98,82 @@ QUIET = typer.Option(
 DB = typer.Option(None, "--db", help="Database file (else $MERGEGUARD_DB, else the user data folder).")
 
 
+# ---------------------------------------------------------------- options defined as a table
+
+OptionTable = dict[str, tuple[Any, Any]]
+"""name -> (type, typer.Option(...)): options a command accepts without a parameter each in its signature."""
+
+
+def table_options(group: str, table: OptionTable) -> list[click.Parameter]:
+    """The table's options, built by typer as for a parameter (type, default, help); each value lands in
+    `ctx.meta[group][name]` (read it with `options_of`), so that a command taking many pass-through flags
+    (mergekit's, lm-eval's) keeps a short signature. They are listed in `--help` like any other option."""
+    params = []
+    for name, (annotation, info) in table.items():
+        param, convertor = get_click_param(ParamMeta(name=name, default=info, annotation=annotation))
+        param.callback = _store(group, param.callback, convertor)
+        param.expose_value = False
+        params.append(param)
+    return params
+
+
+def _store(group: str, callback: Callable[..., Any] | None, convertor: Any) -> Callable[..., Any]:
+    """A click callback keeping the option's value (converted as typer would) under `ctx.meta[group]`."""
+
+    def store(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        if callback is not None:
+            value = callback(ctx, param, value)
+        elif convertor is not None and value is not None:
+            value = convertor(value)
+        ctx.meta.setdefault(group, {})[param.name] = value
+        return value
+
+    return store
+
+
+def options_of(ctx: click.Context, group: str) -> dict[str, Any]:
+    """The values of a table's options (`table_options(group, ...)`), by name."""
+    return dict(ctx.meta.get(group, {}))
+
+
+def given(ctx: click.Context, group: str, labels: dict[str, str]) -> dict[str, bool]:
+    """label -> whether the option `name` of `labels` was set to other than its default (for warnings)."""
+    command = ctx.command
+    defaults = {p.name: p.default for p in command.params}
+    values = options_of(ctx, group)
+    return {label: values.get(name) != defaults.get(name) for name, label in labels.items()}
+
+
+def command_with(*tables: list[click.Parameter]) -> type[TyperCommand]:
+    """A command class that adds the tables' options to those of the function's signature:
+    `@app.command("merge", cls=command_with(MERGEKIT_FLAGS))`."""
+    extra = [param for table in tables for param in table]
+
+    class TableCommand(TyperCommand):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs["params"] = [*(kwargs.get("params") or []), *extra]
+            super().__init__(*args, **kwargs)
+
+    return TableCommand
+
+
 def output_format(fmt: str, as_json: bool, choices: tuple[str, ...] = FORMATS) -> str:
     """The format asked for: `--json` wins (it is an alias); anything outside `choices` is a usage error."""
-    from mergeguard.errors import UsageError
-
     chosen = "json" if as_json else fmt.strip().lower()
     if chosen not in choices:
         raise UsageError(f"unknown format {fmt!r}", hint=f"use --format {'|'.join(choices)}")
     return chosen
+
+
+@contextmanager
+def quiet_stderr(enabled: bool) -> Iterator[None]:
+    """Under -q, the libraries' own progress bars and log lines (all on stderr) are not shown; an error
+    still reaches the user as its one line, printed after this block."""
+    if not enabled:
+        yield
+        return
+    with redirect_stderr(io.StringIO()):
+        yield
 
 
 def split_names(values: list[str] | None) -> list[str]:
@@ -112,8 +184,6 @@ def split_names(values: list[str] | None) -> list[str]:
 
 def console(stderr: bool = False) -> Any:
     """A console as wide as the terminal (80 columns in a pipe): tables fold long names, never cut them."""
-    from rich.console import Console
-
     return Console(stderr=stderr, highlight=False)
 
 
@@ -134,8 +204,6 @@ def emit_rows(
     keep: tuple[str, ...] = ("model",),
 ) -> None:
     """Print one table in any of FORMATS (see `mergeguard.db.render.render_rows`)."""
-    from mergeguard.db.render import render_rows
-
     emit(render_rows(title, headers, rows, fmt, keep=keep))
 
 

@@ -5,25 +5,44 @@ could not be read completely (`incomplete`/`unreadable`: the audit fails closed)
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
 
-from mergeguard.auditor.report import CLEAN, SEVERITY_RANK, UNDECLARED, UNREAD
+from mergeguard import __version__
+from mergeguard.auditor.audit import audit_config, audit_datasets, audit_models
+from mergeguard.auditor.options import AuditOptions
+from mergeguard.auditor.probe import SUSPECT
+from mergeguard.auditor.report import CLEAN, SEVERITY_RANK, UNDECLARED, UNREAD, Verdict
 from mergeguard.cli import probe as probe_cli
 from mergeguard.cli.app import (
     DB,
     JSON_ALIAS,
     QUIET,
+    OptionTable,
     app,
+    command_with,
     emit_rows,
     format_option,
+    options_of,
     output_format,
     print_error,
     split_names,
+    table_options,
 )
+from mergeguard.cli.check import render_family
+from mergeguard.cli.progress_view import progress_view
+from mergeguard.db import open_db, record_audit, register_model
+from mergeguard.db.render import rounded
 from mergeguard.errors import MergeguardError, UsageError
+from mergeguard.merge.config import load_config
+from mergeguard.merge.family import config_family_check
+from mergeguard.progress import ProgressCallback
 
 TOP_EVIDENCE = 3
 
@@ -57,6 +76,23 @@ EMBEDDING_MODEL = typer.Option(
 )
 JUDGE = typer.Option(None, "--judge", help="A local causal LM that confirms close --semantic candidates.")
 SEMANTIC_MIN_CHARS = typer.Option(30, "--semantic-min-chars", help="Shorter examples are not embedded.")
+WORKERS = typer.Option(None, "--workers", help="Processes that scan the datasets (default: all cores).")
+ENGINE = typer.Option("local", "--engine", help="Where the scans run: local (this machine) or ray.")
+RAY_ADDRESS = typer.Option(None, "--ray-address", help="A Ray cluster to join (implies --engine ray).")
+AUDIT_FLAGS: OptionTable = {  # `audit_options`' keywords: the audit's options, shared with `merge`
+    "text_field": (str | None, TEXT_FIELD),
+    "benchmarks_dir": (Path | None, BENCHMARKS_DIR),
+    "benchmark": (list[str], BENCHMARK),
+    "benchmark_spec": (list[Path], BENCHMARK_SPEC),
+    "threshold_rate": (float, THRESHOLD_RATE),
+    "allow_verbatim": (bool, ALLOW_VERBATIM),
+    "cache_dir": (Path | None, CACHE_DIR),
+    "skip_bad_rows": (bool, SKIP_BAD_ROWS),
+    "semantic": (bool, SEMANTIC),
+    "embedding_model": (str | None, EMBEDDING_MODEL),
+    "judge": (str | None, JUDGE),
+    "semantic_min_chars": (int, SEMANTIC_MIN_CHARS),
+}
 VERDICT_COLOURS = {CLEAN: "green", UNDECLARED: "yellow"}  # the others are red
 
 
@@ -84,14 +120,14 @@ def split_dataset_options(values: list[str]) -> tuple[list[str], dict[str, list[
 def audit_options(
     dataset: list[str],
     *,
-    text_field: str | None,
-    benchmarks_dir: Path | None,
-    benchmark: list[str],
-    benchmark_spec: list[Path],
-    threshold_rate: float,
-    allow_verbatim: bool,
-    cache_dir: Path | None,
-    progress: bool,
+    text_field: str | None = None,
+    benchmarks_dir: Path | None = None,
+    benchmark: list[str] | None = None,
+    benchmark_spec: list[Path] | None = None,
+    threshold_rate: float = 0.01,
+    allow_verbatim: bool = False,
+    cache_dir: Path | None = None,
+    progress: ProgressCallback | None = None,
     skip_bad_rows: bool = False,
     only_text_field: str | None = None,
     semantic: bool = False,
@@ -102,8 +138,6 @@ def audit_options(
 ) -> tuple[list[str], Any]:
     """The AuditOptions that `audit` and `merge` build from the same flags; also the `--dataset REF`
     values that name no model (audited alone by `audit`, an error for `merge`)."""
-    from mergeguard.auditor import AuditOptions
-
     if not 0.0 <= threshold_rate <= 1.0:
         raise UsageError(f"--threshold-rate {threshold_rate} is not a rate", hint="give a number in 0..1")
     if not semantic and (embedding_model or judge):
@@ -115,7 +149,7 @@ def audit_options(
     options = AuditOptions(
         benchmarks=split_names(benchmark) or None,
         benchmarks_dir=benchmarks_dir,
-        custom_specs=list(benchmark_spec),
+        custom_specs=list(benchmark_spec or []),
         cache_dir=cache_dir,
         threshold_rate=threshold_rate,
         fail_on_verbatim=not allow_verbatim,
@@ -151,9 +185,6 @@ def print_report(report: Any, console: Any, show: int | None = TOP_EVIDENCE) -> 
 
 def _rates_table(verdict: Any) -> Any:
     """One model's per-benchmark rates, titled with its verdict."""
-    from rich.markup import escape
-    from rich.table import Table
-
     colour = VERDICT_COLOURS.get(verdict.verdict, "red")
     title = f"{verdict.kind} {escape(verdict.model)}: [bold {colour}]{verdict.verdict}[/]"
     table = Table(title=title, title_justify="left")
@@ -165,7 +196,7 @@ def _rates_table(verdict: Any) -> Any:
             no_wrap=column == "benchmark",
         )
     for rate in verdict.rates:
-        style = "red" if rate.verdict == "contaminated" else None
+        style = "red" if rate.verdict == Verdict.CONTAMINATED else None
         table.add_row(
             rate.benchmark,
             str(rate.items),
@@ -180,8 +211,6 @@ def _rates_table(verdict: Any) -> Any:
 
 def _print_model(report: Any, verdict: Any, console: Any, show: int | None) -> None:
     """One model: its rates, the datasets read (and how), warnings, and its first `show` findings."""
-    from rich.markup import escape
-
     console.print(_rates_table(verdict))
     if verdict.datasets:
         for d in verdict.datasets:
@@ -205,8 +234,6 @@ def _print_model(report: Any, verdict: Any, console: Any, show: int | None) -> N
 
 def _print_finding(finding: Any, console: Any) -> None:
     """A finding: the benchmark item, the semantic evidence if any, and the training text highlighted."""
-    from rich.markup import escape
-
     where = f" via {finding.inherited_from}" if finding.inherited_from else ""
     console.print(
         f"\n  [bold]{finding.benchmark}[/] {finding.split} item {finding.item} "
@@ -224,8 +251,6 @@ def _print_finding(finding: Any, console: Any) -> None:
 
 def _print_totals(report: Any, console: Any) -> None:
     """The semantic stage's cost, the report's warnings and the one-line outcome."""
-    from rich.markup import escape
-
     if report.semantic is not None:
         done = report.semantic.get("datasets", {}).values()
         embedded = sum(d["embedded"] for d in done)
@@ -245,65 +270,44 @@ def _print_totals(report: Any, console: Any) -> None:
     console.print(f"{status} ({len(report.findings)} findings; threshold {report.thresholds['rate']:.2%})")
 
 
-@app.command("audit")
+@app.command("audit", cls=command_with(table_options("audit", AUDIT_FLAGS)))
 def audit_command(
+    ctx: typer.Context,
     config: Path | None = typer.Argument(None, help="A merge config: audit every input model and the base."),
     model: list[str] = typer.Option([], "--model", "-m", help="A model (folder or hub id) to audit."),
     dataset: list[str] = typer.Option(
         [], "--dataset", "-d", help="A dataset to audit alone (REF), or MODEL=REF to set a model's datasets."
     ),
-    text_field: str | None = TEXT_FIELD,
     only_text_field: str | None = ONLY_TEXT_FIELD,
-    benchmarks_dir: Path | None = BENCHMARKS_DIR,
-    benchmark: list[str] = BENCHMARK,
-    benchmark_spec: list[Path] = BENCHMARK_SPEC,
-    threshold_rate: float = THRESHOLD_RATE,
-    allow_verbatim: bool = ALLOW_VERBATIM,
     fmt: str = format_option(),
     as_json: bool = JSON_ALIAS,
     show: str = typer.Option("3", "--show", help="Findings to print per model: a number, or all."),
-    cache_dir: Path | None = CACHE_DIR,
-    no_progress: bool = QUIET,
+    quiet: bool = QUIET,
     db: Path | None = DB,
-    skip_bad_rows: bool = SKIP_BAD_ROWS,
-    semantic: bool = SEMANTIC,
-    embedding_model: str | None = EMBEDDING_MODEL,
-    judge: str | None = JUDGE,
     device: str = typer.Option("cpu", "--device", help="Device of the --semantic models (cpu, cuda)."),
-    semantic_min_chars: int = SEMANTIC_MIN_CHARS,
     probe: str | None = probe_cli.PROBE,
     probe_limit: int | None = probe_cli.PROBE_LIMIT,
+    workers: int | None = WORKERS,
+    engine: str = ENGINE,
+    ray_address: str | None = RAY_ADDRESS,
 ) -> None:
     """Audit models' declared fine-tune datasets against benchmark test sets; the audit is stored in the
     database, with each model's card `base_model:` as its parent.
 
-    Exit status: 0 clean, 1 contaminated, 2 an error or a declared dataset not read completely.
+    Exit status: 0 clean; 1 contaminated, or suspect to --probe (a refusal); 2 an error, or a declared
+    dataset not read completely (the audit fails closed).
 
     Example: mergeguard audit --model ./ft-math --benchmark gsm8k,arc_challenge --show all
     """
     fmt = output_format(fmt, as_json)
     shown = parse_show(show)
-
+    flags = {**options_of(ctx, "audit"), "only_text_field": only_text_field, "device": device}
     try:
-        plain, options = audit_options(
-            dataset,
-            text_field=text_field,
-            only_text_field=only_text_field,
-            benchmarks_dir=benchmarks_dir,
-            benchmark=benchmark,
-            benchmark_spec=benchmark_spec,
-            threshold_rate=threshold_rate,
-            allow_verbatim=allow_verbatim,
-            cache_dir=cache_dir,
-            progress=not (no_progress or fmt != "table"),
-            skip_bad_rows=skip_bad_rows,
-            semantic=semantic,
-            embedding_model=embedding_model,
-            judge=judge,
-            device=device,
-            semantic_min_chars=semantic_min_chars,
-        )
-        report = _audit(config, list(model), plain, options)
+        plain, options = audit_options(dataset, **flags)
+        engine = "ray" if ray_address else engine
+        options = replace(options, workers=workers, engine=engine, ray_address=ray_address)
+        with progress_view(not (quiet or fmt != "table")) as callback:
+            report = _audit(config, list(model), plain, replace(options, progress=callback))
     except MergeguardError as error:
         if error.exit_code == 2:
             raise
@@ -312,10 +316,11 @@ def audit_command(
     probes = probe_cli.audit_probe(probe, report, options, device, db, probe_limit)
     family = _family(config) if config is not None else None
     _show(report, family, probes if probe is not None else None, fmt, shown)
-    if exit_status(report) == 2:
+    status = exit_status(report)
+    if status == 2:
         print_error(unread_error(report))
-    suspect = any(r.verdict == "suspect" for r in probes)
-    raise typer.Exit(1 if suspect and exit_status(report) == 0 else exit_status(report))
+    suspect = any(r.verdict == SUSPECT for r in probes)
+    raise typer.Exit(1 if suspect and status == 0 else status)
 
 
 def _semantic_evidence(evidence: dict[str, Any]) -> str:
@@ -338,14 +343,11 @@ def _semantic_evidence(evidence: dict[str, Any]) -> str:
 def record_report(db: Path | None, report: Any) -> None:
     """Store the audit, and each audited model with the parents and datasets its card names (so
     `leaderboard` and `lineage` show where a fine-tune came from)."""
-    from mergeguard import __version__
-    from mergeguard.db import open_db, record_audit, register_model
-
     store = open_db(db)
     for verdict in report.models:
         if verdict.kind == "model":
             register_model(store, verdict.model.split("+", 1)[0])
-    record_audit(store, report.to_json(), tool_version=__version__)
+    record_audit(store, report, tool_version=__version__)
 
 
 def rate_rows(report: Any) -> tuple[list[str], list[list[Any]]]:
@@ -376,8 +378,6 @@ def unread_error(report: Any) -> AuditError:
 
 def _read_status(dataset: dict[str, Any]) -> str:
     """How much of a dataset was read, for the text report (nothing when all of it was)."""
-    from rich.markup import escape
-
     status = dataset.get("status")
     if status in (None, "complete"):
         return ""
@@ -390,8 +390,6 @@ def _read_status(dataset: dict[str, Any]) -> str:
 
 def _audit(config: Path | None, models: list[str], plain: list[str], options: Any) -> Any:
     """The one audit the arguments ask for: a merge config's inputs, models, or datasets alone."""
-    from mergeguard.auditor import audit_config, audit_datasets, audit_models
-
     if config is not None and (models or plain):
         raise UsageError("give a merge config or --model/--dataset, not both", hint="run two audits")
     if config is not None:
@@ -418,17 +416,11 @@ def _show(report: Any, family: Any, probes: list[Any] | None, fmt: str, shown: i
             payload["family"] = family.to_dict()
         if probes is not None:
             payload["probe"] = [r.to_dict() for r in probes]
-        from mergeguard.db.render import rounded
-
         typer.echo(json.dumps(rounded(payload), ensure_ascii=False))
     else:
-        from rich.console import Console
-
         console = Console(highlight=False)
         print_report(report, console, shown)
         if family is not None:
-            from mergeguard.cli.check import render_family
-
             console.print(render_family(family))
         if probes:
             console.print(probe_cli.render(probes))
@@ -436,9 +428,6 @@ def _show(report: Any, family: Any, probes: list[Any] | None, fmt: str, shown: i
 
 def _family(config: Path) -> Any:
     """The family check of a merge config's inputs (shown beside the audit); None when it cannot run."""
-    from mergeguard.merge import load_config
-    from mergeguard.merge.family import config_family_check
-
     try:
         return config_family_check(load_config(config, allow_unknown_keys=True))
     except MergeguardError:

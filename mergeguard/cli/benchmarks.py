@@ -8,8 +8,22 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.console import Console
+from rich.markup import escape
 
-from mergeguard.cli.app import FORMATS, JSON_ALIAS, emit, emit_rows, format_option, new_group, output_format
+from mergeguard.benchmarks import REGISTRY, get_spec, load_custom_spec, load_spec, spec_status
+from mergeguard.cli.app import (
+    FORMATS,
+    JSON_ALIAS,
+    QUIET,
+    emit,
+    emit_rows,
+    format_option,
+    new_group,
+    output_format,
+    quiet_stderr,
+)
+from mergeguard.errors import BenchmarkError
 
 group = new_group("benchmarks", "The benchmark test sets mergeguard guards against.")
 
@@ -23,14 +37,10 @@ SPEC_OPTION = typer.Option(None, "--benchmark-spec", help="A custom benchmark YA
 
 
 def _console() -> Any:
-    from rich.console import Console
-
     return Console(highlight=False, soft_wrap=False)
 
 
 def _specs(benchmark_spec: list[Path] | None) -> list[Any]:
-    from mergeguard.benchmarks import REGISTRY, load_custom_spec
-
     custom = [spec for path in benchmark_spec or [] for spec in load_custom_spec(path)]
     return [*REGISTRY.values(), *custom]
 
@@ -41,15 +51,24 @@ def list_command(
     benchmark_spec: list[Path] | None = SPEC_OPTION,
     fmt: str = format_option(),
     as_json: bool = JSON_ALIAS,
+    quiet: bool = QUIET,
 ) -> None:
     """List the known benchmarks: suite, split, item count, where each would load from, available or not.
+
+    Exit status: 0 listed, 2 an error (an unreadable --benchmark-spec).
 
     Example: mergeguard benchmarks list --benchmarks-dir ./benchmarks --format markdown
     """
     fmt = output_format(fmt, as_json, FORMATS)
-    from mergeguard.benchmarks import load_spec, spec_status
-    from mergeguard.errors import BenchmarkError
+    with quiet_stderr(quiet):
+        rows, specs = _rows(benchmarks_dir, benchmark_spec)
+    _print_list(rows, specs, fmt)
 
+
+def _rows(
+    benchmarks_dir: Path | None, benchmark_spec: list[Path] | None
+) -> tuple[list[dict[str, Any]], list]:
+    """One row per known benchmark (local copies counted; the hub is never touched), and the specs."""
     rows: list[dict[str, Any]] = []
     specs = _specs(benchmark_spec)
     for spec in specs:
@@ -76,6 +95,11 @@ def list_command(
                 "contained_in": list(spec.contained_in),
             }
         )
+    return rows, specs
+
+
+def _print_list(rows: list[dict[str, Any]], specs: list[Any], fmt: str) -> None:
+    """The list as JSON, or as a table in any other format."""
     if fmt == "json":
         emit(json.dumps(rows, indent=2) + "\n")
         return
@@ -103,21 +127,23 @@ def show_command(
     limit: int = typer.Option(3, "--limit", "-n", min=0, help="Items to show (the first N); 0: all."),
     benchmarks_dir: Path | None = DIR_OPTION,
     benchmark_spec: list[Path] | None = SPEC_OPTION,
-    fmt: str = format_option(choices=("table", "json")),
+    fmt: str = format_option(),
     as_json: bool = JSON_ALIAS,
+    quiet: bool = QUIET,
 ) -> None:
     """Show a benchmark's first normalized items (question, choices, gold answer).
 
+    Exit status: 0 shown, 2 an error (an unknown benchmark, data that cannot be loaded).
+
     Example: mergeguard benchmarks show gsm8k --limit 5 --format json
     """
-    as_json = output_format(fmt, as_json, ("table", "json")) == "json"
-    from mergeguard.benchmarks import get_spec, load_spec
-
+    fmt = output_format(fmt, as_json)
     custom = {spec.name: spec for spec in _specs(benchmark_spec)}
     spec = custom[name] if name in custom else get_spec(name)
-    loaded = load_spec(spec, benchmarks_dir)
+    with quiet_stderr(quiet):
+        loaded = load_spec(spec, benchmarks_dir)
     shown = loaded.items[:limit] if limit else loaded.items
-    if as_json:
+    if fmt == "json":
         payload = {
             "name": spec.name,
             "source": loaded.source,
@@ -126,11 +152,21 @@ def show_command(
             "items": [asdict(item) for item in shown],
         }
         typer.echo(json.dumps(payload, indent=2, ensure_ascii=False))
-        return
-    from rich.markup import escape
+    elif fmt in ("csv", "markdown"):
+        headers = ["split", "subset", "index", "item_id", "question", "choices", "answer"]
+        rows = [
+            [i.split, i.subset, i.index, i.item_id, i.question, " | ".join(i.choices), i.answer]
+            for i in shown
+        ]
+        emit_rows(None, headers, rows, fmt, keep=("question",))
+    else:
+        _print_items(spec.name, loaded, shown)
 
+
+def _print_items(name: str, loaded: Any, shown: list[Any]) -> None:
+    """The items for the terminal: where each comes from, the question, the choices (gold marked)."""
     console = _console()
-    console.print(f"[bold]{spec.name}[/]: {len(loaded.items)} items from {escape(loaded.source)}")
+    console.print(f"[bold]{name}[/]: {len(loaded.items)} items from {escape(loaded.source)}")
     for item in shown:
         where = f"{item.split}{f'/{item.subset}' if item.subset else ''}#{item.index}"
         ident = f" id={item.item_id}" if item.item_id else ""

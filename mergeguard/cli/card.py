@@ -7,21 +7,23 @@ from pathlib import Path
 
 import typer
 
-from mergeguard.cli.app import app
-from mergeguard.cli.evaluate import DB_OPTION
+from mergeguard.cli.app import DB, QUIET, app
+from mergeguard.db import open_db
+from mergeguard.reports.card import refresh_card
 
 
 @app.command("card")
 def card_command(
     model: str = typer.Argument(..., help="A merged model in the database (its folder, or its name)."),
-    db: Path | None = DB_OPTION,
+    quiet: bool = QUIET,
+    db: Path | None = DB,
 ) -> None:
-    """Refresh a merged model's README.md (Hub-ready) from the database.
+    """Refresh a merged model's README.md (Hub-ready) from the database (-q: without the `wrote` line).
+
+    Exit status: 0 written, 2 an error (no database, a model not in it, a folder that cannot be written).
 
     Example: mergeguard card ./merged --db ./mergeguard.db
     """
-    from mergeguard.db import open_db
-    from mergeguard.reports.card import refresh_card
-
     path = refresh_card(open_db(db, write=False), model)
-    typer.echo(f"wrote {path}")
+    if not quiet:
+        typer.echo(f"wrote {path}")

@@ -10,19 +10,45 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.console import Console
+from rich.table import Table
 
-from mergeguard.cli.app import app, print_error
+from mergeguard.auditor.probe import (
+    INCONCLUSIVE,
+    NO_SIGNAL,
+    SUSPECT,
+    ProbeError,
+    ProbeOptions,
+    ProbeReport,
+    probe_models,
+    reports_json,
+)
+from mergeguard.auditor.report import AuditReport, Verdict
+from mergeguard.cli.app import (
+    JSON_ALIAS,
+    QUIET,
+    OptionTable,
+    app,
+    command_with,
+    emit_rows,
+    format_option,
+    options_of,
+    output_format,
+    print_error,
+    quiet_stderr,
+    split_names,
+    table_options,
+)
+from mergeguard.db import open_db, record_probe
 from mergeguard.errors import MergeguardError
 
-STYLE = {"suspect": "bold red", "no_signal": "green", "inconclusive": "yellow"}
+STYLE = {SUSPECT: "bold red", NO_SIGNAL: "green", INCONCLUSIVE: "yellow"}
 SCOPES = ("missing", "all")
 
 
 # `audit --probe` and `merge --probe`: the probe of the inputs, on the audit's benchmarks.
 def _scope(value: str | None) -> str | None:
     """Check `--probe SCOPE` while parsing, before any audit or merge work starts."""
-    from mergeguard.auditor.probe import ProbeError
-
     if value is not None and value not in SCOPES:
         raise ProbeError(f"--probe {value!r} is not a scope", hint="use --probe missing or --probe all")
     return value
@@ -40,8 +66,6 @@ ALLOW_SUSPECT = typer.Option(False, "--allow-suspect", help="Merge inputs the pr
 
 def guard_probe_options(scope: str | None, audit_options: Any, device: str, limit: int | None = None) -> Any:
     """ProbeOptions for `--probe SCOPE` (None without it), on the benchmarks the audit reads."""
-    from mergeguard.auditor.probe import ProbeError, ProbeOptions
-
     if scope is None:
         return None
     if scope not in SCOPES:
@@ -58,26 +82,25 @@ def guard_probe_options(scope: str | None, audit_options: Any, device: str, limi
 
 
 def audit_probe(
-    scope: str | None, report: Any, audit_options: Any, device: str, db: Path | None, limit: int | None = None
-) -> list[Any]:
+    scope: str | None,
+    report: AuditReport,
+    audit_options: Any,
+    device: str,
+    db: Path | None,
+    limit: int | None = None,
+) -> list[ProbeReport]:
     """`audit --probe SCOPE`: probe the audited models with no declared data (`missing`) or all of them;
     stored when the audit has a database."""
-    from mergeguard.auditor.probe import probe_models
-
     options = guard_probe_options(scope, audit_options, device, limit)
     if options is None:
         return []
     models = [
-        m["model"]
-        for m in report.to_json().get("models", [])
-        if m.get("kind", "model") == "model"
-        and m.get("model")
-        and (scope == "all" or m["verdict"] == "undeclared")
+        model
+        for model, verdict in report.verdicts().items()
+        if model and (scope == "all" or verdict == Verdict.UNDECLARED)
     ]
     reports = probe_models(models, options) if models else []
     if db is not None and reports:
-        from mergeguard.db import open_db, record_probe
-
         store = open_db(db)
         for item in reports:
             record_probe(store, item.to_dict())
@@ -87,13 +110,11 @@ def audit_probe(
 def exit_status(reports: list[Any]) -> int:
     """1 when any model is suspect (the evidence matters most), 2 when any is inconclusive, else 0."""
     verdicts = {report.verdict for report in reports}
-    return 1 if "suspect" in verdicts else 2 if "inconclusive" in verdicts else 0
+    return 1 if SUSPECT in verdicts else 2 if INCONCLUSIVE in verdicts else 0
 
 
 def render(reports: list[Any]) -> Any:
     """One rich table: model, benchmark, items, verdict, p-value, effect, reference."""
-    from rich.table import Table
-
     table = Table(
         title="model-side probe (gain over the reference, against borrowed questions)", title_justify="left"
     )
@@ -116,87 +137,117 @@ def render(reports: list[Any]) -> Any:
     return table
 
 
-@app.command("probe")
+PROBE_FLAGS: OptionTable = {  # ProbeOptions fields, under the same names
+    "reference": (
+        str | None,
+        typer.Option(
+            None, "--reference", help="The reference model (default: the base from the model's card/lineage)."
+        ),
+    ),
+    "limit": (int | None, typer.Option(None, "--limit", min=1, help="Probe each benchmark's first N items.")),
+    "alpha": (float, typer.Option(0.001, "--alpha", help="Significance level of the benchmark test.")),
+    "min_items": (int, typer.Option(20, "--min-items", min=2, help="Fewer items scored: inconclusive.")),
+    "dtype": (str, typer.Option("auto", "--dtype", help="auto, float32, bfloat16 or float16.")),
+    "batch_size": (int, typer.Option(8, "--batch-size", min=1, help="Sequences per forward pass.")),
+    "max_tokens": (int, typer.Option(512, "--max-tokens", min=8, help="Tokens kept per item.")),
+    "controls": (
+        int,
+        typer.Option(4, "--controls", min=1, help="Borrowed questions per item (the control)."),
+    ),
+    "seed": (int, typer.Option(0, "--seed", help="Seed of the controls' shuffle.")),
+    "threads": (
+        int | None,
+        typer.Option(None, "--threads", min=1, help="CPU threads for torch (default: all)."),
+    ),
+    "trust_remote_code": (
+        bool,
+        typer.Option(
+            False, "--trust-remote-code", help="Let a model's own code (auto_map) run: only code you trust."
+        ),
+    ),
+}
+ROW_HEADERS = ["model", "benchmark", "items", "verdict", "reason", "p_value", "effect", "reference"]
+
+
+@app.command("probe", cls=command_with(table_options("probe", PROBE_FLAGS)))
 def probe_command(
+    ctx: typer.Context,
     model: list[str] = typer.Argument(..., help="Model folders or hub ids to probe."),
-    benchmark: list[str] = typer.Option([], "--benchmark", "-b", help="A benchmark (repeatable) or suite."),
-    reference: str | None = typer.Option(
-        None, "--reference", help="The reference model (default: the base from the model's card/lineage)."
+    benchmark: list[str] = typer.Option(
+        [], "--benchmark", "-b", help="Benchmarks or suites to probe (repeat or comma separate)."
     ),
     benchmarks_dir: Path | None = typer.Option(None, "--benchmarks-dir", help="Local benchmark test sets."),
     benchmark_spec: list[Path] = typer.Option([], "--benchmark-spec", help="A custom benchmark YAML spec."),
-    limit: int | None = typer.Option(None, "--limit", min=1, help="Probe each benchmark's first N items."),
-    alpha: float = typer.Option(0.001, "--alpha", help="Significance level of the benchmark test."),
-    min_items: int = typer.Option(20, "--min-items", min=2, help="Fewer items scored: inconclusive."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
-    dtype: str = typer.Option("auto", "--dtype", help="auto, float32, bfloat16 or float16."),
-    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Sequences per forward pass."),
-    max_tokens: int = typer.Option(512, "--max-tokens", min=8, help="Tokens kept per item."),
-    controls: int = typer.Option(4, "--controls", min=1, help="Borrowed questions per item (the control)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the controls' shuffle."),
-    threads: int | None = typer.Option(
-        None, "--threads", min=1, help="CPU threads for torch (default: all)."
-    ),
     db: Path | None = typer.Option(
         None, "--db", help="Store the results in this database (else not stored)."
     ),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
-    trust_remote_code: bool = typer.Option(
-        False, "--trust-remote-code", help="Let a model's own code (auto_map) run: only code you trust."
-    ),
+    fmt: str = format_option(),
+    as_json: bool = JSON_ALIAS,
+    quiet: bool = QUIET,
 ) -> None:
-    """Test whether models were trained on benchmark test items, from the models themselves (exit 1 when
-    suspect, 2 on error or inconclusive).
+    """Test whether models were trained on benchmark test items, from the models themselves.
+
+    Exit status: 0 no signal; 1 suspect on some benchmark; 2 an error, or inconclusive (no reference model,
+    too few items: the probe fails closed).
 
     Example: mergeguard probe ./ft-math --benchmark gsm8k --reference ./base --limit 200
     """
-    from mergeguard.auditor.probe import ProbeError, ProbeOptions, probe_models, reports_json
-
+    fmt = output_format(fmt, as_json)
     if device.split(":")[0] not in ("cpu", "cuda"):
         raise ProbeError(f"unknown device {device!r}", hint="use --device cpu or --device cuda")
-    if not 0 < alpha < 1:
-        raise ProbeError(f"--alpha {alpha} is outside (0, 1)", hint="use a level such as 0.001")
+    flags = options_of(ctx, "probe")
+    if not 0 < flags["alpha"] < 1:
+        raise ProbeError(f"--alpha {flags['alpha']} is outside (0, 1)", hint="use a level such as 0.001")
     options = ProbeOptions(
-        benchmarks=list(benchmark),
+        **flags,
+        benchmarks=split_names(benchmark),
         benchmarks_dir=benchmarks_dir,
         benchmark_specs=list(benchmark_spec),
-        reference=reference,
         device=device,
-        dtype=dtype,
-        batch_size=batch_size,
-        max_tokens=max_tokens,
-        limit=limit,
-        alpha=alpha,
-        min_items=min_items,
-        seed=seed,
-        controls=controls,
-        threads=threads,
-        trust_remote_code=trust_remote_code,
     )
     try:
-        reports = probe_models(list(model), options)
+        with quiet_stderr(quiet):
+            reports = probe_models(list(model), options)
     except MergeguardError as error:
         if error.exit_code == 2:
             raise
         raise ProbeError(error.message, hint=error.hint) from error
     if db is not None:
-        from mergeguard.db import open_db, record_probe
-
         store = open_db(db)
         for report in reports:
             record_probe(store, report.to_dict())
-    if as_json:
-        typer.echo(reports_json(reports))
-    else:
-        from rich.console import Console
+    _show(reports, fmt)
+    raise typer.Exit(_exit_status_said(reports))
 
+
+def _show(reports: list[ProbeReport], fmt: str) -> None:
+    """The reports on stdout: the rich table, `reports_json`'s document, or a row per model and benchmark."""
+    if fmt == "json":
+        typer.echo(reports_json(reports))
+    elif fmt in ("csv", "markdown"):
+        emit_rows(None, ROW_HEADERS, rows(reports), fmt)
+    else:
         Console(highlight=False, soft_wrap=True).print(render(reports))
+
+
+def rows(reports: list[ProbeReport]) -> list[list[Any]]:
+    """One row per model and benchmark, for --format csv and markdown (ROW_HEADERS)."""
+    return [
+        [r.model, p.benchmark, p.n_items, p.verdict, p.reason, p.p_value, p.effect, r.reference]
+        for r in reports
+        for p in r.benchmarks
+    ]
+
+
+def _exit_status_said(reports: list[ProbeReport]) -> int:
+    """The exit status; an inconclusive probe (2) says why on stderr, in the one error line."""
     status = exit_status(reports)
     if status == 2:
-        reasons = sorted({p.reason for r in reports for p in r.benchmarks if p.verdict == "inconclusive"})
+        reasons = sorted({p.reason for r in reports for p in r.benchmarks if p.verdict == INCONCLUSIVE})
         print_error(
             ProbeError(
                 f"probe inconclusive ({'; '.join(reasons)})", hint="pass --reference REF or more items"
             )
         )
-    raise typer.Exit(status)
+    return status

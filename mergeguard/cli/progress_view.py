@@ -24,13 +24,16 @@ class CountColumn(TextColumn):
 
 class ProgressView:
     """A `ProgressCallback` that draws each step as a bar; a spinner turns while a step runs, so a step that
-    reports only at its end (building an index) still shows it is working."""
+    reports only at its end (building an index) still shows it is working. Drawing starts with the first
+    event: until then the process keeps one thread (a merge's worker processes can still be forked)."""
 
     def __init__(self, progress: Progress) -> None:
         self.progress = progress
         self.tasks: dict[str, TaskID] = {}
 
     def __call__(self, event: ProgressEvent) -> None:
+        if not self.progress.live.is_started:
+            self.progress.start()
         task = self.tasks.get(event.step)
         if task is None:
             task = self.tasks[event.step] = self.progress.add_task(event.step, total=event.total)
@@ -47,5 +50,9 @@ def progress_view(enabled: bool) -> Iterator[ProgressCallback | None]:
         yield None
         return
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), CountColumn(""))
-    with Progress(*columns, TimeElapsedColumn(), console=Console(stderr=True), transient=True) as bar:
+    bar = Progress(*columns, TimeElapsedColumn(), console=Console(stderr=True), transient=True)
+    try:
         yield ProgressView(bar)
+    finally:
+        if bar.live.is_started:
+            bar.stop()

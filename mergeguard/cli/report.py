@@ -7,15 +7,15 @@ from pathlib import Path
 
 import typer
 
-from mergeguard.cli.app import app
-from mergeguard.cli.evaluate import DB_OPTION
+from mergeguard.cli.app import DB, QUIET, app
+from mergeguard.db import open_db
 from mergeguard.errors import MergeguardError, UsageError
+from mergeguard.reports import FORMATS, build_report, render
+from mergeguard.reports.card import write_text_atomically
 
 
 def write_atomically(path: Path, text: str) -> None:
     """Write `text` to a user-given `path` (checked first) atomically: a failed run leaves no partial file."""
-    from mergeguard.reports.card import write_text_atomically
-
     path = path.expanduser()
     if path.is_dir():
         raise UsageError(f"--out {path} is a folder", hint="give a file name such as report.html")
@@ -32,14 +32,16 @@ def report_command(
         None, "--format", help="html or markdown (default: from --out's suffix, else html)."
     ),
     suite: str | None = typer.Option(None, "--suite", help="Plot v1 scores or v2 normalized scores."),
-    db: Path | None = DB_OPTION,
+    quiet: bool = QUIET,
+    db: Path | None = DB,
 ) -> None:
-    """Share an audit: verdict and why, lineage, scores against the parents, every finding.
+    """Share an audit: verdict and why, lineage, scores against the parents, every finding. The report is
+    a document (--format html or markdown); -q leaves out the `wrote` line.
+
+    Exit status: 0 written, 2 an error (no database, nothing known about TARGET, an unwritable --out).
 
     Example: mergeguard report ./merged --out report.html
     """
-    from mergeguard.db import open_db
-    from mergeguard.reports import FORMATS, build_report, render
 
     if fmt is None:
         fmt = "markdown" if out is not None and out.suffix.lower() in (".md", ".markdown") else "html"
@@ -53,4 +55,5 @@ def report_command(
         typer.echo(text, nl=not text.endswith("\n"))
         return
     write_atomically(out, text)
-    typer.echo(f"wrote {out}", err=True)
+    if not quiet:
+        typer.echo(f"wrote {out}", err=True)

@@ -7,7 +7,27 @@ from pathlib import Path
 
 import typer
 
-from mergeguard.cli.app import DB, FORMATS, JSON_ALIAS, app, emit, format_option, output_format, split_names
+from mergeguard.cli.app import (
+    DB,
+    FORMATS,
+    JSON_ALIAS,
+    QUIET,
+    app,
+    emit,
+    format_option,
+    output_format,
+    quiet_stderr,
+    split_names,
+)
+from mergeguard.db import (
+    history,
+    leaderboard,
+    lineage,
+    open_db,
+    render_history,
+    render_leaderboard,
+    render_lineage,
+)
 
 LINEAGE_FORMATS = ("tree", "json", "mermaid", "dot")
 
@@ -28,23 +48,25 @@ def leaderboard_command(
     limit: int = typer.Option(50, "--limit", help="Models (rows) to show; 0: all."),
     fmt: str = format_option(),
     as_json: bool = JSON_ALIAS,
+    quiet: bool = QUIET,
     db: Path | None = DB,
 ) -> None:
     """Rank your models by benchmark average, with their contamination verdicts. Merges not yet scored
     are listed after the ranked models, marked `unscored`.
 
+    Exit status: 0 shown, 2 an error (no database, unknown suite or benchmark).
+
     Example: mergeguard leaderboard --suite v2 --clean-only --format markdown
     """
-    from mergeguard.db import leaderboard, open_db, render_leaderboard
-
     fmt = output_format(fmt, as_json, FORMATS)
-    board = leaderboard(
-        open_db(db, write=False),
-        suite=suite,
-        clean_only=clean_only,
-        tasks=split_names(benchmark) or None,
-        limit=limit,
-    )
+    with quiet_stderr(quiet):
+        board = leaderboard(
+            open_db(db, write=False),
+            suite=suite,
+            clean_only=clean_only,
+            tasks=split_names(benchmark) or None,
+            limit=limit,
+        )
     emit(render_leaderboard(board, fmt))
 
 
@@ -54,16 +76,19 @@ def lineage_command(
     suite: str | None = typer.Option(None, "--suite", help="Average over v1 or v2 only."),
     fmt: str = format_option("tree", LINEAGE_FORMATS),
     as_json: bool = JSON_ALIAS,
+    quiet: bool = QUIET,
     db: Path | None = DB,
 ) -> None:
     """Show a model's ancestors (card `base_model:` and merge inputs) and descendants.
 
+    Exit status: 0 shown, 2 an error (no database, a model not in it).
+
     Example: mergeguard lineage ./merged --format mermaid
     """
-    from mergeguard.db import lineage, open_db, render_lineage
-
     fmt = output_format(fmt, as_json, LINEAGE_FORMATS)
-    emit(render_lineage(lineage(open_db(db, write=False), model, suite=suite), fmt))
+    with quiet_stderr(quiet):
+        graph = lineage(open_db(db, write=False), model, suite=suite)
+    emit(render_lineage(graph, fmt))
 
 
 @app.command("history")
@@ -73,13 +98,16 @@ def history_command(
     limit: int = typer.Option(100, "--limit", help="Events (rows) to show; 0: all."),
     fmt: str = format_option(),
     as_json: bool = JSON_ALIAS,
+    quiet: bool = QUIET,
     db: Path | None = DB,
 ) -> None:
     """What happened, newest first: merges (refused ones too), audits, evaluations, checks.
 
+    Exit status: 0 shown, 2 an error (no database, a model not in it, a bad date).
+
     Example: mergeguard history --since 2026-01-01 --format csv
     """
-    from mergeguard.db import history, open_db, render_history
-
     fmt = output_format(fmt, as_json, FORMATS)
-    emit(render_history(history(open_db(db, write=False), model, since=since, limit=limit), fmt))
+    with quiet_stderr(quiet):
+        events = history(open_db(db, write=False), model, since=since, limit=limit)
+    emit(render_history(events, fmt))

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mergeguard import __version__
+from mergeguard.auditor.report import Verdict
 from mergeguard.benchmarks.registry import REGISTRY
 from mergeguard.db import find_model
 from mergeguard.db.evidence import merge_of, score_details
@@ -169,7 +170,7 @@ def contamination_section(report: Report, notes: Sequence[str] = ()) -> str:
         lines += [
             f"| {c.benchmark} | {c.found} / {c.items} | {c.share:.1%} | {c.worst} | {where} |" for c in found
         ]
-    elif report.verdict == "unaudited":
+    elif report.verdict == Verdict.UNAUDITED:
         lines.append("Not audited.")
     else:
         lines.append("No benchmark test items were found in the inputs' declared datasets.")

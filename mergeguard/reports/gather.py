@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mergeguard.auditor.report import PASSAGE, SEVERITY_RANK, AuditReport  # the auditor's severity ranking
+from mergeguard.auditor.report import PASSAGE, SEVERITY_RANK, UNREAD, AuditReport, Verdict
 from mergeguard.benchmarks.registry import suite_names
 from mergeguard.db import canonical_ref, contamination, find_model, lineage
 from mergeguard.db.evidence import (
@@ -133,18 +133,18 @@ def _why(verdict: str, via: str | None, counts: list[BenchmarkCount], thresholds
                 f"{count.benchmark}: {count.found} of {count.items} test items ({count.share:.1%}) found in "
                 f"declared training data, worst severity {count.worst}."
             )
-    if verdict == "contaminated" and thresholds:
+    if verdict == Verdict.CONTAMINATED and thresholds:
         rule = f"at least {float(thresholds.get('rate', 0.01)):.0%} of a benchmark's items"
         if thresholds.get("fail_on_verbatim", True):
             rule += " or any verbatim copy"
         lines.append(f"The audit fails a model on {rule}.")
-    if verdict == "clean":
+    if verdict == Verdict.CLEAN:
         lines.append("No benchmark test items were found in any declared dataset of its lineage.")
-    if verdict == "undeclared":
+    if verdict == Verdict.UNDECLARED:
         lines.append("No training data is declared anywhere in its lineage: nothing could be audited.")
-    if verdict in ("incomplete", "unreadable"):
+    if verdict in UNREAD:
         lines.append("A declared dataset could not be read completely, so the audit cannot call it clean.")
-    if verdict == "unaudited":
+    if verdict == Verdict.UNAUDITED:
         lines.append("This model has not been audited (merged with --no-audit, or only evaluated).")
     return lines
 
@@ -274,7 +274,7 @@ def config_report(db: Database, path: Path, suite: str | None = None) -> Report:
         )
     report = stored.report
     entries = [_entry(report, ref) for ref in refs]
-    verdicts = [e.get("verdict", "unaudited") for e in entries]
+    verdicts = [e.get("verdict", Verdict.UNAUDITED) for e in entries]
     verdict = AuditReport.from_json(report).merged_verdict()
     findings = [f for f in report.get("findings", []) if f.get("model") in refs]
     counts = _counts(report, findings, [])
@@ -282,7 +282,8 @@ def config_report(db: Database, path: Path, suite: str | None = None) -> Report:
     if refused is not None and refused.guard.get("refused"):
         why[0] = f"{path.name} was refused by the guard ({refused.guard['refused']}); its inputs' audit:"
     why += [f"{_name(ref)}: {v}" for ref, v in zip(refs, verdicts, strict=True)]
-    why += _why(verdict, None, counts, report.get("thresholds") or {})[: -1 if verdict == "clean" else None]
+    cut = -1 if verdict == Verdict.CLEAN else None
+    why += _why(verdict, None, counts, report.get("thresholds") or {})[:cut]
     return Report(
         kind="config",
         subject=path.name,
@@ -336,7 +337,7 @@ def dataset_report(db: Database, ref: str) -> Report:
     }
     declarer = own or next((m for m in owners if m.get("model") in declared_by), None)
     holder = declarer or (owners[0] if owners else {})
-    verdict = holder.get("verdict", "unaudited")
+    verdict = holder.get("verdict", Verdict.UNAUDITED)
     counts = _counts(report, unique, (own or {}).get("rates") or [])
     if own:
         why = []

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from html import escape
 
+from mergeguard.auditor.report import UNREAD, Verdict
 from mergeguard.db.queries import LineageEdge, LineageGraph, LineageNode
 
 BOX_W, BOX_H, GAP_X, GAP_Y, PAD = 190, 58, 28, 46, 12
@@ -19,11 +20,11 @@ STYLE = {  # kind -> (fill, stroke, label)
 
 def node_kind(node: LineageNode) -> str:
     """contaminated (own data), suspect (inherited; undeclared, incomplete, unreadable), clean, other."""
-    if node.verdict == "contaminated":
+    if node.verdict == Verdict.CONTAMINATED:
         return "suspect" if node.contaminated_via and node.contaminated_via != node.model else "contaminated"
-    if node.verdict in ("undeclared", "incomplete", "unreadable"):
+    if node.verdict in (Verdict.UNDECLARED, *UNREAD):
         return "suspect"
-    return "clean" if node.verdict == "clean" else "other"
+    return "clean" if node.verdict == Verdict.CLEAN else "other"
 
 
 def _short(text: str, limit: int = 26) -> str:
