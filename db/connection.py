@@ -54,10 +54,10 @@ def _check_file(conn: sqlite3.Connection, path: Path) -> bool:
 def sqlite_utils_database() -> type[Database]:
     """sqlite_utils' `Database`, imported without pandas unless pandas is already loaded.
 
-    sqlite_utils imports pandas when it can, only to accept DataFrames, which mergeguard never passes; pandas
-    (with pyarrow) adds ~0.2 s and ~80 MB to every command that opens the database, a merge included. For this
-    one import `pandas` is made unimportable; the previous state is restored at once, so the rest of the
-    process (and the user's notebook) imports pandas as usual.
+    sqlite_utils imports pandas when it can, only to accept DataFrames, which mergeguard never passes;
+    pandas (with pyarrow) adds time and memory to every command that opens the database (README,
+    "Start-up"). For this one import `pandas` is made unimportable; the previous state is restored at once,
+    so the rest of the process (and the user's notebook) imports pandas as usual.
     """
     if "sqlite_utils.db" in sys.modules or "pandas" in sys.modules:
         from sqlite_utils import Database

@@ -29,7 +29,7 @@ def lazy_exports(package: str, home: dict[str, str]) -> Callable[[str], Any]:
 # more than it can afford, so code imports them inside the function that needs them, and nowhere else
 # imports anything inside a function (tests/test_imports.py checks both). Measured costs: README, "Start-up".
 HEAVY_MODULES: tuple[str, ...] = (
-    "torch",  # ~1 s
+    "torch",
     "transformers",
     "peft",
     "accelerate",
@@ -41,8 +41,8 @@ HEAVY_MODULES: tuple[str, ...] = (
     "scipy",
     "pyarrow",
     "safetensors.torch",  # imports torch
-    "datasketch",  # ~0.4 s: pulls scipy
-    "sqlite_utils",  # ~0.3 s: pulls pandas
+    "datasketch",  # pulls scipy
+    "sqlite_utils",  # pulls pandas (see db.connection.sqlite_utils_database)
     "huggingface_hub",  # its snapshot and repocard modules
     "matplotlib",
     "datasette",
