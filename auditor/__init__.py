@@ -1,7 +1,8 @@
 """mergeguard.auditor: contamination audits of fine-tune datasets against benchmark test sets.
 
 `audit_models`, `audit_datasets` and `audit_config` return an `AuditReport`; `build_index` and
-`scan_examples` are the core (benchmark MinHash index, and detection in a stream of texts).
+`scan_examples` are the core (benchmark MinHash index, and detection in a stream of texts); `scan_batch`
+and `combine` are the engines' unit of work (`open_engine`, `scan_dataset`: in processes or on Ray).
 """
 
 from __future__ import annotations
@@ -36,6 +37,11 @@ _HOME = {  # public name -> the module that defines it, imported on first use (t
     "ParaphraseMatch": "semantic",
     "SemanticStage": "semantic",
     "Encoder": "embeddings",
+    "open_engine": "engines",
+    "scan_dataset": "engines",
+    "Partial": "engines.work",
+    "combine": "engines.work",
+    "scan_batch": "engines.work",
 }
 
 __getattr__ = lazy_exports(__name__, _HOME)
@@ -54,6 +60,7 @@ __all__ = [
     "ProbeOptions",
     "ProbeReport",
     "ParaphraseMatch",
+    "Partial",
     "ScanResult",
     "SemanticStage",
     "audit_config",
@@ -61,12 +68,16 @@ __all__ = [
     "audit_models",
     "build_from_items",
     "build_index",
+    "combine",
     "dataset_texts",
     "example_text",
     "load_benchmark_index",
     "open_dataset",
+    "open_engine",
     "probe_model",
     "probe_models",
     "resolve_lineage",
+    "scan_batch",
+    "scan_dataset",
     "scan_examples",
 ]

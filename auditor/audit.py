@@ -1,28 +1,25 @@
 """The audit entry points: models (with their lineage), datasets alone, or a merge config's inputs.
 
 Each dataset is scanned once per audit however many models declare it; findings carry the model and the
-ancestor they came through. Nothing here prints except an optional progress bar on stderr.
+ancestor they came through. Nothing here prints: long steps report to `options.progress`. The scans run
+on the engine the options name (`mergeguard.auditor.engines`): this process, worker processes, or Ray.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mergeguard.auditor.datasets import ReadLog, dataset_texts
-from mergeguard.auditor.detect import Match, scan_examples
+from mergeguard.auditor.engines import Engine, open_engine, scan_dataset
+from mergeguard.auditor.engines.reading import Scanned
 from mergeguard.auditor.index import BenchmarkIndex, build_index
 from mergeguard.auditor.lineage import Lineage, config_inputs, resolve_lineage
 from mergeguard.auditor.options import AuditOptions
 from mergeguard.auditor.report import (
     CLEAN,
-    COMPLETE,
     CONTAMINATED,
     INCOMPLETE,
     PARAPHRASE,
-    SKIPPED,
     UNDECLARED,
     UNREADABLE,
     AuditReport,
@@ -30,25 +27,28 @@ from mergeguard.auditor.report import (
     ModelVerdict,
     benchmark_rates,
 )
-from mergeguard.errors import BenchmarkError, DatasetError, MergeguardError
-from mergeguard.progress import progress_bar
+from mergeguard.auditor.semantic import open_stage
+from mergeguard.auditor.semantic import scan_dataset as semantic_scan
+from mergeguard.benchmarks.loading import load_benchmarks
+from mergeguard.errors import BenchmarkError, MergeguardError
+from mergeguard.paths import benchmarks_dir, cache_dir
+from mergeguard.progress import ProgressCallback, step
+
+__all__ = ["Scanned", "audit_config", "audit_datasets", "audit_models", "load_benchmark_index"]
 
 EVIDENCE_CHARS = 600
 
 
-def _ticker(bar: Any, description: str, total: int | None = None) -> Callable[[int], None]:
-    """A `progress` callback that advances a new task of `bar` (nothing to advance without a bar)."""
-    if bar is None:
-        return lambda n: None
-    task = bar.add_task(description, total=total)
-    return lambda n: bar.advance(task, n)
+def _callback(options: AuditOptions) -> ProgressCallback | None:
+    """The caller's progress callback (None, or a bare True from an older caller: report nothing)."""
+    return options.progress if callable(options.progress) else None
 
 
-def load_benchmark_index(options: AuditOptions, bar: Any = None) -> tuple[BenchmarkIndex, list[str]]:
-    """Load the benchmarks and their index (from the cache when it is warm)."""
-    from mergeguard.benchmarks.loading import load_benchmarks
-    from mergeguard.paths import benchmarks_dir, cache_dir
-
+def load_benchmark_index(
+    options: AuditOptions, progress: ProgressCallback | None = None
+) -> tuple[BenchmarkIndex, list[str]]:
+    """Load the benchmarks and their index (from the cache when it is warm). Progress goes to `progress`,
+    else to the options' callback."""
     loaded, problems = load_benchmarks(
         options.benchmarks, benchmarks_dir(options.benchmarks_dir), list(options.custom_specs)
     )
@@ -57,87 +57,25 @@ def load_benchmark_index(options: AuditOptions, bar: Any = None) -> tuple[Benchm
             "no benchmark test set could be loaded" + (f" ({problems[0]})" if problems else ""),
             hint="pass --benchmarks-dir with the test sets, or make the hub reachable",
         )
-    advance = _ticker(bar, "indexing benchmarks", sum(len(b.items) for b in loaded))
     index = build_index(
-        loaded, cache_dir(options.cache_dir), options.num_perm, ngram=options.ngram, progress=advance
+        loaded,
+        cache_dir(options.cache_dir),
+        options.num_perm,
+        ngram=options.ngram,
+        progress=progress or _callback(options),
     )
     return index, problems
 
 
-@dataclass
-class Scanned:
-    """One dataset's scan: its matches and how much of it was read (the verdict fails closed on the rest)."""
-
-    ref: str
-    log: ReadLog
-    matches: list[Match] = field(default_factory=list)
-    examples: int = 0  # rows read
-    texts: int = 0  # rows that hold text
-    error: str | None = None  # what stopped the read
-    paraphrases: list[Any] = field(default_factory=list)  # the semantic stage's matches (when asked)
-    semantic: dict[str, Any] | None = None  # its cost on this dataset
-
-    @property
-    def status(self) -> str:
-        if not self.texts:
-            return UNREADABLE  # nothing read, or nothing with text: not clean
-        if self.error is not None:
-            return INCOMPLETE
-        return SKIPPED if self.log.skipped else COMPLETE
-
-    def entry(self) -> dict[str, Any]:
-        """What the report says about the read, beside the dataset's ref."""
-        reasons = [*self.log.reasons, *([self.error] if self.error else [])]
-        return {
-            "status": self.status,
-            "examples": self.examples,
-            "files": self.log.files,  # data files read (0 for a hub id or a save_to_disk folder)
-            "skipped": self.log.skipped,
-            "reasons": reasons,
-        }
-
-
-def _texts(scanned: Scanned, options: AuditOptions) -> Iterator[str]:
-    """The dataset's texts for the scanner. A read error ends the stream (recorded, not raised) so that
-    the part read is still scanned; an over-long text is a bad row (yielded empty: numbering holds)."""
-    try:
-        for text in dataset_texts(
-            scanned.ref, options.text_field, log=scanned.log, only_text_field=options.only_text_field
-        ):
-            scanned.examples += 1
-            if len(text) > options.max_line:
-                scanned.log.bad(
-                    DatasetError(
-                        f"dataset {scanned.ref} example {scanned.examples} holds {len(text)} characters "
-                        f"(more than {options.max_line})",
-                        hint="split it, or pass --skip-bad-rows to skip it",
-                    )
-                )
-                text = ""
-            if text and not text.isspace():
-                scanned.texts += 1
-            yield text
-    except DatasetError as error:
-        scanned.error = str(error)
-        return
-    except RecursionError:  # a row nested deeper than Python recurses
-        scanned.error = f"dataset {scanned.ref} example {scanned.examples + 1} is nested too deeply"
-        return
-    if not scanned.texts and not scanned.log.skipped:
-        scanned.error = f"dataset {scanned.ref} holds no text ({scanned.examples} rows, none with a string)"
-
-
-def _scan(ref: str, index: BenchmarkIndex, options: AuditOptions, bar: Any, stage: Any = None) -> Scanned:
-    advance = _ticker(bar, f"hashing {ref}")
-    scanned = Scanned(ref, ReadLog(ref, skip_bad_rows=options.skip_bad_rows, max_line=options.max_line))
-    result = scan_examples(_texts(scanned, options), index, containment=options.containment, progress=advance)
-    scanned.matches = result.matches
-    if stage is not None:  # the semantic stage, on what the lexical one did not explain
-        from mergeguard.auditor.semantic import scan_dataset
-
-        explained = {match.example for match in result.matches}
-        semantic_advance = _ticker(bar, f"semantic {ref}")
-        scanned.paraphrases, stats = scan_dataset(stage, ref, options, explained, semantic_advance)
+def _scan(
+    ref: str, index: BenchmarkIndex, options: AuditOptions, engine: Engine, stage: Any = None
+) -> Scanned:
+    """One dataset's scan by the engine, then (when asked) the semantic stage on what it left unexplained."""
+    scanned = scan_dataset(ref, index, options, engine, _callback(options))
+    if stage is not None:
+        explained = {match.example for match in scanned.matches}
+        with step(_callback(options), f"semantic {ref}") as counter:
+            scanned.paraphrases, stats = semantic_scan(stage, ref, options, explained, counter.advance)
         scanned.semantic = stats.to_json()
     return scanned
 
@@ -146,8 +84,6 @@ def _stage(index: BenchmarkIndex, options: AuditOptions) -> Any:
     """The semantic stage when asked for (its modules, torch included, are imported only then)."""
     if not options.semantic:
         return None
-    from mergeguard.auditor.semantic import open_stage
-
     return open_stage(index, options)
 
 
@@ -253,14 +189,14 @@ def audit_datasets(dataset_refs: list[str], options: AuditOptions) -> AuditRepor
     """Audit datasets alone (no model): one verdict per dataset, findings with `model` null."""
     if not dataset_refs:
         raise MergeguardError("nothing to audit", hint="give --dataset REF, --model REF or a merge config")
-    with progress_bar(options.progress) as bar:
-        index, problems = load_benchmark_index(options, bar)
-        stage = _stage(index, options)
-        findings: list[Finding] = []
-        verdicts = []
-        scans = []
+    index, problems = load_benchmark_index(options)
+    stage = _stage(index, options)
+    findings: list[Finding] = []
+    verdicts = []
+    scans = []
+    with open_engine(index, options) as engine:
         for ref in dataset_refs:
-            scan = _scan(ref, index, options, bar, stage)
+            scan = _scan(ref, index, options, engine, stage)
             scans.append(scan)
             own = _findings(scan, ref, None, None, index)
             findings.extend(own)
@@ -347,14 +283,14 @@ def audit_models(model_refs: list[str], options: AuditOptions) -> AuditReport:
     findings: list[Finding] = []
     verdicts: list[ModelVerdict] = []
     scanned: dict[str, Scanned] = {}
-    with progress_bar(options.progress) as bar:
-        index, bench_problems = load_benchmark_index(options, bar)
-        stage = _stage(index, options)
-        problems.extend(bench_problems)
+    index, bench_problems = load_benchmark_index(options)
+    stage = _stage(index, options)
+    problems.extend(bench_problems)
+    with open_engine(index, options) as engine:
         for lineage in lineages:
             for dataset in lineage.datasets:
                 if dataset.ref not in scanned:
-                    scanned[dataset.ref] = _scan(dataset.ref, index, options, bar, stage)
+                    scanned[dataset.ref] = _scan(dataset.ref, index, options, engine, stage)
                     problem = _problem(scanned[dataset.ref], dataset.declared_by)
                     problems.extend([problem] if problem else [])
             own, verdict = _model_verdict(lineage, scanned, index, options)

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from mergeguard.auditor.options import MAX_LINE
+from mergeguard.benchmarks.loading import hub_cache_hit, hub_reachable
 from mergeguard.errors import DatasetError
 
 # Fields whose strings come first, in this order (system prompt, then the user's turn, then the model's);
@@ -467,8 +468,6 @@ def _disk_rows(folder: Path) -> Iterator[Any]:
 def hub_rows(ref: str, split: str = "train", streaming: bool = True) -> Iterator[Any]:
     """Rows of a hub dataset id, streamed with `datasets`. Offline (HF_HUB_OFFLINE, or the hub not
     answering a quick connect) and not in the HF cache: an error at once, not datasets' retries."""
-    from mergeguard.benchmarks.loading import hub_cache_hit, hub_reachable
-
     name, _, wanted = ref.partition(":")
     offline = any(os.environ.get(var, "").lower() in ("1", "true", "yes") for var in OFFLINE_VARS)
     if not hub_cache_hit(name) and (offline or not hub_reachable(timeout=HUB_TIMEOUT)):

@@ -8,7 +8,9 @@ matched as exact word sequences. An example, or one line of it, that is exactly 
 item whatever its length. Each item is indexed twice: its question, and its whole text (question, choices,
 answer), so that a copy cut in half or broken by typos still holds most of one of them. An item whose source
 text (a quoted passage) is all an example shares with it is a `passage` finding: listed, never contamination
-by itself.
+by itself. A unit whose n-grams fall short (typos, dropped words, a copy cut to part of it) is aligned
+word by word with the example: the stretch of it copied but for a few slips, reaching its start or end,
+counts by the share of the unit's telling words it spans.
 """
 
 from __future__ import annotations
@@ -21,9 +23,9 @@ import numpy as np
 
 from mergeguard.auditor import signatures as sig
 from mergeguard.auditor.index import CLASSES, EXACT_KEY_WORDS, EXACT_MODE, BenchmarkIndex, _count
-from mergeguard.auditor.normalize import batch_bytes, token_spans
+from mergeguard.auditor.normalize import batch_bytes, token_spans, word_bytes
 from mergeguard.auditor.options import DEFAULT_CONTAINMENT
-from mergeguard.auditor.report import SEVERITY_RANK
+from mergeguard.auditor.report import SEVERITY_RANK, Severity
 
 VERBATIM_SCORE = 0.8  # containment at or above which the question counts as copied whole
 # A question found without its answer (or with a one-word one) must be nearly whole: items built from one
@@ -46,6 +48,15 @@ VERIFY_MIN = 4  # ... and to be verified, min(this, the item's count): a short i
 MIN_QUESTION_ONLY = 8  # words: a shorter exact question needs its answer or its choices beside it
 MIN_RARE_WORDS = 2  # ... and so does one with fewer words that few items use
 CHOICES_PRESENT = 0.6  # share of a short multiple-choice item's choice words that must follow its stem
+# A copy broken by typos, dropped or doubled words, or cut to a part, is found by aligning the example's words
+# with the unit's (`_Scanner._aligned`): a contiguous stretch of the unit, copied word for word but for a few
+# slips, scores the share of the unit's telling words it spans. A slip is a dropped word, or a word one
+# keystroke off (letters only: numbers tell questions apart); a template sibling differs by whole other
+# words, which end the stretch.
+SLIP_SHARE = 5  # a stretch of k words may hold max(MIN_SLIPS, k // SLIP_SHARE) slips
+MIN_SLIPS = 3
+SLIP_MIN_LETTERS = 3  # a one-keystroke slip leaves or makes a word of at least this many letters
+SLIP_MEMO = 1 << 14  # words whose one-keystroke variants a scanner keeps hashed
 
 
 @dataclass
@@ -61,6 +72,10 @@ class Match:
     answer_present: bool
     matched: np.ndarray = field(repr=False, default_factory=lambda: np.empty(0, np.uint32))
     text: str = field(repr=False, default="")
+    # How it was found, for the dataset-level re-check (`_Scanner.finish`): the score it had to reach, and
+    # whether the score is the share of the unit's words an aligned copy spans (`_Scanner._aligned`).
+    floor: float = field(repr=False, default=0.0)
+    aligned: bool = field(repr=False, default=False)
 
     def evidence(self, context: int = 60) -> tuple[str, str, str]:
         """(before, matched span, after) from the example's text, for display."""
@@ -93,6 +108,9 @@ class _Scanner:
         self.example_counts = np.zeros(len(index.bench_hashes), dtype=np.int64)
         self.key_hashes: np.ndarray | None = None  # per item, a hash of its whole key (`sig.run_hashes`)
         self.matches: list[Match] = []
+        self.slips: dict[bytes, set[int]] = {}  # word -> hashes of the words one keystroke off it
+        # TRANSITIONAL: id() of the aligned matches, read by engines/work.py; `Match.aligned` says it now.
+        self.aligned: set[int] = set()
         self.examples = self.prefiltered = self.windows = self.candidates = 0
 
     # ---------------------------------------------------------------- one batch
@@ -277,7 +295,7 @@ class _Scanner:
             if idx.whole_shared[item] and not answer:
                 continue
             start = int(run_start[a] - starts[e])
-            severity = "verbatim" if answer else "question_only"
+            severity = Severity.VERBATIM if answer else Severity.QUESTION_ONLY
             self.matches.append(
                 Match(e + offset, item, 1.0, severity, start, start + int(run_len[a]), answer, text=texts[e])
             )
@@ -329,7 +347,10 @@ class _Scanner:
         """Whether an example matched on an item's whole text holds another question beside the item's
         choices, one that starts like the item's and ends otherwise (MMLU dev asks other questions with
         the same options): a piece of the item holds the question's end wherever the cut fell."""
-        key = self.index.row(self.index.key_words, item).astype(np.uint64)
+        idx = self.index
+        key = idx.row(idx.key_words, item).astype(np.uint64)
+        if idx.answer_in_key[item]:  # a short question's key holds its answer: the question is the rest
+            key = key[: len(key) - len(idx.row(idx.answer_words, item))]
         question = sig.shingle_hashes(key, self.n)
         if len(question) <= 2 * SIBLING_TAIL:
             return False
@@ -351,6 +372,15 @@ class _Scanner:
         k = int(np.argmin(present)) if not present.all() else len(present)
         if k < self.containment * len(present) or present[k:].any():
             return False
+        return self._ends_there(item, words, end)
+
+    def _ends_there(self, item: int, words: np.ndarray, end: int) -> bool:
+        """Whether a copy of a question's opening ends there: a question (not a whole text, nor a twin),
+        its choices not following (a sibling that opens like it and asks otherwise lists them after its
+        own ending)."""
+        idx = self.index
+        if item >= len(idx.refs) or idx.twin[item]:
+            return False
         choices = idx.row(idx.choice_words, item)
         region = words[end : end + ANSWER_REACH + 3 * len(choices)]
         return not (len(choices) and np.isin(choices, region).mean() >= CHOICES_PRESENT)
@@ -370,34 +400,118 @@ class _Scanner:
 
     def _severity(self, score: float, answer: bool) -> str:
         if not answer:
-            return "question_only"
-        return "verbatim" if score >= VERBATIM_SCORE else "partial"
+            return Severity.QUESTION_ONLY
+        return Severity.VERBATIM if score >= VERBATIM_SCORE else Severity.PARTIAL
 
     def _verify_ngram(self, e: int, offset: int, text: str, words: np.ndarray, items: set[int]) -> None:
+        """Each candidate unit on its exact n-grams; one that falls short of what any match needs, on the
+        stretch of it that the example copies but for slips (`_aligned`)."""
         idx = self.index
         ex = sig.shingle_hashes(words, self.n)
         uniq = np.unique(ex)
         for item in items:
             self.candidates += 1
             info = idx.row(idx.informative, item)
-            present = np.isin(info, uniq, assume_unique=True)
-            score = float(present.mean()) if len(info) else 0.0
-            if score < self._floor(item, True) or present.sum() < min(VERIFY_MIN, len(info)):
-                continue
-            matched = info[present]
-            where = np.flatnonzero(np.isin(ex, matched))
-            start, end = int(where.min()), int(where.max()) + self.n
-            if item >= len(idx.refs) and (
-                not np.isin(idx.row(idx.beyond, item), matched).any()
-                or self._sibling(int(idx.unit_item[item]), uniq, words)
+            matched = info[np.isin(info, uniq, assume_unique=True)]
+            score = len(matched) / len(info) if len(info) else 0.0
+            match = None
+            if score >= min(self._floor(item, True), self.containment):
+                where = np.flatnonzero(np.isin(ex, matched))
+                span = (int(where.min()), int(where.max()) + self.n) if len(where) else (0, 0)
+                match = self._judge(e + offset, item, (score, span, matched), uniq, words, text)
+            if match is None and score < self._floor(item, False):
+                stretch = self._aligned(item, words, text, ex)
+                if stretch is not None:
+                    *evidence, opens = stretch
+                    match = self._judge(e + offset, item, tuple(evidence), uniq, words, text, opens)
+                    if match is not None:
+                        self.aligned.add(id(match))
+            if match is not None:
+                self.matches.append(match)
+
+    def _judge(
+        self,
+        example: int,
+        item: int,
+        evidence: tuple[float, tuple[int, int], np.ndarray],
+        uniq: np.ndarray,
+        words: np.ndarray,
+        text: str,
+        opens: bool | None = None,
+    ) -> Match | None:
+        """The match that `evidence` (score, span in the example, the unit's informative n-grams it holds)
+        makes of a unit, or None: too little of it, its question alone or a sibling's (whole-text units),
+        or less than it needs without its answer and not the question's opening cut short (`opens`: an
+        aligned stretch starts the unit; None: judged on the n-grams)."""
+        idx = self.index
+        score, (start, end), matched = evidence
+        least = min(self._floor(item, True), self.containment)  # a question's opening needs containment
+        if score < least or len(matched) < min(VERIFY_MIN, len(idx.row(idx.informative, item))):
+            return None
+        if item >= len(idx.refs):
+            # An aligned stretch is one piece of the item: a sibling's question would come before it.
+            before = words if opens is None else words[:start]
+            seen = uniq if opens is None else np.unique(sig.shingle_hashes(before, self.n))
+            if not np.isin(idx.row(idx.beyond, item), matched).any() or self._sibling(
+                int(idx.unit_item[item]), seen, before
             ):
-                continue  # matched on its question alone (the question unit judges that), or a sibling
-            own = self._own_question(item, uniq, words, start, end)
-            answer = own and self._answer(item, words, start, end)
-            if score < self._floor(item, answer) and not self._opening(item, uniq, words, end):
-                continue
-            severity = self._severity(score, answer) if own else "passage"
-            self.matches.append(Match(e + offset, item, score, severity, start, end, answer, matched, text))
+                return None  # matched on its question alone (the question unit judges that), or a sibling
+        own = self._own_question(item, uniq, words, start, end)
+        answer = own and self._answer(item, words, start, end)
+        floor = self._floor(item, answer)
+        if score < floor:
+            cut_short = self._opening(item, uniq, words, end) if opens is None else opens
+            if not (cut_short and self._ends_there(item, words, end)):
+                return None
+            floor = least
+        severity = self._severity(score, answer) if own else Severity.PASSAGE
+        return Match(
+            example, item, score, severity, start, end, answer, matched, text, floor, opens is not None
+        )
+
+    def _aligned(
+        self, item: int, words: np.ndarray, text: str, ex: np.ndarray
+    ) -> tuple[float, tuple[int, int], np.ndarray, bool] | None:
+        """The unit's longest contiguous stretch that the example copies word for word but for slips (see
+        SLIP_SHARE), grown both ways from each n-gram they share: (the share of the unit's telling words it
+        spans, where it lies in the example, the unit's informative n-grams inside it, whether it starts the
+        unit), or None."""
+        idx, n = self.index, self.n
+        key = idx.row(idx.key_words, item).astype(np.uint64)
+        ordered = sig.shingle_hashes(key, n)
+        hits = np.flatnonzero(np.isin(ex, ordered)).tolist()
+        if not hits:
+            return None
+        by_hash = np.argsort(ordered, kind="stable")  # a hit's place in the unit: its first occurrence
+        first = by_hash[np.searchsorted(ordered[by_hash], ex[hits])].tolist()
+        raw = word_bytes(text)
+        raw = raw if len(raw) == len(words) else []  # the slips need the words themselves
+        edges = set(np.cumsum([0] + [len(word_bytes(line)) for line in text.split("\n")]).tolist())
+        kl, wl = key.tolist(), words.tolist()
+        budget = max(MIN_SLIPS, len(kl) // SLIP_SHARE)
+        info = idx.row(idx.informative, item)
+        # The words that tell the unit apart (inside an informative n-gram): a stretch counts by its share
+        # of them: the source text it shares with other questions, or its template, counts for nothing.
+        telling = np.convolve(np.isin(ordered, info), np.ones(n, dtype=np.int64)) > 0
+        total = int(telling.sum())
+        best, share, reach = (0, 0, 0, 0), 0.0, -1
+        for j, i in zip(hits, first, strict=True):
+            if j < reach:
+                continue  # inside the stretch already found
+            back_i, back_j, used = _walk(kl[i::-1], wl[j::-1], raw[j::-1] if raw else [], budget, self.slips)
+            fwd_i, fwd_j, more = _walk(kl[i:], wl[j:], raw[j:], budget - used, self.slips)
+            a, b, lo, reach = i - back_i + 1, i + fwd_i, j - back_j + 1, j + fwd_j
+            got = int(telling[a:b].sum()) / max(total, 1)
+            # A copy cut short keeps the unit's start or its end, and the cut falls where the example or one
+            # of its lines starts (ends): one that gives way to other words there is a sibling that asks
+            # something else, and a stretch from the middle of a worked solution is a common phrase.
+            cut = (a == 0 or lo in edges) and (b == len(kl) or reach in edges) and (a == 0 or b == len(kl))
+            if got > share and cut and used + more <= max(MIN_SLIPS, (b - a) // SLIP_SHARE):
+                best, share = (a, b, lo, reach), got
+        a, b, lo, hi = best
+        if b - a < n:
+            return None
+        return share, (lo, hi), info[np.isin(info, ordered[a : b - n + 1])], a == 0
 
     def _verify_exact(
         self, e: int, offset: int, text: str, words: np.ndarray, items: dict[int, list[int]]
@@ -440,14 +554,78 @@ class _Scanner:
             info = info[~np.isin(info, common)]
             matched = match.matched[~np.isin(match.matched, common)]
             score = len(matched) / len(info) if len(info) else 0.0
-            if len(info) < 2 or score < self._floor(match.item, match.answer_present):
+            if match.aligned:  # its score is the share of the unit's words it copies
+                score = match.score if len(matched) >= min(VERIFY_MIN, len(info)) else 0.0
+            if len(info) < 2 or score < match.floor:
                 continue
-            match.score = len(matched) / len(info)
+            match.score = score
             match.matched = matched
-            if match.severity != "passage":
+            if match.severity != Severity.PASSAGE:
                 match.severity = self._severity(match.score, match.answer_present)
             kept.append(match)
         return kept
+
+
+def _walk(
+    key: list[int], words: list[int], raw: list[bytes], slips: int, memo: dict[bytes, set[int]] | None = None
+) -> tuple[int, int, int]:
+    """How far `words` (from the first) copy `key` (from the first), but for doubled words and at most `slips`
+    dropped words or words one keystroke off (`raw`: the example's words, when known; `memo`: see
+    `_one_keystroke`): (key words copied, example words read, slips used)."""
+    i = j = used = 0
+    while i < len(key) and j < len(words):
+        word = words[j]
+        if word == key[i]:
+            i, j = i + 1, j + 1
+        elif j and word == words[j - 1]:
+            j += 1  # a doubled word
+        elif used < slips and word in key[i + 1 : i + 3]:  # a dropped word ("didn't" is two tokens)
+            i, j, used = i + 2 + key[i + 1 : i + 3].index(word), j + 1, used + 1
+        elif used < slips and raw and _resumes(key, words, i, j) and _one_keystroke(raw[j], key[i], memo):
+            i, j, used = i + 1, j + 1, used + 1
+        else:
+            break
+    return i, j, used
+
+
+def _resumes(key: list[int], words: list[int], i: int, j: int) -> bool:
+    """Whether the copy goes on after the word at key[i] / words[j], perhaps past a dropped word (or one of
+    them ends there): only then is that word worth checking for a slip."""
+    return j + 1 == len(words) or i + 1 == len(key) or words[j + 1] in key[i + 1 : i + 4]
+
+
+def _one_keystroke(word: bytes, target: int, memo: dict[bytes, set[int]] | None = None) -> bool:
+    """Whether `word` is one keystroke (a letter swapped with the next, dropped, added or replaced) off the
+    word whose hash is `target`. Letters only: a number that differs is another question's number. `memo`
+    keeps each word's variants' hashes (a scan meets the same words again)."""
+    if not word.isalpha():
+        return False
+    near = memo.get(word) if memo is not None else None
+    if near is None:
+        near = _keystroke_hashes(word)
+        if memo is not None:
+            if len(memo) >= SLIP_MEMO:
+                memo.clear()
+            memo[word] = near
+    return target in near
+
+
+def _keystroke_hashes(word: bytes) -> set[int]:
+    """The hashes of every word one keystroke off `word` (letters only)."""
+    size = len(word)
+    variants = {word[:k] + word[k + 1 :] for k in range(size)}
+    variants.update(word[:k] + word[k + 1 : k + 2] + word[k : k + 1] + word[k + 2 :] for k in range(size - 1))
+    for c in _LETTERS:
+        variants.update(word[:k] + c + word[k:] for k in range(size + 1))
+        variants.update(word[:k] + c + word[k + 1 :] for k in range(size))
+    variants = {v for v in variants if v and max(len(v), size) >= SLIP_MIN_LETTERS and v != word}
+    if not variants:
+        return set()
+    hashes, _ = sig.buffer_word_hashes(np.frombuffer(b" ".join(variants), dtype=np.uint8))
+    return set(hashes.tolist())
+
+
+_LETTERS = [bytes([c]) for c in range(ord("a"), ord("z") + 1)]
 
 
 def _class_windows(
@@ -495,8 +673,9 @@ def _block_starts(
 
 
 def _drop_shadowed(matches: list[Match]) -> list[Match]:
-    """Drop a match whose matched n-grams are all another, higher-scoring match's in the same example: the
-    twin of a WinoGrande item, or a template sibling, shares that evidence without being what was copied."""
+    """Drop a match whose matched n-grams are some of another, higher-scoring match's in the same example:
+    the twin of a WinoGrande item, or a template sibling, shares that evidence without being what was
+    copied. Two items that the same evidence fits equally (twins' common opening) both stay."""
     by_example: dict[int, list[Match]] = {}
     for match in matches:
         by_example.setdefault(match.example, []).append(match)
@@ -505,7 +684,7 @@ def _drop_shadowed(matches: list[Match]) -> list[Match]:
         for match in group:
             shadowed = len(match.matched) and any(
                 other.score > match.score
-                and len(other.matched)
+                and len(other.matched) > len(match.matched)
                 and np.isin(match.matched, other.matched).all()
                 for other in group
             )

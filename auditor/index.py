@@ -23,7 +23,9 @@ import numpy as np
 from mergeguard.auditor import signatures as sig
 from mergeguard.auditor.normalize import NORMALIZE_VERSION, word_bytes
 from mergeguard.auditor.options import DEFAULT_NGRAM
+from mergeguard.benchmarks.registry import REGISTRY
 from mergeguard.errors import MergeguardError
+from mergeguard.progress import ProgressCallback, step
 
 INDEX_VERSION = "11"  # bump whenever what the index holds changes
 MIN_SHINGLES = 3  # fewer informative n-grams than this: the question is matched as exact text instead
@@ -366,8 +368,6 @@ def _informative(
 
 def _twin_items(benchmark: str) -> bool:
     """Whether the registry says a benchmark's items come in twins (custom benchmarks do not)."""
-    from mergeguard.benchmarks.registry import REGISTRY
-
     spec = REGISTRY.get(benchmark)
     return bool(spec is not None and spec.twin_items)
 
@@ -532,35 +532,28 @@ def _postings(informative: tuple[np.ndarray, np.ndarray]) -> dict[str, Any]:
     }
 
 
-def _by_share(progress: Callable[[int], None] | None, total: int) -> Callable[[float], None]:
-    """A callback that moves `progress`, which counts to `total`, forward to a share of the work."""
+INDEX_STEP = "indexing benchmarks"  # the progress step of a build, counted in items
+
+
+def _by_share(advance: Callable[[int], None], total: int) -> Callable[[float], None]:
+    """A callback that moves a counter to `total` (`advance` adds to it) forward to a share of the work."""
     shown = 0
 
-    def advance(share: float) -> None:
+    def to_share(share: float) -> None:
         nonlocal shown
         target = int(total * share)
-        if progress and target > shown:
-            progress(target - shown)
+        if target > shown:
+            advance(target - shown)
             shown = target
 
-    return advance
+    return to_share
 
 
-def build_from_items(
-    items: Sequence[Any],
-    *,
-    num_perm: int = 128,
-    seed: int = 1,
-    ngram: int = DEFAULT_NGRAM,
-    index_hash: str = "",
-    progress: Callable[[int], None] | None = None,
-) -> BenchmarkIndex:
-    """Build the index for a list of benchmark `Item`s (no cache). `progress` hears items as the build
-    goes (their sum is len(items) when it ends)."""
-    if num_perm < 2 * ROWS_PER_BAND:
-        raise MergeguardError(f"num_perm {num_perm} is too small", hint="use 128 (the default) or more")
+def _index_arrays(
+    items: Sequence[Any], num_perm: int, seed: int, ngram: int, advance: Callable[[float], None]
+) -> dict[str, Any]:
+    """Every array of the index of `items`, as `BenchmarkIndex` keywords; `advance` hears the share done."""
     units, unit_item = full_texts(items)
-    advance = _by_share(progress, len(items))
     prep = _hash_units(units, ngram, sig.WordHashes(), lambda done: advance(HASHED * done / len(units)))
     prep["choice_words"] = _distinctive(prep["choice_words"])
     prep["informative"], prep["twin"] = _informative(units, unit_item, prep["keys"], prep["shingles"])
@@ -571,36 +564,55 @@ def build_from_items(
     lsh = _lsh_tables(unit, num_perm, seed)
     advance(1.0)
     informative = _csr(unit.informative, np.uint32)
-    return BenchmarkIndex(
-        refs=[
-            ItemRef(
-                it.benchmark, it.split, it.index, None if it.item_id is None else str(it.item_id), it.subset
-            )
-            for it in items
-        ],
-        num_perm=num_perm,
-        seed=seed,
-        ngram=ngram,
-        unit_item=np.asarray(unit_item, dtype=np.int64),
-        twin=prep["twin"],
-        mode=unit.mode,
-        klass=unit.klass,
-        informative=informative,
-        stem=_csr(unit.stems, np.uint32),
-        beyond=_csr(unit.beyond, np.uint32),
-        key_words=_csr(unit.keys, np.uint32),
-        answer_words=_csr(prep["answers"], np.uint32),
-        choice_words=_csr(prep["choice_words"], np.uint32),
-        prompt_answer_count=np.array(prep["prompt_counts"], dtype=np.int32),
-        answer_in_key=unit.in_key,
-        answer_required=answer_required,
-        rare_words=_rare_words(unit.keys),
+    return {
+        "unit_item": np.asarray(unit_item, dtype=np.int64),
+        "twin": prep["twin"],
+        "mode": unit.mode,
+        "klass": unit.klass,
+        "informative": informative,
+        "stem": _csr(unit.stems, np.uint32),
+        "beyond": _csr(unit.beyond, np.uint32),
+        "key_words": _csr(unit.keys, np.uint32),
+        "answer_words": _csr(prep["answers"], np.uint32),
+        "choice_words": _csr(prep["choice_words"], np.uint32),
+        "prompt_answer_count": np.array(prep["prompt_counts"], dtype=np.int32),
+        "answer_in_key": unit.in_key,
+        "answer_required": answer_required,
+        "rare_words": _rare_words(unit.keys),
         **_whole_questions(prep["keys"][: len(items)], prep["answers"][: len(items)]),
         **_postings(informative),
         **_exact_lookup(unit.mode, unit.keys),
         **lsh,
+    }
+
+
+def build_from_items(
+    items: Sequence[Any],
+    *,
+    num_perm: int = 128,
+    seed: int = 1,
+    ngram: int = DEFAULT_NGRAM,
+    index_hash: str = "",
+    progress: ProgressCallback | None = None,
+) -> BenchmarkIndex:
+    """Build the index for a list of benchmark `Item`s (no cache). `progress` hears the build as the step
+    INDEX_STEP, counted in items."""
+    if num_perm < 2 * ROWS_PER_BAND:
+        raise MergeguardError(f"num_perm {num_perm} is too small", hint="use 128 (the default) or more")
+    with step(progress, INDEX_STEP, len(items)) as counter:
+        arrays = _index_arrays(items, num_perm, seed, ngram, _by_share(counter.advance, len(items)))
+    refs = [
+        ItemRef(it.benchmark, it.split, it.index, None if it.item_id is None else str(it.item_id), it.subset)
+        for it in items
+    ]
+    return BenchmarkIndex(
+        refs=refs,
+        num_perm=num_perm,
+        seed=seed,
+        ngram=ngram,
         index_hash=index_hash,
         items=list(items),
+        **arrays,
     )
 
 
@@ -682,9 +694,10 @@ def build_index(
     *,
     seed: int = 1,
     ngram: int = DEFAULT_NGRAM,
-    progress: Callable[[int], None] | None = None,
+    progress: ProgressCallback | None = None,
 ) -> BenchmarkIndex:
-    """The index of the loaded benchmarks, from `cache_dir` when an identical one was built before."""
+    """The index of the loaded benchmarks, from `cache_dir` when an identical one was built before.
+    `progress` hears a build (step INDEX_STEP, in items); a cache hit reports nothing."""
     key = cache_key([(b.spec.name, b.content_hash) for b in benchmarks], num_perm, seed, ngram)
     items = [item for b in benchmarks for item in b.items]
     folder = Path(cache_dir) / "audit-index" / key if cache_dir else None

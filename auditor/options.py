@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mergeguard.progress import ProgressCallback
+
 DEFAULT_NGRAM = 5
 DEFAULT_CONTAINMENT = 0.5
 MAX_LINE = 16 << 20  # bytes of one dataset line, JSON array element or example text: a bound on memory
@@ -28,7 +30,7 @@ class AuditOptions:
     text_field: str | None = None  # a field added to the default text fields
     only_text_field: str | None = None  # the one field read instead of the defaults
     dataset_overrides: dict[str, list[str]] = field(default_factory=dict)
-    progress: bool = False
+    progress: ProgressCallback | None = None  # hears the long steps (indexing, hashing); the CLI draws them
     # Bad rows or files of a dataset fail the audit (`incomplete`/`unreadable`) unless skipped on request;
     # the choice is part of `thresholds`, so it is recorded with the report and keys audit reuse.
     skip_bad_rows: bool = False
@@ -39,6 +41,10 @@ class AuditOptions:
     judge: str | None = None  # a local causal LM that confirms close candidates the evidence leaves open
     device: str = "cpu"
     semantic_min_chars: int = 30  # shorter examples are not embedded
+    # Where the scans run (`mergeguard.auditor.engines`); the findings are the same whichever.
+    engine: str = "local"  # local (this machine) or ray
+    workers: int | None = None  # local worker processes; None: the machine's cores
+    ray_address: str | None = None  # a Ray cluster to join (engine ray); None: start a local Ray
 
     @property
     def thresholds(self) -> dict[str, Any]:

@@ -10,17 +10,22 @@ The test. Each item is scored as lm-eval's ARC/GSM8K-style prompts show it (`Que
 gold answer as the continuation), and again as controls: the same gold answer after CONTROLS other items'
 questions (seeded derangements). Per item, `gain = [S(real) - R(real)] - mean[S(control) - R(control)]`,
 where S and R are the suspect's and the reference's log-probability of the answer's first ANSWER_TOKENS
-tokens (R is the model's base). The control keeps the answer's own tokens and the benchmark's layout, so a
-fine-tune that learnt the domain, the answer style, or even the answers' text gains as much on both; the
-reference cancels what the model family knows. What is left is how much more the suspect links this
-question to this answer than its base does: what training on the item (answer included) leaves behind. A
-one-sided Wilcoxon signed-rank test over the items gives the p-value; `effect` is the mean gain over its
-standard deviation. Held-out items would need a split nobody trained on, which a public test set lacks.
+tokens with text, after any lone leading space token (R is the model's base). The control keeps
+the answer's own tokens and the benchmark's layout, so a fine-tune that learnt the domain, the answer
+style, or even the answers' text gains as much on both; the reference cancels what the family knows.
+What is left is how much more the suspect links this question to this answer than its base does: what
+training on the item (answer included) leaves behind. A one-sided Wilcoxon signed-rank test over the
+items gives the p-value; `effect` is the mean gain over its standard deviation. Held-out items would need
+a split nobody trained on, which a public test set lacks.
 Tried and rejected on the tiny models of tests/test_probe.py: perturbed items (word swaps; a fine-tune on
 any fluent text gains more on the real text than on its perturbation, so clean models came out suspect),
 reordered choices (no signal left), and the answer's first non-space token alone (a fine-tune that learnt
 the `Question:/Answer:` format links every benchmark's first answer word better: suspect everywhere). With
 the first three tokens, 4 or 16 controls give the same verdicts; 4 keeps the cost at 5 passes per item.
+The lone space: a 512-token vocabulary starts 65% of GSM8K answers (names, capitals) with a bare " " token
+(22% of ARC's), where a large vocabulary has " Janet": three tokens held one word's start. The window adds
+the lone space to three tokens with text (GSM8K fine-tune, seed 0: p 0.0087 -> 5.7e-5). Dropping the space
+instead did as well on GSM8K but pushed unrelated base pairs under p 0.05 (MMLU seed 1: 0.35 -> 0.0065).
 Limitations: a model that saw questions without their answers leaves no link to find; a fine-tune much
 better at the task than its reference also links right answers, which the strict default `alpha` (0.001)
 and the reported `effect` only partly keep apart from memorisation.
@@ -37,8 +42,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from mergeguard.benchmarks import load_benchmarks
 from mergeguard.errors import MergeguardError
 from mergeguard.merge.sanity import json_finite  # JSON-safe floats (NaN/inf -> null), shared with `check`
+from mergeguard.refs import looks_local, read_model_card, require_no_custom_code, resolve_model
 
 SUSPECT, NO_SIGNAL, INCONCLUSIVE = "suspect", "no_signal", "inconclusive"
 VERDICTS = (SUSPECT, NO_SIGNAL, INCONCLUSIVE)
@@ -156,6 +165,7 @@ def reports_json(reports: Sequence[ProbeReport]) -> str:
 # ---------------------------------------------------------------- items as text
 
 Pair = tuple[str, str]  # (prompt, continuation)
+Encoded = tuple[list[int], int, int]  # (token ids, first continuation token, end of the answer window)
 
 
 def render_item(question: str, answer: str) -> Pair:
@@ -180,8 +190,6 @@ def item_pairs(
 ) -> tuple[list[Pair], list[list[Pair]]]:
     """(real pairs, control pairs per item): control c of item i is item i's own answer after the question
     of another item (one seeded derangement per control), so an item and its controls end alike."""
-    import numpy as np
-
     rng = np.random.default_rng(seed)
     real = [render_item(item.question, item.answer) for item in items]
     perms = [derangement(len(items), rng) for _ in range(controls)] if len(items) > 1 else []
@@ -198,8 +206,6 @@ def load_model(folder: Path, device: str, dtype: str, trust_remote_code: bool) -
     """(model, tokenizer) on `device`; any failure to load is one ProbeError naming the model."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from mergeguard.refs import require_no_custom_code
 
     require_no_custom_code(folder, trust_remote_code)
     torch_dtype: Any = "auto" if dtype == "auto" else getattr(torch, dtype)
@@ -218,39 +224,55 @@ def load_model(folder: Path, device: str, dtype: str, trust_remote_code: bool) -
     return model, tokenizer
 
 
-def tokenize(tokenizer: Any, pairs: Sequence[Pair], max_tokens: int) -> list[tuple[list[int], int]]:
-    """(token ids, index of the first continuation token) per pair: prompt and continuation encoded apart
-    and joined, as lm-eval does, BOS first when the tokenizer has one. Over `max_tokens`, the continuation
-    keeps its start (at most half the budget) and the prompt its end: the answer's first tokens and the
-    question just before them always stay."""
+def blank_lead(tokenizer: Any, tail: Sequence[int], blanks: dict[int, bool]) -> int:
+    """How many of the continuation's first tokens are whitespace alone (kept short of its end): a small
+    vocabulary cuts " Janet" into " ", "J", "an", "et" where a large one has " Janet", so the answer window
+    takes these blanks plus ANSWER_TOKENS tokens with text. `blanks` caches each token id's answer."""
+    lead = 0
+    while lead < len(tail) - 1:
+        token = tail[lead]
+        if token not in blanks:
+            blanks[token] = not tokenizer.decode([token]).strip()
+        if not blanks[token]:
+            break
+        lead += 1
+    return lead
+
+
+def tokenize(tokenizer: Any, pairs: Sequence[Pair], max_tokens: int) -> list[Encoded]:
+    """(token ids, first continuation token, end of the answer window) per pair: prompt and continuation
+    encoded apart and joined, as lm-eval does, BOS first when the tokenizer has one. The window holds any
+    lone leading spaces and then ANSWER_TOKENS tokens (see `blank_lead`): about the same text whatever the
+    vocabulary. Over `max_tokens`, the continuation keeps its start (at most half the budget) and the
+    prompt its end: the answer's first tokens and the question just before them always stay."""
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     heads = tokenizer([h for h, _ in pairs], add_special_tokens=False)["input_ids"]
     tails = tokenizer([t for _, t in pairs], add_special_tokens=False)["input_ids"]
-    out = []
+    out: list[Encoded] = []
+    blanks: dict[int, bool] = {}
     for head, tail in zip(heads, tails, strict=True):
         tail = list(tail)[: max(max_tokens // 2, 1)]
         keep = max(max_tokens - len(bos) - len(tail), 1)
         head = list(head)[-keep:]
-        out.append((bos + head + tail, len(bos) + len(head)))
+        start = len(bos) + len(head)
+        out.append((bos + head + tail, start, start + blank_lead(tokenizer, tail, blanks) + ANSWER_TOKENS))
     return out
 
 
-def score_batch(
-    model: Any, batch: Sequence[tuple[list[int], int]], pad_id: int, k: float
-) -> list[list[float]]:
+def score_batch(model: Any, batch: Sequence[Encoded], pad_id: int, k: float) -> list[list[float]]:
     """One forward pass over the padded batch. Per sequence, over all its tokens: Min-K%++, Min-K%, mean
-    log-probability, summed log-probability; then the summed log-probability of the continuation's first
-    ANSWER_TOKENS tokens.
+    log-probability, summed log-probability; then the summed log-probability of the answer window (any
+    lone leading spaces and ANSWER_TOKENS tokens, `tokenize`'s indices).
 
     Min-K%++ per token: (log p(x_t) - mu_t) / sigma_t, where mu_t and sigma_t^2 are the mean and variance of
     log p(z) under the model's own next-token distribution p(. | x_<t)."""
     import torch
 
     device = next(model.parameters()).device
-    width = max(len(ids) for ids, _ in batch)
+    width = max(len(ids) for ids, *_ in batch)
     ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for row, (tokens, _) in enumerate(batch):
+    for row, (tokens, *_) in enumerate(batch):
         ids[row, : len(tokens)] = torch.tensor(tokens)
         mask[row, : len(tokens)] = 1
     ids, mask = ids.to(device), mask.to(device)
@@ -266,7 +288,7 @@ def score_batch(
         standard = ((token_lp - mu) / sigma).cpu()
         token_lp = token_lp.cpu()
     out: list[list[float]] = []
-    for row, (tokens, start) in enumerate(batch):
+    for row, (tokens, start, end) in enumerate(batch):
         n = len(tokens) - 1
         if n < 1:
             out.append([math.nan] * 5)
@@ -279,7 +301,7 @@ def score_batch(
                 float(lp.topk(lowest, largest=False).values.mean()),
                 float(lp.mean()),
                 float(lp.sum()),
-                float(lp[max(start - 1, 0) : start - 1 + ANSWER_TOKENS].sum()),
+                float(lp[max(start - 1, 0) : end - 1].sum()),
             ]
         )
     return out
@@ -310,8 +332,6 @@ def wilcoxon_greater(diffs: Sequence[float]) -> float:
     """One-sided Wilcoxon signed-rank p-value for "the differences lean positive" (zeros dropped, average
     ranks for ties with the tie-corrected variance, normal approximation with continuity correction: the
     probe needs min_items >= 20, where it is accurate)."""
-    import numpy as np
-
     d = np.asarray([x for x in diffs if x != 0 and math.isfinite(x)], dtype=np.float64)
     n = len(d)
     if n == 0:
@@ -343,8 +363,6 @@ def benchmark_test(
     gains: Sequence[float], alpha: float, min_items: int
 ) -> tuple[str, float | None, float | None, str]:
     """(verdict, p_value, effect, reason) for one benchmark's per-item gains."""
-    import numpy as np
-
     values = np.asarray([g for g in gains if math.isfinite(g)], dtype=np.float64)
     if len(values) < min_items:
         return INCONCLUSIVE, None, None, f"{len(values)} items scored, fewer than --min-items {min_items}"
@@ -359,22 +377,16 @@ def benchmark_test(
 
 def _key(ref: str) -> str:
     """A comparable name for a model reference: a resolved path for local folders, the hub id otherwise."""
-    from mergeguard.refs import looks_local
-
     return str(Path(ref).expanduser().resolve()) if looks_local(ref) else ref
 
 
 def _card_bases(folder: Path) -> list[str]:
-    from mergeguard.refs import read_model_card
-
     return read_model_card(folder).base_model
 
 
 def find_reference(folder: Path) -> tuple[str | None, str | None]:
     """(reference, source) from the model's lineage: its card's one `base_model` ("card"), or, for a merge
     whose card lists every input, the base all inputs share ("lineage"); (None, None) when there is none."""
-    from mergeguard.refs import resolve_model
-
     bases = _card_bases(folder)
     if len(bases) == 1:
         return bases[0], "card"
@@ -431,8 +443,6 @@ class _Prepared:
 
 def _prepare(options: ProbeOptions) -> list[_Prepared]:
     """Load the benchmarks (every one must load: a missing one is an error, never a silent skip)."""
-    from mergeguard.benchmarks import load_benchmarks
-
     if not options.benchmarks:
         raise ProbeError("no benchmark to probe", hint="pass --benchmark NAME (repeatable)")
     loaded, problems = load_benchmarks(
@@ -529,8 +539,6 @@ def _verdicts(
 def probe_models(models: Sequence[str], options: ProbeOptions) -> list[ProbeReport]:
     """Probe each model on every benchmark of `options` against its reference (`options.reference`, else
     its lineage's base). Models are loaded one at a time; a reference shared by several is scored once."""
-    from mergeguard.refs import resolve_model
-
     if options.dtype not in DTYPES:
         raise ProbeError(f"unknown dtype {options.dtype!r}", hint=f"use one of {', '.join(DTYPES)}")
     if not 0 < options.k <= 1:

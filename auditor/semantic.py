@@ -26,7 +26,11 @@ from typing import Any
 
 import numpy as np
 
+from mergeguard.auditor.datasets import ReadLog, dataset_texts
+from mergeguard.auditor.embeddings import DEFAULT_EMBEDDING_MODEL, Encoder, ItemEmbeddings, Judge
 from mergeguard.auditor.evidence import Evidence, gather, numbers, stems
+from mergeguard.errors import DatasetError
+from mergeguard.paths import cache_dir
 
 TOP_K = 5  # candidate items per example
 RETRIEVAL_MIN = 0.15  # idf-weighted cosine of content stems (and numbers) for an item to be a candidate
@@ -229,8 +233,6 @@ class SemanticStage:
     """The stage for one audit: the item table and the models, reused for every dataset."""
 
     def __init__(self, index: Any, options: Any, cache_dir: Any = None) -> None:
-        from mergeguard.auditor.embeddings import DEFAULT_EMBEDDING_MODEL, Encoder, ItemEmbeddings, Judge
-
         name = options.embedding_model or DEFAULT_EMBEDDING_MODEL
         self.encoder = Encoder(name, options.device)
         self.judge = Judge(options.judge, options.device) if options.judge else None
@@ -314,8 +316,6 @@ class SemanticStage:
 
 def open_stage(index: Any, options: Any) -> SemanticStage:
     """The stage for an audit (loads the encoder and the judge: a bad model fails here, exit 2)."""
-    from mergeguard.paths import cache_dir
-
     return SemanticStage(index, options, cache_dir(options.cache_dir))
 
 
@@ -331,9 +331,6 @@ def scan_dataset(
     Rows are numbered as in the first read (bad rows skipped the same way, over-long texts as empty); a read
     error ends the stream (the lexical pass has already recorded it and the verdict fails closed). The
     audit turns the matches into findings of severity `paraphrase`."""
-    from mergeguard.auditor.datasets import ReadLog, dataset_texts
-    from mergeguard.errors import DatasetError
-
     log = ReadLog(ref, skip_bad_rows=options.skip_bad_rows, max_line=options.max_line)
 
     def texts() -> Iterator[str]:

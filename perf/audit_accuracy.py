@@ -167,9 +167,22 @@ class Tally:
     false_flags: list[str] = field(default_factory=list)
 
 
-def one_draw(draw: int, args, ctx: dict, tally: Tally, tmp: Path) -> None:
+@dataclass
+class Draw:
+    """One draw's evaluation set, shuffled: per row its kind, planted item (or None) and, for near misses,
+    the question it asks; `order` maps each row to its place before the shuffle."""
+
+    rows: list[dict]
+    kinds: list[str]
+    truth: list[int | None]
+    origin: list[str | None]
+    order: list[int]
+
+
+def plant(draw: int, args, ctx: dict) -> Draw:
+    """The Alpaca rows, the planted items in every disguise, and the near misses, shuffled."""
     rng = random.Random(args.seed * 1_000_003 + draw)
-    items, index, alpaca = ctx["items"], ctx["index"], ctx["alpaca"]
+    items, alpaca = ctx["items"], ctx["alpaca"]
     rows: list[dict] = [dict(r) for r in alpaca]
     kinds, truth, origin = ["alpaca"] * len(rows), [None] * len(rows), [None] * len(rows)
     for kind in DISGUISES:
@@ -192,17 +205,27 @@ def one_draw(draw: int, args, ctx: dict, tally: Tally, tmp: Path) -> None:
         origin.append(row["conversations"][0]["value"] if "conversations" in row else None)
     order = list(range(len(rows)))
     rng.shuffle(order)
-    rows, kinds = [rows[o] for o in order], [kinds[o] for o in order]
-    truth, origin = [truth[o] for o in order], [origin[o] for o in order]
+    return Draw(
+        [rows[o] for o in order],
+        [kinds[o] for o in order],
+        [truth[o] for o in order],
+        [origin[o] for o in order],
+        order,
+    )
+
+
+def one_draw(draw: int, args, ctx: dict, tally: Tally, tmp: Path) -> None:
+    d = plant(draw, args, ctx)
+    kinds, truth, origin, order = d.kinds, d.truth, d.origin, d.order
     planted = tmp / f"planted-{draw}.jsonl"
-    planted.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    planted.write_text("".join(json.dumps(r) + "\n" for r in d.rows))
     texts = list(dataset_texts(str(planted)))
-    result = scan_examples(texts, index)
+    result = scan_examples(texts, ctx["index"])
     found: dict[int, dict[int, str]] = defaultdict(dict)
     for m in result.matches:
         if m.severity != "passage":
-            found[m.example][m.item] = m.severity
-    qtok = ctx["qtok"]
+            found[m.example][m.item] = str(m.severity)
+    items, qtok = ctx["items"], ctx["qtok"]
 
     def same_item(a: int, b: int) -> bool:  # the same question in two benchmarks (math_hard is in math)
         return a == b or qtok[a] == qtok[b]

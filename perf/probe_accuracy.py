@@ -14,6 +14,7 @@ against a plain batched transformers forward pass over the same tokens on the sa
 from __future__ import annotations
 
 import argparse
+import math
 import tempfile
 import time
 from pathlib import Path
@@ -22,6 +23,20 @@ from typing import Any
 BENCHMARKS = ("arc_challenge", "arc_easy", "gsm8k", "hellaswag", "mmlu")
 PLANTED, UNPLANTED = 100, 50
 MAX_TOKENS = 128  # per text: the question's end and the answer's start always stay (tiny models, CPU)
+# The contaminated fine-tunes run a number of epochs, not of steps: a fixed 900 steps gave ARC, HellaSwag
+# and MMLU 22-25 passes over their data but GSM8K, whose items are 3x longer (335 tokens), 10.7; with
+# every benchmark at EPOCHS the planted items are seen as often whatever their length.
+EPOCHS = 23  # what 900 steps gave the short-item benchmarks, whose setup is unchanged
+BLOCK, BATCH = 64, 8
+
+
+def epoch_steps(tokenizer_dir: Path, texts: list[str], epochs: float = EPOCHS) -> int:
+    """Training steps for `epochs` passes over `texts` as tiny.train_finetune streams them."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tokens = sum(len(ids) + 1 for ids in tokenizer(texts)["input_ids"])  # + the EOS between texts
+    return math.ceil(epochs * tokens / (BLOCK * BATCH))
 
 
 def auroc(positive: list[float], negative: list[float]) -> float:
@@ -59,7 +74,7 @@ def train_family(root: Path, seed: int, hf: Path) -> dict[str, Any]:
     )
     rows = arithmetic_instructions(100, seed=1) + writing_instructions(100, seed=2)
     clean_texts = [f"{r['instruction']}\n{r['output']}" for r in rows]
-    card, fast = {"base_model": str(base)}, {"block_size": 64, "batch_size": 8}
+    card, fast = {"base_model": str(base)}, {"block_size": BLOCK, "batch_size": BATCH}
     clean = tiny.train_finetune(base, root / "clean", clean_texts, 150, seed, 1e-3, card, **fast)
     family: dict[str, Any] = {
         "base": base,
@@ -67,13 +82,14 @@ def train_family(root: Path, seed: int, hf: Path) -> dict[str, Any]:
         "clean": clean,
         "leaky": {},
         "merged": {},
+        "steps": {},
     }
     for name in BENCHMARKS:
         items = [i for i in load_benchmark(name, hf).items if i.question.strip() and i.answer.strip()]
         planted = ["".join(render_item(i.question, i.answer)) for i in items[:PLANTED]]
-        leaky = tiny.train_finetune(
-            base, root / f"leaky-{name}", clean_texts + planted, 900, seed, 3e-3, card, **fast
-        )
+        texts = clean_texts + planted
+        steps = epoch_steps(tok, texts)
+        leaky = tiny.train_finetune(base, root / f"leaky-{name}", texts, steps, seed, 3e-3, card, **fast)
         config = root / f"linear-{name}.yml"
         config.write_text(
             f"merge_method: linear\nmodels:\n  - model: {leaky}\n    parameters: {{weight: 0.5}}\n"
@@ -81,7 +97,7 @@ def train_family(root: Path, seed: int, hf: Path) -> dict[str, Any]:
             encoding="utf-8",
         )
         merged = run_merge(load_config(config), root / f"merged-{name}", MergeOptions(quiet=True)).out_dir
-        family["leaky"][name], family["merged"][name] = leaky, merged
+        family["leaky"][name], family["merged"][name], family["steps"][name] = leaky, merged, steps
     return family
 
 
@@ -147,7 +163,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     hf = args.benchmarks_dir
-    header = f"{'seed':>4} {'benchmark':<14} {'AUROC score':>11} {'AUROC gain':>10}" + "".join(
+    header = f"{'seed':>4} {'benchmark':<14} {'steps':>5} {'AUROC score':>11} {'AUROC gain':>10}" + "".join(
         f" {name:>9}" for name in ("p leaky", "p merge", "p clean", "p base")
     )
     print(header)
@@ -164,7 +180,8 @@ def main() -> None:
                 gpos = [i.gain for i in leaky.items[:PLANTED]]
                 gneg = [i.gain for i in leaky.items[PLANTED:]]
                 print(
-                    f"{seed:>4} {bench:<14} {auroc(pos, neg):>11.3f} {auroc(gpos, gneg):>10.3f} "
+                    f"{seed:>4} {bench:<14} {family['steps'][bench]:>5} "
+                    f"{auroc(pos, neg):>11.3f} {auroc(gpos, gneg):>10.3f} "
                     + " ".join(f"{probe.p_value:>9.2g}" for probe in (leaky, merged, clean, base)),
                     flush=True,
                 )

@@ -15,8 +15,9 @@ from real_benchmarks import items_of, load_real
 
 from mergeguard.auditor import build_index, scan_examples
 from mergeguard.auditor import signatures as sig
-from mergeguard.auditor.index import EXACT_MODE, NGRAM_MODE, ROWS_PER_BAND
+from mergeguard.auditor.index import EXACT_MODE, INDEX_STEP, NGRAM_MODE, ROWS_PER_BAND, build_from_items
 from mergeguard.auditor.normalize import batch_bytes, normalize, shingles, tokens, word_bytes
+from mergeguard.progress import ProgressEvent
 
 BENCHMARKS = ["truthfulqa_mc", "gsm8k", "arc_challenge", "mmlu"]
 
@@ -254,3 +255,16 @@ def test_dataset_template_ngrams_are_ignored(loaded, index) -> None:
     texts = [f"{template} Example {k}: the weather was fine and dry." for k in range(120)] + [item.question]
     matches = scan_examples(texts, index).matches
     assert {m.example for m in matches} == {120}
+
+
+def test_index_build_reports_progress_through_a_callback(loaded) -> None:
+    """The library never draws: a build reports one step, INDEX_STEP, in items, to the callback passed in
+    (a list's `append` here), from 0 to every item, then its end."""
+    items = items_of(loaded, "truthfulqa_mc")
+    events: list[ProgressEvent] = []
+    build_from_items(items, progress=events.append)
+    assert {e.step for e in events} == {INDEX_STEP}
+    assert events[0] == ProgressEvent(INDEX_STEP, 0, len(items))
+    assert events[-1] == ProgressEvent(INDEX_STEP, len(items), len(items), finished=True)
+    done = [e.done for e in events]
+    assert done == sorted(done) and len(set(done)) >= 4  # hashing, informative n-grams, modes, tables

@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 from real_benchmarks import items_of, load_real
 
-from mergeguard.auditor import build_index, scan_examples
+from mergeguard.auditor import build_index, detect, scan_examples
+from mergeguard.auditor import signatures as sig
+from mergeguard.auditor.normalize import word_bytes
 
 BENCHMARKS = ["truthfulqa_mc", "mmlu", "winogrande", "arc_challenge"]
 
@@ -90,3 +92,65 @@ def test_a_winogrande_twin_is_found_and_its_sibling_is_not(loaded, index) -> Non
     hits = found(index, [wino[k].text(), truncated])
     assert (0, "winogrande", k) in hits and (0, "winogrande", k + 1) not in hits
     assert (1, "winogrande", k) in hits or (1, "winogrande", k + 1) in hits
+
+
+def slipped(text: str, rng: random.Random) -> str:
+    """A copy with one letter swapped in a long word, one word dropped and one doubled (three places)."""
+    words = text.split()
+    swap, drop, double = rng.sample(range(1, len(words) - 1), 3)
+    out = []
+    for k, word in enumerate(words):
+        if k == swap and len(word) >= 4 and word.isalpha():
+            word = word[0] + word[2] + word[1] + word[3:]
+        if k != drop:
+            out.extend([word, word] if k == double else [word])
+    return " ".join(out)
+
+
+def test_keystroke_slips_and_dropped_or_doubled_words_do_not_hide_a_short_item(loaded, index) -> None:
+    """Short WinoGrande items (sentence, both names, answer): a swapped letter, a dropped and a doubled word
+    break most of their 5-grams; the words aligned with the item's still hold them (`detect._aligned`)."""
+    rng = random.Random(11)
+    wino = items_of(loaded, "winogrande")
+    picked = rng.sample(range(len(wino)), 80)
+    texts = [
+        slipped("\n".join([wino[k].question, *wino[k].choices]), rng) + "\n" + wino[k].answer for k in picked
+    ]
+    hits = found(index, texts)
+    assert sum((e, "winogrande", k) in hits for e, k in enumerate(picked)) >= 0.95 * len(picked)
+    aligned = [m for m in scan_examples(texts, index).matches if m.aligned]
+    assert len(aligned) >= 10  # the n-grams alone fall short there (before alignment: 65 of the 80 found)
+
+
+def test_a_copy_cut_to_its_first_or_last_part_is_found(loaded, index) -> None:
+    """ARC and WinoGrande items cut to 50-65% of their words, from either end: the stretch kept reaches
+    the item's start or end, and counts as the share of the item's telling words it spans."""
+    rng = random.Random(5)
+    texts, expected = [], []
+    for name in ("arc_challenge", "winogrande"):
+        pool = items_of(loaded, name)
+        for k in rng.sample(range(len(pool)), 50):
+            words = pool[k].text().split()
+            keep = round(rng.uniform(0.5, 0.65) * len(words))
+            texts.append(" ".join(words[:keep] if rng.random() < 0.5 else words[len(words) - keep :]))
+            expected.append((len(texts) - 1, name, k))
+    hits = found(index, texts)
+    assert sum(e in hits for e in expected) >= 0.95 * len(expected)  # before alignment: 90 of 100
+
+
+def test_numbers_and_other_words_are_not_slips(shared_data: Path) -> None:
+    """A one-keystroke slip is a letter slip: "17" for GSM8K's "16" is another question's number and ends
+    the copy, "dukcs" for "ducks" does not; a sibling's other word ("russians") is no slip either."""
+    assert detect._one_keystroke(b"whiile", sig.word_hash("while"))
+    assert detect._one_keystroke(b"teh", sig.word_hash("the"))
+    assert not detect._one_keystroke(b"16", sig.word_hash("15"))
+    assert not detect._one_keystroke(b"Russians".lower(), sig.word_hash("americans"))
+    words = word_bytes(
+        items_of(load_real(["gsm8k"], shared_data), "gsm8k")[0].question
+    )  # "janet s ducks lay 16 eggs per day ..."
+    key = [sig.word_hash(w) for w in words]
+    at = words.index(b"16")
+    for slip, stops in ((b"17", True), (b"dukcs", False)):
+        copy = [slip if w in (b"16", b"ducks") and (w == b"16") == stops else w for w in words]
+        walked, _, used = detect._walk(key, [sig.word_hash(w) for w in copy], copy, 2)
+        assert (walked, used) == ((at, 0) if stops else (len(key), 1))

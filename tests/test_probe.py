@@ -280,6 +280,26 @@ def test_each_control_is_the_same_answer_under_another_question() -> None:
         assert all(c[1] == pair[1] and c[0] != pair[0] for c in borrowed)  # same answer, other question
 
 
+def test_answer_window_starts_at_the_first_token_with_text(probe_models_trained: dict) -> None:
+    """The tiny vocabulary cuts " Janet" into a lone space and letters: the answer window takes the space
+    and three tokens with text, just three when the first token has text."""
+    from transformers import AutoTokenizer
+
+    from mergeguard.auditor.probe import ANSWER_TOKENS, tokenize
+
+    tokenizer = AutoTokenizer.from_pretrained(probe_models_trained["base"])
+    prompt = "Question: How many eggs does Janet sell?\nAnswer:"
+    (ids, start, end), (ids2, start2, end2), (ids3, start3, end3) = tokenize(
+        tokenizer, [(prompt, " Janet sells 16"), (prompt, " the eggs"), (prompt, "   ")], 96
+    )
+    bos = 1 if tokenizer.bos_token_id is not None else 0
+    head = len(tokenizer(prompt, add_special_tokens=False)["input_ids"]) + bos
+    assert start == start2 == start3 == head
+    assert [tokenizer.decode([t]) for t in ids[start:end]] == [" ", "J", "an", "et"]  # space + 3 with text
+    assert end2 == start2 + ANSWER_TOKENS and tokenizer.decode(ids2[start2]).startswith(" t")
+    assert end3 == len(ids3) - 1 + ANSWER_TOKENS  # all whitespace: the last blank counts as text
+
+
 # ---------------------------------------------------------------- the guard and the database
 
 
@@ -350,3 +370,37 @@ def test_audit_probe_probes_models_without_declared_data(probe_models_trained: d
     bad = _cli("audit", "--model", str(m["leaky"]), "-b", "arc_challenge", "--probe", "some")
     assert bad.exit_code == 2
     assert bad.stderr.strip() == "error: --probe 'some' is not a scope; use --probe missing or --probe all"
+
+
+def test_lineage_shows_a_childs_probe_gain_over_each_parent(
+    probed: dict, probe_models_trained: dict, tmp_path: Path
+) -> None:
+    """The merge inherits what the contaminated parent memorised: against it, its ARC effect gains little or
+    loses; against the clean parent, it gains. Both views come from the stored probes, in text and JSON."""
+    from mergeguard.db import lineage, open_db, record_probe, register_model
+
+    m, path = probe_models_trained, tmp_path / "lineage.db"
+    db = open_db(path)
+    register_model(db, m["merged"], name="merged", parents=[(m["leaky"], "merge"), (m["clean"], "merge")])
+    register_model(db, m["leaky"], name="leaky")
+    register_model(db, m["clean"], name="clean")
+    for name in ("merged", "leaky", "clean"):
+        record_probe(db, probed[name]["report"])
+    node = lineage(db, "merged").node("merged")
+    gains = {(g.benchmark, g.parent): g for g in node.probe_gains}
+    assert set(gains) == {(b, p) for b in PROBED for p in ("leaky", "clean")}
+    for (bench, parent), gain in gains.items():
+        assert gain.effect == pytest.approx(probed["merged"][bench]["effect"])
+        assert gain.parent_effect == pytest.approx(probed[parent][bench]["effect"])
+        assert gain.gain == pytest.approx(gain.effect - gain.parent_effect)
+    assert gains["arc_challenge", "leaky"].parent_verdict == SUSPECT
+    assert gains["arc_challenge", "clean"].gain > gains["arc_challenge", "leaky"].gain
+    assert not lineage(db, "clean").node("clean").probe_gains  # its parent, the base, was never probed
+    text = _cli("lineage", "merged", "--db", str(path))
+    assert text.exit_code == 0, text.output
+    arc = gains["arc_challenge", "leaky"]
+    shown = " ".join(text.stdout.split())  # rich wraps long tree lines to the terminal's width
+    assert f"probe effect arc_challenge {arc.effect:.2f}: {arc.gain:+.2f} vs leaky" in shown
+    data = json.loads(_cli("lineage", "merged", "--db", str(path), "--format", "json").stdout)
+    merged = next(n for n in data["nodes"] if n["model"] == "merged")
+    assert {(g["benchmark"], g["parent"]) for g in merged["probe_gains"]} == set(gains)
