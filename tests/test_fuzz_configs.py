@@ -55,7 +55,12 @@ REF_KEYS = {"model", "base_model", "tokenizer_source", "source"}
 
 def _seeds(base: Path, ft: Path) -> list[dict[str, Any]]:
     """Valid configs covering each form and most methods (every one merges as written)."""
-    a, b = str(base), str(ft)
+    listed, sliced = _model_list_seeds(str(base), str(ft)), _slice_seeds(str(base), str(ft))
+    return [*listed[:3], sliced[0], *listed[3:], sliced[1]]  # the order the fuzz corpus was drawn from
+
+
+def _model_list_seeds(a: str, b: str) -> list[dict[str, Any]]:
+    """Configs in the `models:` form."""
     return [
         {
             "models": [
@@ -80,13 +85,6 @@ def _seeds(base: Path, ft: Path) -> list[dict[str, Any]]:
             "chat_template": "chatml",
         },
         {
-            "slices": [
-                {"sources": [{"model": a, "layer_range": [0, 2]}]},
-                {"sources": [{"model": b, "layer_range": [2, 4]}]},
-            ],
-            "merge_method": "passthrough",
-        },
-        {
             "models": [{"model": b, "parameters": {"weight": 0.5, "density": 0.5, "epsilon": 0.1}}],
             "merge_method": "della_linear",
             "base_model": a,
@@ -98,20 +96,22 @@ def _seeds(base: Path, ft: Path) -> list[dict[str, Any]]:
             "merge_method": "karcher",
             "parameters": {"max_iter": 5, "tol": 1e-6},
         },
+    ]
+
+
+def _slice_seeds(a: str, b: str) -> list[dict[str, Any]]:
+    """Configs in the `slices:` and `modules:` forms."""
+    both = [{"model": a, "layer_range": [0, 4]}, {"model": b, "layer_range": [0, 4]}]
+    return [
         {
-            "modules": {
-                "default": {
-                    "slices": [
-                        {
-                            "sources": [
-                                {"model": a, "layer_range": [0, 4]},
-                                {"model": b, "layer_range": [0, 4]},
-                            ],
-                            "parameters": {"t": 0.3},
-                        }
-                    ]
-                }
-            },
+            "slices": [
+                {"sources": [{"model": a, "layer_range": [0, 2]}]},
+                {"sources": [{"model": b, "layer_range": [2, 4]}]},
+            ],
+            "merge_method": "passthrough",
+        },
+        {
+            "modules": {"default": {"slices": [{"sources": both, "parameters": {"t": 0.3}}]}},
             "merge_method": "slerp",
             "base_model": a,
         },
