@@ -715,11 +715,17 @@ def scan_examples(
         offset += len(batch)
         if progress:
             progress(len(batch))
-    best: dict[tuple[int, int], Match] = {}  # one match per (example, item): the strongest evidence
-    for match in _drop_shadowed(scanner.finish()):
+    matches = strongest_per_item(index, scanner.finish())
+    return ScanResult(matches, scanner.examples, scanner.prefiltered, scanner.windows, scanner.candidates)
+
+
+def strongest_per_item(index: BenchmarkIndex, finished: list[Match]) -> list[Match]:
+    """One match per (example, item), the strongest evidence, in (example, item) order: the last step of a
+    scan, shared by `scan_examples` and the engines' `combine`."""
+    best: dict[tuple[int, int], Match] = {}
+    for match in _drop_shadowed(finished):
         match.item = int(index.unit_item[match.item])  # a whole-text unit names its item
         other = best.get((match.example, match.item))
         if other is None or _strength(match) > _strength(other):
             best[(match.example, match.item)] = match
-    matches = sorted(best.values(), key=lambda m: (m.example, m.item))
-    return ScanResult(matches, scanner.examples, scanner.prefiltered, scanner.windows, scanner.candidates)
+    return sorted(best.values(), key=lambda m: (m.example, m.item))

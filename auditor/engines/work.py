@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mergeguard.auditor.detect import BATCH, Match, ScanResult, _drop_shadowed, _Scanner, _strength
+from mergeguard.auditor.detect import BATCH, Match, ScanResult, _Scanner, strongest_per_item
 from mergeguard.auditor.engines.shared_index import KEY_HASHES
 from mergeguard.auditor.index import BenchmarkIndex
 
@@ -95,11 +95,5 @@ def combine(partials: Iterable[Partial], index: BenchmarkIndex, containment: flo
     scanner.example_counts = total.counts
     scanner.matches = whole.matches
     scanner.aligned = {id(whole.matches[k]) for k in whole.aligned}
-    best: dict[tuple[int, int], Match] = {}
-    for match in _drop_shadowed(scanner.finish()):
-        match.item = int(index.unit_item[match.item])  # a whole-text unit names its item
-        other = best.get((match.example, match.item))
-        if other is None or _strength(match) > _strength(other):
-            best[(match.example, match.item)] = match
-    matches = sorted(best.values(), key=lambda m: (m.example, m.item))
+    matches = strongest_per_item(index, scanner.finish())
     return ScanResult(matches, whole.examples, whole.prefiltered, whole.windows, whole.candidates)
