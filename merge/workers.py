@@ -17,7 +17,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -182,24 +182,15 @@ def _stop_signals_held() -> Iterator[None]:
 
 def _new_executor(count: int, method: str) -> ProcessPoolExecutor:
     """`count` processes started now (each by a first job), with a single-threaded BLAS each."""
-    if method == "fork":
+    forked = method == "fork"
+    with nullcontext() if forked else _spawn_environment():
         executor = ProcessPoolExecutor(
             count,
-            mp_context=multiprocessing.get_context("fork"),
+            mp_context=multiprocessing.get_context(method),
             initializer=_worker_init,
-            initargs=(True, os.getpid()),
+            initargs=(forked, os.getpid()),
         )
-        for _ in range(count):  # forks a process per call, without waiting
-            executor.submit(os.getpid)
-        return executor
-    with _spawn_environment():
-        executor = ProcessPoolExecutor(
-            count,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_worker_init,
-            initargs=(False, os.getpid()),
-        )
-        for _ in range(count):  # spawns a process per call, without waiting
+        for _ in range(count):  # starts a process per call, without waiting
             executor.submit(os.getpid)
     return executor
 
