@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -668,18 +668,24 @@ def base_of(db: Database, ref: str) -> str | None:
     return str(row[0]) if row else None
 
 
+def _latest_probe_rows(db: Database, model_ids: Sequence[int]) -> Iterator[list[tuple[Any, ...]]]:
+    """(model_id, benchmark, verdict, effect) of each model's latest probe per benchmark, a chunk of models
+    at a time (SQLite bounds a statement's parameters), ordered by benchmark."""
+    for chunk in _chunks(list(dict.fromkeys(model_ids))):
+        yield db.execute(
+            "SELECT model_id, benchmark, verdict, effect FROM probes WHERE id IN (SELECT max(id) FROM probes "
+            f"WHERE model_id IN ({_marks(chunk)}) GROUP BY model_id, benchmark) ORDER BY benchmark",
+            list(chunk),
+        ).fetchall()
+
+
 def latest_probes(db: Database, model_ids: Sequence[int]) -> dict[int, str]:
     """Each probed model's latest probe per benchmark, summed up: `suspect: arc_challenge` when any
     benchmark is suspect, else `no_signal` (or `inconclusive`); models never probed are absent."""
     out: dict[int, str] = {}
-    for chunk in _chunks(list(dict.fromkeys(model_ids))):
-        rows = db.execute(
-            "SELECT model_id, benchmark, verdict FROM probes WHERE id IN (SELECT max(id) FROM probes "
-            f"WHERE model_id IN ({_marks(chunk)}) GROUP BY model_id, benchmark) ORDER BY benchmark",
-            list(chunk),
-        ).fetchall()
+    for rows in _latest_probe_rows(db, model_ids):
         verdicts: dict[int, dict[str, list[str]]] = {}
-        for model_id, benchmark, verdict in rows:
+        for model_id, benchmark, verdict, _effect in rows:
             verdicts.setdefault(int(model_id), {}).setdefault(verdict, []).append(benchmark)
         for model_id, found in verdicts.items():
             for verdict in ("suspect", "inconclusive", "no_signal"):
@@ -695,12 +701,7 @@ def latest_probe_effects(db: Database, model_ids: Sequence[int]) -> dict[int, di
     """Per model and benchmark, the latest probe's (verdict, effect); probes without an effect (too few
     items, no reference) are left out, since there is nothing to compare."""
     out: dict[int, dict[str, tuple[str, float]]] = {}
-    for chunk in _chunks(list(dict.fromkeys(model_ids))):
-        rows = db.execute(
-            "SELECT model_id, benchmark, verdict, effect FROM probes WHERE id IN (SELECT max(id) FROM probes "
-            f"WHERE model_id IN ({_marks(chunk)}) GROUP BY model_id, benchmark) ORDER BY benchmark",
-            list(chunk),
-        ).fetchall()
+    for rows in _latest_probe_rows(db, model_ids):
         for model_id, benchmark, verdict, effect in rows:
             if effect is not None:
                 out.setdefault(int(model_id), {})[benchmark] = (verdict, float(effect))
