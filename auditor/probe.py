@@ -44,13 +44,14 @@ from typing import Any
 
 import numpy as np
 
+from mergeguard.auditor.report import ProbeVerdict
 from mergeguard.benchmarks import load_benchmarks
-from mergeguard.errors import MergeguardError
+from mergeguard.errors import MergeguardError, ProbeError
 from mergeguard.merge.sanity import json_finite  # JSON-safe floats (NaN/inf -> null), shared with `check`
 from mergeguard.refs import looks_local, read_model_card, require_no_custom_code, resolve_model
 
-SUSPECT, NO_SIGNAL, INCONCLUSIVE = "suspect", "no_signal", "inconclusive"
-VERDICTS = (SUSPECT, NO_SIGNAL, INCONCLUSIVE)
+SUSPECT, NO_SIGNAL, INCONCLUSIVE = ProbeVerdict.SUSPECT, ProbeVerdict.NO_SIGNAL, ProbeVerdict.INCONCLUSIVE
+VERDICTS = tuple(ProbeVerdict)
 SCORES = (
     "min_k_pp",
     "min_k",
@@ -65,12 +66,6 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 # p=1e-6 on the same model): more controls, less noise, each one more forward pass.
 ANSWER_TOKENS = 3
 CONTROLS = 4
-
-
-class ProbeError(MergeguardError):
-    """A probe that cannot run (a model that does not load, a mismatched reference): exit 2, like audit."""
-
-    exit_code = 2
 
 
 @dataclass

@@ -42,6 +42,15 @@ class Verdict(StrEnum):
     UNAUDITED = "unaudited"
 
 
+class ProbeVerdict(StrEnum):
+    """A model-side probe's verdict on one benchmark (or a model): `suspect`, the model tells the benchmark's
+    test items from unseen controls; `no_signal`, it does not; `inconclusive`, too few items to tell."""
+
+    SUSPECT = "suspect"
+    NO_SIGNAL = "no_signal"
+    INCONCLUSIVE = "inconclusive"
+
+
 SEVERITY_RANK: dict[str, int] = {s.value: len(Severity) - 1 - i for i, s in enumerate(Severity)}
 PASSAGE, PARAPHRASE = Severity.PASSAGE, Severity.PARAPHRASE
 # The guard, the CLI and the database take verdicts from here (the names below are kept for callers).

@@ -15,8 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mergeguard.auditor.probe import VERDICTS as PROBE_VERDICTS
-from mergeguard.auditor.report import VERDICTS, AuditReport, Finding, ModelVerdict, Verdict
+from mergeguard.auditor.report import VERDICTS, AuditReport, Finding, ModelVerdict, ProbeVerdict, Verdict
 from mergeguard.db.scores import refresh_model_scores
 from mergeguard.db.writes import now_iso, transaction
 from mergeguard.errors import DatabaseError
@@ -566,10 +565,10 @@ def record_probe(db: Database, report: dict[str, Any]) -> list[int]:
     """A probe report (`ProbeReport.to_dict()`): one row per benchmark, in one transaction."""
     rows = report.get("benchmarks") or []
     for row in rows:
-        if row.get("verdict") not in PROBE_VERDICTS:
+        if row.get("verdict") not in tuple(ProbeVerdict):
             raise DatabaseError(
                 f"unknown probe verdict {row.get('verdict')!r}",
-                hint=f"use one of {', '.join(PROBE_VERDICTS)}",
+                hint=f"use one of {', '.join(ProbeVerdict)}",
             )
     ids: list[int] = []
     with transaction(db):

@@ -9,22 +9,22 @@ import io
 import json
 import unicodedata
 from dataclasses import asdict
-from typing import Any
-
-from rich.console import Console, ConsoleOptions, RenderableType, RenderResult
-from rich.markup import escape
-from rich.table import Table
-from rich.tree import Tree
+from typing import TYPE_CHECKING, Any
 
 from mergeguard.auditor.report import Verdict
-from mergeguard.db.queries import (
-    HistoryEvent,
-    Leaderboard,
-    LineageEdge,
-    LineageGraph,
-    LineageNode,
-    ProbeGain,
-)
+
+if TYPE_CHECKING:  # only read here: printing a table needs neither the queries nor (until drawn) rich
+    from rich.console import Console, ConsoleOptions, RenderableType, RenderResult
+    from rich.tree import Tree
+
+    from mergeguard.db.queries import (
+        HistoryEvent,
+        Leaderboard,
+        LineageEdge,
+        LineageGraph,
+        LineageNode,
+        ProbeGain,
+    )
 
 MISSING = "—"
 TABLE_FORMATS = ("table", "json", "csv", "markdown")
@@ -124,6 +124,9 @@ class FitTable:
         return sum(widths) + 3 * len(columns) + 1
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        from rich.markup import escape  # rich: imported when drawing (mergeguard.lazy)
+        from rich.table import Table
+
         columns = list(range(len(self.headers)))
         for name in self.optional:
             if self._width(columns) <= options.max_width:
@@ -264,6 +267,9 @@ def _gains_text(gains: list[ProbeGain]) -> list[str]:
 
 def _tree(graph: LineageGraph) -> Tree:
     """Ancestors above the model (each parent under its child), descendants below it."""
+    from rich.markup import escape
+    from rich.tree import Tree
+
     by_name = {n.model: n for n in graph.nodes}
     parents: dict[str, list[tuple[str, str, float | None]]] = {}
     children: dict[str, list[str]] = {}

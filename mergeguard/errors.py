@@ -65,3 +65,9 @@ class BenchmarkError(MergeguardError):
 
 class DatabaseError(MergeguardError):
     """A database file that is not mergeguard's, is corrupt, or lacks the requested record."""
+
+
+class ProbeError(MergeguardError):
+    """A probe that cannot run (a model that does not load, a mismatched reference): exit 2, like audit."""
+
+    exit_code = 2

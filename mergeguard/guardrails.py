@@ -17,16 +17,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from mergeguard import __version__
+from mergeguard import __version__, auditor  # auditor: its modules load when an audit runs
 from mergeguard.audit_reuse import audit_key
-from mergeguard.auditor.audit import audit_models
 from mergeguard.auditor.options import AuditOptions
-from mergeguard.auditor.probe import SUSPECT, probe_models
 from mergeguard.auditor.report import (
     CONTAMINATED,
     UNAUDITED,
     AuditReport,
     ModelVerdict,
+    ProbeVerdict,
     Verdict,
 )
 from mergeguard.db.connection import open_db
@@ -310,9 +309,9 @@ def decide(request: MergeRequest, audited: Audited) -> Decision:
     if refusal is not None:
         return refusal
     suspects = {
-        r.model: [b.benchmark for b in r.benchmarks if b.verdict == SUSPECT]
+        r.model: [b.benchmark for b in r.benchmarks if b.verdict == ProbeVerdict.SUSPECT]
         for r in audited.probes
-        if r.verdict == SUSPECT
+        if r.verdict == ProbeVerdict.SUSPECT
     }
     if suspects and not request.guard.allow_suspect:
         reason = f"probe suspect {_names(suspects)}"
@@ -444,7 +443,7 @@ def audit_inputs(models: list[str], audit_options: AuditOptions, db: Any) -> Inp
     stored = reusable_audit(db, key)
     if stored is not None:
         return InputAudit(report=AuditReport.from_json(stored[1]), audit_id=stored[0], reused=True)
-    report = audit_models(models, audit_options)
+    report = auditor.audit_models(models, audit_options)
     audit_id = record_audit(db, report, tool_version=__version__, input_key=key)
     return InputAudit(report=report, audit_id=audit_id, reused=False)
 
@@ -455,7 +454,7 @@ def probe_inputs(
     """Run the model-side probe on the inputs `guard.probe_scope` names, record each report, return them."""
     undeclared = set(audit.undeclared) if audit is not None else set()
     targets = [m for m in dict.fromkeys(models) if guard.probe_scope == "all" or m in undeclared]
-    reports = probe_models(targets, guard.probe) if targets else []
+    reports = auditor.probe_models(targets, guard.probe) if targets else []
     for report in reports:
         record_probe(db, report.to_dict())
     return reports

@@ -45,6 +45,7 @@ HEAVY_MODULES: tuple[str, ...] = (
     "sqlite_utils",  # pulls pandas (see db.connection.sqlite_utils_database)
     "huggingface_hub",  # its snapshot and repocard modules
     "matplotlib",
+    "rich",  # ~3.6 MB and 25 ms: a quiet command, or one printing JSON or CSV, draws nothing
     "datasette",
     "uvicorn",
 )

@@ -397,7 +397,7 @@ def test_the_rule_sees_a_missing_shared_option() -> None:
     """A command declared without `-q`, and with a single-valued `--benchmark`, breaks the rule."""
     import typer
 
-    from mergeguard.cli.app import JSON_ALIAS, format_option
+    from mergeguard.cli.common import JSON_ALIAS, format_option
 
     bare = typer.Typer()
 

@@ -7,6 +7,9 @@ and must never be imported at the top of a package module (they would slow every
 from __future__ import annotations
 
 import ast
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -66,3 +69,39 @@ def test_the_rule_sees_both_kinds_of_mistake(tmp_path: Path) -> None:
     finally:
         bad.unlink()
     assert [problem.split(" ", 2)[1] for problem in problems] == ["torch", "json"]
+
+
+def _fresh_python(code: str) -> str:
+    """What `code` prints in a new interpreter (this one has imported everything already)."""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    return done.stdout.strip()
+
+
+def test_each_command_module_registers_its_commands_alone() -> None:
+    """`COMMAND_MODULES` is the CLI's table of contents: loading one command's module registers that
+    command (so `main` may load only it), and loading all registers exactly the table's commands."""
+    code = (
+        "import sys, json; from mergeguard.cli import COMMAND_MODULES, load_commands; "
+        "app = load_commands(sys.argv[1:]); "
+        "names = [c.name for c in app.registered_commands] + [g.name for g in app.registered_groups]; "
+        "print(json.dumps(names))"
+    )
+    from mergeguard.cli import COMMAND_MODULES
+
+    every = json.loads(_fresh_python(code.replace("sys.argv[1:]", "None")))
+    assert sorted(every) == sorted(COMMAND_MODULES)
+    for command in ("merge", "audit", "leaderboard", "benchmarks"):
+        alone = json.loads(_fresh_python(code.replace("sys.argv[1:]", repr([command, "--help"]))))
+        assert command in alone and len(alone) < len(every)
+
+
+def test_the_merge_command_loads_neither_the_scanner_nor_rich() -> None:
+    """A merge that runs no audit and draws nothing (`--no-audit -q`, the merge benchmark's command) must
+    not pay for the auditor's scanning modules, the probe or rich: they load when used."""
+    code = (
+        "import sys; from mergeguard.cli import load_commands; load_commands(['merge']); "
+        "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] == 'rich' "
+        "or m.startswith(('mergeguard.auditor.engines', 'mergeguard.auditor.detect', "
+        "'mergeguard.auditor.probe', 'mergeguard.auditor.audit', 'mergeguard.demo')))))"
+    )
+    assert _fresh_python(code) == ""

@@ -10,17 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
-from mergeguard import __version__
-from mergeguard.auditor.audit import audit_config, audit_datasets, audit_models
+from mergeguard import __version__, auditor  # auditor: its scanning modules load when an audit runs
 from mergeguard.auditor.options import AuditOptions
-from mergeguard.auditor.probe import SUSPECT
-from mergeguard.auditor.report import CLEAN, SEVERITY_RANK, UNDECLARED, UNREAD, Verdict
+from mergeguard.auditor.report import CLEAN, SEVERITY_RANK, UNDECLARED, UNREAD, ProbeVerdict, Verdict
 from mergeguard.cli import probe as probe_cli
-from mergeguard.cli.app import (
+from mergeguard.cli.check import render_family
+from mergeguard.cli.common import (
     DB,
     JSON_ALIAS,
     QUIET,
@@ -35,7 +31,6 @@ from mergeguard.cli.app import (
     split_names,
     table_options,
 )
-from mergeguard.cli.check import render_family
 from mergeguard.cli.progress_view import progress_view
 from mergeguard.db import open_db, record_audit, register_model
 from mergeguard.db.render import rounded
@@ -185,6 +180,9 @@ def print_report(report: Any, console: Any, show: int | None = TOP_EVIDENCE) -> 
 
 def _rates_table(verdict: Any) -> Any:
     """One model's per-benchmark rates, titled with its verdict."""
+    from rich.markup import escape  # rich: imported when drawing (mergeguard.lazy)
+    from rich.table import Table
+
     colour = VERDICT_COLOURS.get(verdict.verdict, "red")
     title = f"{verdict.kind} {escape(verdict.model)}: [bold {colour}]{verdict.verdict}[/]"
     table = Table(title=title, title_justify="left")
@@ -211,6 +209,8 @@ def _rates_table(verdict: Any) -> Any:
 
 def _print_model(report: Any, verdict: Any, console: Any, show: int | None) -> None:
     """One model: its rates, the datasets read (and how), warnings, and its first `show` findings."""
+    from rich.markup import escape
+
     console.print(_rates_table(verdict))
     if verdict.datasets:
         for d in verdict.datasets:
@@ -234,6 +234,8 @@ def _print_model(report: Any, verdict: Any, console: Any, show: int | None) -> N
 
 def _print_finding(finding: Any, console: Any) -> None:
     """A finding: the benchmark item, the semantic evidence if any, and the training text highlighted."""
+    from rich.markup import escape
+
     where = f" via {finding.inherited_from}" if finding.inherited_from else ""
     console.print(
         f"\n  [bold]{finding.benchmark}[/] {finding.split} item {finding.item} "
@@ -251,6 +253,8 @@ def _print_finding(finding: Any, console: Any) -> None:
 
 def _print_totals(report: Any, console: Any) -> None:
     """The semantic stage's cost, the report's warnings and the one-line outcome."""
+    from rich.markup import escape
+
     if report.semantic is not None:
         done = report.semantic.get("datasets", {}).values()
         embedded = sum(d["embedded"] for d in done)
@@ -319,7 +323,7 @@ def audit_command(
     status = exit_status(report)
     if status == 2:
         print_error(unread_error(report))
-    suspect = any(r.verdict == SUSPECT for r in probes)
+    suspect = any(r.verdict == ProbeVerdict.SUSPECT for r in probes)
     raise typer.Exit(1 if suspect and status == 0 else status)
 
 
@@ -378,6 +382,8 @@ def unread_error(report: Any) -> AuditError:
 
 def _read_status(dataset: dict[str, Any]) -> str:
     """How much of a dataset was read, for the text report (nothing when all of it was)."""
+    from rich.markup import escape
+
     status = dataset.get("status")
     if status in (None, "complete"):
         return ""
@@ -393,21 +399,23 @@ def _audit(config: Path | None, models: list[str], plain: list[str], options: An
     if config is not None and (models or plain):
         raise UsageError("give a merge config or --model/--dataset, not both", hint="run two audits")
     if config is not None:
-        return audit_config(config, options)
+        return auditor.audit_config(config, options)
     if models:
         if plain:
             raise UsageError(
                 "--dataset REF with --model audits nothing for the model",
                 hint="write --dataset MODEL=REF to give a model's datasets",
             )
-        return audit_models(models, options)
+        return auditor.audit_models(models, options)
     if plain:
-        return audit_datasets(plain, options)
+        return auditor.audit_datasets(plain, options)
     raise UsageError("nothing to audit", hint="give a merge config, --model REF or --dataset REF")
 
 
 def _show(report: Any, family: Any, probes: list[Any] | None, fmt: str, shown: int | None) -> None:
     """The audit on stdout in `fmt`, with the config's family check and the probe (None: not asked for)."""
+    from rich.console import Console
+
     if fmt in ("csv", "markdown"):
         emit_rows(None, *rate_rows(report), fmt)
     elif fmt == "json":

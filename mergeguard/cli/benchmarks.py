@@ -8,11 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
 from mergeguard.benchmarks import REGISTRY, get_spec, load_custom_spec, load_spec, spec_status
-from mergeguard.cli.app import (
+from mergeguard.cli.common import (
     FORMATS,
     JSON_ALIAS,
     QUIET,
@@ -37,6 +35,8 @@ SPEC_OPTION = typer.Option(None, "--benchmark-spec", help="A custom benchmark YA
 
 
 def _console() -> Any:
+    from rich.console import Console  # rich: imported when drawing (mergeguard.lazy)
+
     return Console(highlight=False, soft_wrap=False)
 
 
@@ -165,6 +165,8 @@ def show_command(
 
 def _print_items(name: str, loaded: Any, shown: list[Any]) -> None:
     """The items for the terminal: where each comes from, the question, the choices (gold marked)."""
+    from rich.markup import escape
+
     console = _console()
     console.print(f"[bold]{name}[/]: {len(loaded.items)} items from {escape(loaded.source)}")
     for item in shown:

@@ -11,11 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Group
-from rich.table import Table
-from rich.text import Text
 
-from mergeguard.cli.app import DB, JSON_ALIAS, QUIET, app, console, format_option, output_format
+from mergeguard.cli.common import DB, JSON_ALIAS, QUIET, app, console, format_option, output_format
 from mergeguard.cli.progress_view import progress_view
 from mergeguard.db import open_db, parents_of, record_check
 from mergeguard.db.queries import base_of
@@ -33,6 +30,10 @@ def _number(value: float) -> str:
 
 def render(report: Any) -> Any:
     """A rich table of one report: the model and each parent, then the verdict, reasons and samples."""
+    from rich.console import Group  # rich: imported when drawing (mergeguard.lazy)
+    from rich.table import Table
+    from rich.text import Text
+
     table = Table(title=f"sanity check of {report.model}", title_justify="left")
     table.add_column("model", overflow="fold")  # a long parent path wraps, never ends in an ellipsis
     table.add_column("perplexity", justify="right")
@@ -51,6 +52,8 @@ def render(report: Any) -> Any:
 
 def render_family(report: Any) -> Any:
     """A rich table of a FamilyReport (for `audit` and `merge`): each pair, its similarity, its verdict."""
+    from rich.table import Table
+
     table = Table(title=f"family check (related at similarity >= {report.threshold:g})", title_justify="left")
     for column in ("model", "compared with", "similarity", "family"):
         table.add_column(column, justify="right" if column == "similarity" else "left", overflow="fold")

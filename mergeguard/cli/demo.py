@@ -7,11 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
 
 from mergeguard.auditor.report import AuditReport
-from mergeguard.cli.app import QUIET, app
 from mergeguard.cli.audit import print_report
+from mergeguard.cli.common import QUIET, app
 from mergeguard.demo.run import DemoOptions, run_demo
 
 
@@ -55,6 +54,8 @@ def demo_command(
 
     Example: mergeguard demo --workdir ./mergeguard-demo
     """
+    from rich.console import Console  # rich: imported when drawing (mergeguard.lazy)
+
     console = Console(highlight=False, quiet=quiet)  # tables fit the terminal's width, 80 columns too
     started = time.perf_counter()
     result = run_demo(DemoOptions(workdir, benchmarks_dir, fast), RichReporter(console))

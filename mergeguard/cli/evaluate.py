@@ -11,7 +11,7 @@ from typing import Any
 
 import typer
 
-from mergeguard.cli.app import (
+from mergeguard.cli.common import (
     DB,
     FORMATS,
     JSON_ALIAS,

@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
 
 from mergeguard.auditor.report import AuditReport
 from mergeguard.cli import audit as audit_cli
 from mergeguard.cli import probe as probe_cli
-from mergeguard.cli.app import (
+from mergeguard.cli.check import check_merge
+from mergeguard.cli.common import (
     DB,
     JSON_ALIAS,
     OptionTable,
@@ -33,7 +33,6 @@ from mergeguard.cli.app import (
     table_options,
     warn_ignored_flags,
 )
-from mergeguard.cli.check import check_merge
 from mergeguard.cli.progress_view import progress_view
 from mergeguard.db import open_db, record_check
 from mergeguard.errors import UsageError
@@ -416,6 +415,8 @@ def _summary(guarded: GuardedMerge) -> dict[str, Any]:
 
 def _show_audit(report: AuditReport) -> None:
     """The audit table and its evidence, on stdout, when a merge is refused."""
+    from rich.console import Console  # rich: imported when drawing (mergeguard.lazy)
+
     audit_cli.print_report(report, Console(highlight=False))
 
 

@@ -7,24 +7,13 @@ model, too few items): like `audit`, the probe fails closed, a script never read
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from mergeguard.auditor.probe import (
-    INCONCLUSIVE,
-    NO_SIGNAL,
-    SUSPECT,
-    ProbeError,
-    ProbeOptions,
-    ProbeReport,
-    probe_models,
-    reports_json,
-)
-from mergeguard.auditor.report import AuditReport, Verdict
-from mergeguard.cli.app import (
+from mergeguard import auditor  # its probe module (numpy, the benchmarks) loads when a probe runs
+from mergeguard.auditor.report import AuditReport, ProbeVerdict, Verdict
+from mergeguard.cli.common import (
     JSON_ALIAS,
     QUIET,
     OptionTable,
@@ -40,9 +29,16 @@ from mergeguard.cli.app import (
     table_options,
 )
 from mergeguard.db import open_db, record_probe
-from mergeguard.errors import MergeguardError
+from mergeguard.errors import MergeguardError, ProbeError
 
-STYLE = {SUSPECT: "bold red", NO_SIGNAL: "green", INCONCLUSIVE: "yellow"}
+if TYPE_CHECKING:
+    from mergeguard.auditor.probe import ProbeReport
+
+STYLE = {
+    ProbeVerdict.SUSPECT: "bold red",
+    ProbeVerdict.NO_SIGNAL: "green",
+    ProbeVerdict.INCONCLUSIVE: "yellow",
+}
 SCOPES = ("missing", "all")
 
 
@@ -72,7 +68,7 @@ def guard_probe_options(scope: str | None, audit_options: Any, device: str, limi
         raise ProbeError(f"--probe {scope!r} is not a scope", hint="use --probe missing or --probe all")
     if not audit_options.benchmarks:
         raise ProbeError("--probe needs the benchmarks to probe", hint="pass --benchmark NAME (repeatable)")
-    return ProbeOptions(
+    return auditor.ProbeOptions(
         benchmarks=list(audit_options.benchmarks),
         benchmarks_dir=audit_options.benchmarks_dir,
         benchmark_specs=list(audit_options.custom_specs or []),
@@ -99,7 +95,7 @@ def audit_probe(
         for model, verdict in report.verdicts().items()
         if model and (scope == "all" or verdict == Verdict.UNDECLARED)
     ]
-    reports = probe_models(models, options) if models else []
+    reports = auditor.probe_models(models, options) if models else []
     if db is not None and reports:
         store = open_db(db)
         for item in reports:
@@ -110,11 +106,13 @@ def audit_probe(
 def exit_status(reports: list[Any]) -> int:
     """1 when any model is suspect (the evidence matters most), 2 when any is inconclusive, else 0."""
     verdicts = {report.verdict for report in reports}
-    return 1 if SUSPECT in verdicts else 2 if INCONCLUSIVE in verdicts else 0
+    return 1 if ProbeVerdict.SUSPECT in verdicts else 2 if ProbeVerdict.INCONCLUSIVE in verdicts else 0
 
 
 def render(reports: list[Any]) -> Any:
     """One rich table: model, benchmark, items, verdict, p-value, effect, reference."""
+    from rich.table import Table  # rich: imported when drawing (mergeguard.lazy)
+
     table = Table(
         title="model-side probe (gain over the reference, against borrowed questions)", title_justify="left"
     )
@@ -199,7 +197,7 @@ def probe_command(
     flags = options_of(ctx, "probe")
     if not 0 < flags["alpha"] < 1:
         raise ProbeError(f"--alpha {flags['alpha']} is outside (0, 1)", hint="use a level such as 0.001")
-    options = ProbeOptions(
+    options = auditor.ProbeOptions(
         **flags,
         benchmarks=split_names(benchmark),
         benchmarks_dir=benchmarks_dir,
@@ -208,7 +206,7 @@ def probe_command(
     )
     try:
         with quiet_stderr(quiet):
-            reports = probe_models(list(model), options)
+            reports = auditor.probe_models(list(model), options)
     except MergeguardError as error:
         if error.exit_code == 2:
             raise
@@ -223,8 +221,10 @@ def probe_command(
 
 def _show(reports: list[ProbeReport], fmt: str) -> None:
     """The reports on stdout: the rich table, `reports_json`'s document, or a row per model and benchmark."""
+    from rich.console import Console
+
     if fmt == "json":
-        typer.echo(reports_json(reports))
+        typer.echo(auditor.reports_json(reports))
     elif fmt in ("csv", "markdown"):
         emit_rows(None, ROW_HEADERS, rows(reports), fmt)
     else:
@@ -244,7 +244,9 @@ def _exit_status_said(reports: list[ProbeReport]) -> int:
     """The exit status; an inconclusive probe (2) says why on stderr, in the one error line."""
     status = exit_status(reports)
     if status == 2:
-        reasons = sorted({p.reason for r in reports for p in r.benchmarks if p.verdict == INCONCLUSIVE})
+        reasons = sorted(
+            {p.reason for r in reports for p in r.benchmarks if p.verdict == ProbeVerdict.INCONCLUSIVE}
+        )
         print_error(
             ProbeError(
                 f"probe inconclusive ({'; '.join(reasons)})", hint="pass --reference REF or more items"

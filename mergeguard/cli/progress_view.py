@@ -4,22 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
-
-from rich.console import Console
-from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
-from rich.text import Text
+from typing import TYPE_CHECKING
 
 from mergeguard.progress import ProgressCallback, ProgressEvent
 
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
 
-class CountColumn(TextColumn):
+
+def count_text(event: ProgressEvent) -> str:
     """`12/40` when the total is known, else `817 done` (never `817/?`)."""
-
-    def render(self, task: Any) -> Text:
-        done = int(task.completed)
-        count = f"{done}/{int(task.total)}" if task.total is not None else f"{done} done"
-        return Text(count, style="progress.download")
+    return f"{event.done}/{event.total}" if event.total is not None else f"{event.done} done"
 
 
 class ProgressView:
@@ -36,8 +31,8 @@ class ProgressView:
             self.progress.start()
         task = self.tasks.get(event.step)
         if task is None:
-            task = self.tasks[event.step] = self.progress.add_task(event.step, total=event.total)
-        self.progress.update(task, completed=event.done, total=event.total)
+            task = self.tasks[event.step] = self.progress.add_task(event.step, total=event.total, count="")
+        self.progress.update(task, completed=event.done, total=event.total, count=count_text(event))
         if event.finished:
             self.progress.remove_task(task)
             del self.tasks[event.step]
@@ -49,8 +44,12 @@ def progress_view(enabled: bool) -> Iterator[ProgressCallback | None]:
     if not enabled:
         yield None
         return
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), CountColumn(""))
-    bar = Progress(*columns, TimeElapsedColumn(), console=Console(stderr=True), transient=True)
+    from rich.console import Console  # rich: drawn only when progress is shown (mergeguard.lazy)
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    count = TextColumn("{task.fields[count]}", style="progress.download")
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), count, TimeElapsedColumn())
+    bar = Progress(*columns, console=Console(stderr=True), transient=True)
     try:
         yield ProgressView(bar)
     finally:

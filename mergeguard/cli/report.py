@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from mergeguard.cli.app import DB, QUIET, app
+from mergeguard.cli.common import DB, QUIET, app
 from mergeguard.db import open_db
 from mergeguard.errors import MergeguardError, UsageError
 from mergeguard.reports import FORMATS, build_report, render

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from mergeguard.cli.app import (
+from mergeguard.cli.common import (
     DB,
     FORMATS,
     JSON_ALIAS,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from mergeguard.cli.app import DB, QUIET, app
+from mergeguard.cli.common import DB, QUIET, app
 from mergeguard.cli.report import write_atomically
 from mergeguard.db import open_db
 from mergeguard.paths import db_path

@@ -1,7 +1,8 @@
 """The typer application and what every command shares: the console, error handling, common options.
 
-Commands live one module each beside this file and register themselves on `app`. They parse options, call
-a library function, print the result; logic a library user would need belongs in the library.
+Commands live one module each beside this file and register themselves on `app` (listed in
+`mergeguard.cli.COMMAND_MODULES`). They parse options, call a library function, print the result; logic a
+library user would need belongs in the library.
 """
 
 from __future__ import annotations
@@ -13,8 +14,6 @@ from typing import Any
 
 import click
 import typer
-from rich.console import Console
-from rich.markup import escape
 from typer.core import TyperCommand, TyperGroup
 from typer.main import get_click_param
 from typer.models import ParamMeta
@@ -23,13 +22,36 @@ from mergeguard import __version__
 from mergeguard.db.render import render_rows
 from mergeguard.errors import MergeguardError, UsageError
 
+COMMAND_MODULES: dict[str, str] = {
+    "audit": "audit",
+    "probe": "probe",
+    "merge": "merge",
+    "check": "check",
+    "eval": "evaluate",
+    "import": "importer",
+    "leaderboard": "reports",
+    "lineage": "reports",
+    "history": "reports",
+    "report": "report",
+    "card": "card",
+    "benchmarks": "benchmarks",
+    "serve": "serve",
+    "demo": "demo",
+}
+"""command -> the module beside this file that registers it (`mergeguard.cli.load_commands` imports only
+the one being run); `--help` lists the commands in this order."""
+
 
 def error_console() -> Any:
+    from rich.console import Console  # rich: imported when drawing (mergeguard.lazy)
+
     return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def print_error(error: MergeguardError) -> None:
     """One line on stderr: `error: <problem>; <fix>` (escaped: it may hold [brackets] from the input)."""
+    from rich.markup import escape
+
     error_console().print(f"[bold red]error:[/] {escape(str(error))}", markup=True, emoji=False)
 
 
@@ -44,8 +66,9 @@ def warn_ignored_flags(given: dict[str, Any], what: str) -> None:
 class GuardedGroup(TyperGroup):
     """Turns the project's exceptions into one line on stderr and the error's exit code."""
 
-    def list_commands(self, ctx: click.Context) -> list[str]:  # keep the order commands were declared in
-        return list(self.commands)
+    def list_commands(self, ctx: click.Context) -> list[str]:  # COMMAND_MODULES's order, then declared order
+        order = {name: index for index, name in enumerate(COMMAND_MODULES)}
+        return sorted(self.commands, key=lambda name: order.get(name, len(order)))
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -184,6 +207,8 @@ def split_names(values: list[str] | None) -> list[str]:
 
 def console(stderr: bool = False) -> Any:
     """A console as wide as the terminal (80 columns in a pipe): tables fold long names, never cut them."""
+    from rich.console import Console
+
     return Console(stderr=stderr, highlight=False)
 
 
