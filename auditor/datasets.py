@@ -500,6 +500,10 @@ def open_dataset(ref: str, log: ReadLog | None = None) -> DatasetSource:
         if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():
             return DatasetSource(ref, _disk_rows(path), "disk")
         return DatasetSource(ref, _folder_rows(path, log), "folder")
+    if "://" in ref:
+        raise DatasetError(
+            f"dataset {ref} is a URL, which only the Ray engine reads", hint="pass --engine ray"
+        )
     if ref.startswith(("/", "./", "../", "~")) or ref.lower().endswith(FILE_SUFFIXES):
         raise DatasetError(f"dataset file {ref} not found", hint="check the path")
     return DatasetSource(ref, hub_rows(ref), "hub")

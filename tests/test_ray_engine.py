@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -56,18 +57,20 @@ def local_ray() -> Iterator[None]:
     ray.shutdown()
 
 
-def _running_a_task(node: subprocess.Popen, timeout: float = 90) -> bool:
-    """Wait until a process under `node` runs the engine's batch function (the node has taken a task)."""
+def _node_running_a_task(nodes: list[subprocess.Popen], timeout: float = 90) -> subprocess.Popen | None:
+    """The first of `nodes` seen running one of the audit's tasks (Ray Data reading rows, or the engine's
+    batch function; an idle worker's title is `ray::IDLE`), or None if none did within `timeout`."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for child in psutil.Process(node.pid).children(recursive=True):
-            try:
-                if "MapBatches" in " ".join(child.cmdline()):
-                    return True
-            except psutil.Error:
-                continue
+        for node in nodes:
+            for child in psutil.Process(node.pid).children(recursive=True):
+                try:
+                    if any(name in " ".join(child.cmdline()) for name in ("MapBatches", "ReadFiles")):
+                        return node
+                except psutil.Error:
+                    continue
         time.sleep(0.1)
-    return False
+    return None
 
 
 def _free_port() -> int:
@@ -170,6 +173,60 @@ def test_local_ray_gives_the_local_engines_findings(
     assert on_ray.models[0].datasets[0]["status"] == "complete"
 
 
+def _local_keys(report: Any, ref: str) -> list[tuple]:
+    """The finding keys under another name for the dataset (a URL of the same files)."""
+    return sorted((ref, *key[1:]) for key in finding_keys(report))
+
+
+@pytest.mark.parametrize("form", ["jsonl", "parquet"])
+def test_ray_data_reads_a_url_and_finds_what_the_local_engine_finds(
+    local_ray: None, options: AuditOptions, corpus: dict, form: str
+) -> None:
+    """A URL is read by Ray Data itself (`read_json` for JSON Lines, `read_parquet` for a folder): a file://
+    URL stands here for s3:// or gs://, which Ray reads through the same pyarrow filesystems."""
+    url = Path(corpus[form]).resolve().as_uri()
+    local = audit_datasets([str(corpus[form])], options)
+    on_ray = audit_datasets([url], replace(options, engine="ray"))
+    assert finding_keys(on_ray) == _local_keys(local, url)
+    dataset = on_ray.models[0].datasets[0]
+    assert dataset["status"] == "complete"
+    assert dataset["examples"] == local.models[0].datasets[0]["examples"]
+    assert dataset["files"] == (1 if form == "jsonl" else 4)
+
+
+def test_the_local_engine_names_the_engine_that_reads_urls(options: AuditOptions, corpus: dict) -> None:
+    url = Path(corpus["parquet"]).resolve().as_uri()
+    report = audit_datasets([url], options)
+    dataset = report.models[0].datasets[0]
+    assert dataset["status"] == "unreadable"
+    assert any("only the Ray engine reads" in why and "--engine ray" in why for why in dataset["reasons"])
+
+
+def test_a_parquet_file_ray_data_cannot_read_fails_the_dataset_closed(
+    local_ray: None, options: AuditOptions, shared_data: Path, tmp_path: Path
+) -> None:
+    """Ray Data checks every file's footer before it reads a row: the dataset fails closed, named."""
+    rows, _ = planted_rows(shared_data, copies=2, plants=6, seed=5)
+    folder = write_parquet_shards(rows, tmp_path / "broken", files=3, row_group=2500)
+    (folder / "part-00002.parquet").write_bytes(b"PAR1 this is not a parquet file PAR1")
+    report = audit_datasets([str(folder)], replace(options, engine="ray"))
+    dataset = report.models[0].datasets[0]
+    assert dataset["status"] in ("incomplete", "unreadable")
+    assert any("Ray Data could not read it" in reason for reason in dataset["reasons"]), dataset["reasons"]
+    assert any("part-00002.parquet" in reason for reason in dataset["reasons"]), dataset["reasons"]
+    assert report.models[0].verdict != "clean"
+
+
+def test_a_missing_text_field_is_named_as_the_local_engine_names_it(
+    local_ray: None, options: AuditOptions, corpus: dict
+) -> None:
+    asked = replace(options, only_text_field="prompt")
+    local = audit_datasets([str(corpus["parquet"])], asked).models[0].datasets[0]
+    on_ray = audit_datasets([str(corpus["parquet"])], replace(asked, engine="ray")).models[0].datasets[0]
+    assert local["status"] == "unreadable"
+    assert (on_ray["status"], on_ray["reasons"]) == (local["status"], local["reasons"])
+
+
 @pytest.mark.slow
 def test_two_node_cluster_gives_the_local_engines_findings(
     cluster: dict, options: AuditOptions, corpus: dict, tmp_path: Path
@@ -188,8 +245,9 @@ def test_two_node_cluster_gives_the_local_engines_findings(
 def test_killing_a_worker_node_mid_run_loses_nothing(
     cluster: dict, options: AuditOptions, shared_data: Path, tmp_path: Path
 ) -> None:
-    """A third node joins, takes tasks, and is killed while the audit runs: Ray runs its tasks again on the
-    nodes left, and the audit ends with exactly the local engine's findings (no loss, no hang)."""
+    """A third node joins; a worker node (not the head) that takes tasks is killed while the audit runs:
+    Ray runs its tasks again on the nodes left, and the audit ends with exactly the local engine's findings
+    (no loss, no hang). Which worker node Ray Data sends tasks to is its own choice: either is killed."""
     rows, planted = planted_rows(shared_data, copies=24, plants=20, seed=11)
     data = write_parquet_shards(rows, tmp_path / "big", files=24, row_group=5000)
     local = audit_datasets([str(data)], options)
@@ -202,9 +260,10 @@ def test_killing_a_worker_node_mid_run_loses_nothing(
     run = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **RAY_ENV}
     )
-    assert _running_a_task(third), "the third node never took a task"
+    busy = _node_running_a_task(cluster["nodes"][1:])
+    assert busy is not None, "no worker node took a task"
     assert run.poll() is None, "the audit ended before the node could be killed: give it more rows"
-    _stop(third)
+    _stop(busy)
     out, err = run.communicate(timeout=240)
     assert run.returncode == 1, err[-2000:]
     report = json.loads(out.strip().splitlines()[-1])

@@ -132,22 +132,29 @@ class Shard:
     first: bool = False  # the dataset's first shard: checks that a named text field exists
 
 
-def plan_shards(ref: str) -> list[Shard] | None:
-    """The dataset's shards in reading order, or None when it is read as one stream (see the module)."""
+def data_files(ref: str) -> list[Path] | None:
+    """The data files of a parquet file or of a folder of data files, in reading order; None for any other
+    source (read as one stream)."""
     path = Path(ref).expanduser()
     if path.is_file() and path.name.lower().endswith(".parquet"):
-        files = [path]
-    elif path.is_dir() and not any(
+        return [path]
+    if path.is_dir() and not any(
         (path / name).is_file() for name in ("dataset_info.json", "dataset_dict.json")
     ):
-        files = sorted(
+        return sorted(
             p
             for p in path.rglob("*")
             if p.is_file()
             and not any(part.startswith(".") for part in p.relative_to(path).parts)
             and not p.name.upper().startswith(METADATA_FILES)
         )
-    else:
+    return None
+
+
+def plan_shards(ref: str) -> list[Shard] | None:
+    """The dataset's shards in reading order, or None when it is read as one stream (see the module)."""
+    files = data_files(ref)
+    if files is None:
         return None
     shards = [shard for file in files for shard in _file_shards(ref, file)]
     if len(shards) < 2:
