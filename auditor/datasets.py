@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from mergeguard.auditor.options import MAX_LINE
+from mergeguard.auditor.urls import is_url, url_rows
 from mergeguard.benchmarks.loading import hub_cache_hit, hub_reachable
 from mergeguard.errors import DatasetError
 
@@ -99,7 +100,7 @@ class DatasetSource:
 
     ref: str
     rows: Iterable[Any]
-    kind: str  # file | disk | hub
+    kind: str  # file | disk | hub | url
 
 
 def _strings(value: Any) -> Iterator[str]:
@@ -500,10 +501,8 @@ def open_dataset(ref: str, log: ReadLog | None = None) -> DatasetSource:
         if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():
             return DatasetSource(ref, _disk_rows(path), "disk")
         return DatasetSource(ref, _folder_rows(path, log), "folder")
-    if "://" in ref:
-        raise DatasetError(
-            f"dataset {ref} is a URL, which only the Ray engine reads", hint="pass --engine ray"
-        )
+    if is_url(ref):
+        return DatasetSource(ref, url_rows(ref), "url")
     if ref.startswith(("/", "./", "../", "~")) or ref.lower().endswith(FILE_SUFFIXES):
         raise DatasetError(f"dataset file {ref} not found", hint="check the path")
     return DatasetSource(ref, hub_rows(ref), "hub")

@@ -14,6 +14,7 @@ against a plain batched transformers forward pass over the same tokens on the sa
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import tempfile
 import time
@@ -160,6 +161,8 @@ def main() -> None:
         "--benchmarks-dir", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/hf"
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--dump", type=Path, help="also write each probe's per-item gains here (JSON Lines)")
+    parser.add_argument("--skip-cost", action="store_true", help="no cost measurement")
     args = parser.parse_args()
     torch.set_num_threads(1)
     hf = args.benchmarks_dir
@@ -185,12 +188,26 @@ def main() -> None:
                     + " ".join(f"{probe.p_value:>9.2g}" for probe in (leaky, merged, clean, base)),
                     flush=True,
                 )
-            if seed == args.seeds[0]:
+                if args.dump:
+                    probes = {"leaky": leaky, "merged": merged, "clean": clean, "base": base}
+                    dump(args.dump, seed, bench, probes)
+            if seed == args.seeds[0] and not args.skip_cost:
                 probe_s, plain_s = cost(family["clean"], hf)
-    print(
-        f"cost per sequence: probe {probe_s * 1e3:.2f} ms, plain forward {plain_s * 1e3:.2f} ms, "
-        f"ratio {probe_s / plain_s:.2f}x (CPU, one thread, tiny llama; each item is 1 + CONTROLS sequences)"
-    )
+                print(
+                    f"cost per sequence: probe {probe_s * 1e3:.2f} ms, plain forward {plain_s * 1e3:.2f} ms, "
+                    f"ratio {probe_s / plain_s:.2f}x (CPU, one thread, tiny llama; each item is 1 + CONTROLS "
+                    "sequences)",
+                    flush=True,
+                )
+
+
+def dump(path: Path, seed: int, bench: str, probes: dict[str, Any]) -> None:
+    """One JSON line per probe: its per-item gains (planted first), to study the benchmark test offline."""
+    with path.open("a", encoding="utf-8") as out:
+        for name, result in probes.items():
+            gains = [item.gain for item in result.items]
+            row = {"seed": seed, "benchmark": bench, "model": name, "p_value": result.p_value, "gains": gains}
+            out.write(json.dumps(row) + "\n")
 
 
 if __name__ == "__main__":

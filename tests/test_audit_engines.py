@@ -124,3 +124,38 @@ def test_cli_workers_flag_and_bad_values(options: AuditOptions, corpus: dict, ca
     assert "--workers" in capsys.readouterr().err
     with pytest.raises(UsageError, match="unknown engine"):
         audit_datasets([str(corpus["jsonl"])], replace(options, engine="spark"))
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_parquet_url_reads_as_its_files_do(options: AuditOptions, corpus: dict, workers: int) -> None:
+    """A URL (file:// here; s3:// and gs:// go through the same pyarrow filesystems) is read shard by
+    shard, in its files' order: the findings are those of the same files on local disk, one file or all."""
+    folder = Path(corpus["parquet"])
+    for ref in (folder, folder / "part-00001.parquet"):
+        url = ref.resolve().as_uri()
+        local = audit_datasets([str(ref)], replace(options, workers=workers))
+        remote = audit_datasets([url], replace(options, workers=workers))
+        assert finding_keys(remote) == sorted((url, *key[1:]) for key in finding_keys(local))
+        read, expected = remote.models[0].datasets[0], local.models[0].datasets[0]
+        assert (read["status"], read["examples"], read["files"]) == (
+            "complete",
+            expected["examples"],
+            expected["files"],
+        )
+
+
+def test_a_url_is_refused_when_it_holds_data_it_cannot_read(
+    options: AuditOptions, corpus: dict, tmp_path: Path
+) -> None:
+    """Only parquet is read at a URL: a folder there with other data files, or nothing there, is unreadable
+    (never clean), and the reason says what to do."""
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    (mixed / "part-0.parquet").write_bytes((Path(corpus["parquet"]) / "part-00000.parquet").read_bytes())
+    (mixed / "extra.jsonl").write_text('{"text": "more"}\n', encoding="utf-8")
+    cases = {mixed: "only parquet is read at a URL", tmp_path / "missing": "not found"}
+    for where, said in cases.items():
+        report = audit_datasets([where.resolve().as_uri()], options)
+        read = report.models[0].datasets[0]
+        assert read["status"] == "unreadable" and report.models[0].verdict != "clean"
+        assert any(said in reason for reason in read["reasons"]), read["reasons"]

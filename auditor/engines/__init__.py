@@ -25,9 +25,6 @@ ENGINES = ("local", "ray")
 
 
 class Engine(Protocol):
-    def read(self, scanned: Scanned) -> Iterator[TaskResult] | None:
-        """The dataset read by the engine itself (Ray Data), or None: it takes the dataset's tasks."""
-
     def map(self, tasks: Iterator[Task]) -> Iterator[TaskResult]: ...
 
     def close(self) -> None: ...
@@ -74,9 +71,9 @@ def scan_dataset(
     scanned = Scanned(ref, ReadLog(ref, skip_bad_rows=read.skip_bad_rows, max_line=read.max_line))
     job = Job(read, options.containment)
     assembly = Assembly(scanned, index)
+    tasks = plan_tasks(scanned, job)
     with step(progress, f"hashing {ref}") as counter:
-        own = engine.read(scanned)
-        results = own if own is not None else engine.map(plan_tasks(scanned, job))
+        results = engine.map(tasks)
         try:
             for result in results:
                 assembly.add(result)

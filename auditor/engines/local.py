@@ -14,7 +14,6 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from itertools import chain, islice
 from pathlib import Path
 
-from mergeguard.auditor.engines.reading import Scanned
 from mergeguard.auditor.engines.shared_index import export_index, open_index
 from mergeguard.auditor.engines.tasks import Job, Task, TaskResult, run_task
 from mergeguard.auditor.index import BenchmarkIndex
@@ -28,9 +27,6 @@ class InProcess:
     def __init__(self, index: BenchmarkIndex, job: Job) -> None:
         self.index = index
         self.job = job
-
-    def read(self, scanned: Scanned) -> None:
-        """None: the engine takes the dataset's tasks."""
 
     def map(self, tasks: Iterator[Task]) -> Iterator[TaskResult]:
         for task in tasks:
@@ -61,9 +57,6 @@ class ProcessPool:
         self.workers = workers
         self.share_dir = share_dir
         self.pool: ProcessPoolExecutor | None = None
-
-    def read(self, scanned: Scanned) -> None:
-        """None: the engine takes the dataset's tasks."""
 
     def _pool(self) -> ProcessPoolExecutor:
         if self.pool is None:

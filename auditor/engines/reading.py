@@ -24,6 +24,7 @@ from mergeguard.auditor.datasets import (
 )
 from mergeguard.auditor.detect import Match
 from mergeguard.auditor.report import COMPLETE, INCOMPLETE, SKIPPED, UNREADABLE
+from mergeguard.auditor.urls import is_url, open_parquet, parquet_urls
 from mergeguard.errors import DatasetError
 
 SHARD_ROWS = 65536  # a parquet file's row groups are grouped into shards of at least this many rows
@@ -132,17 +133,19 @@ class Shard:
     first: bool = False  # the dataset's first shard: checks that a named text field exists
 
 
-def data_files(ref: str) -> list[Path] | None:
-    """The data files of a parquet file or of a folder of data files, in reading order; None for any other
-    source (read as one stream)."""
+def data_files(ref: str) -> list[str] | None:
+    """The data files of a parquet file, of a folder of data files or of a URL (its parquet files), in
+    reading order; None for any other source (read as one stream)."""
+    if is_url(ref):
+        return parquet_urls(ref)
     path = Path(ref).expanduser()
     if path.is_file() and path.name.lower().endswith(".parquet"):
-        return [path]
+        return [str(path)]
     if path.is_dir() and not any(
         (path / name).is_file() for name in ("dataset_info.json", "dataset_dict.json")
     ):
         return sorted(
-            p
+            str(p)
             for p in path.rglob("*")
             if p.is_file()
             and not any(part.startswith(".") for part in p.relative_to(path).parts)
@@ -157,21 +160,19 @@ def plan_shards(ref: str) -> list[Shard] | None:
     if files is None:
         return None
     shards = [shard for file in files for shard in _file_shards(ref, file)]
-    if len(shards) < 2:
+    if len(shards) < 2 and not is_url(ref):  # one local shard: read as a stream (no worker to start)
         return None
     return [Shard(s.ref, s.path, s.row_groups, first=k == 0) for k, s in enumerate(shards)]
 
 
-def _file_shards(ref: str, path: Path) -> list[Shard]:
+def _file_shards(ref: str, path: str) -> list[Shard]:
     """A data file's shards: groups of its row groups when it is a readable parquet file, else itself."""
-    if not path.name.lower().endswith(".parquet"):
-        return [Shard(ref, str(path))]
-    import pyarrow.parquet as pq
-
+    if not path.lower().endswith(".parquet"):
+        return [Shard(ref, path)]
     try:
-        meta = pq.ParquetFile(path).metadata
+        meta = open_parquet(path).metadata
     except Exception:  # unreadable: the worker that reads it says why
-        return [Shard(ref, str(path))]
+        return [Shard(ref, path, (0,) if is_url(path) else None)]
     groups: list[list[int]] = [[]]
     rows = 0
     for group in range(meta.num_row_groups):
@@ -180,9 +181,9 @@ def _file_shards(ref: str, path: Path) -> list[Shard]:
             rows = 0
         groups[-1].append(group)
         rows += meta.row_group(group).num_rows
-    if len(groups) == 1:
-        return [Shard(ref, str(path))]
-    return [Shard(ref, str(path), tuple(g)) for g in groups]
+    if len(groups) == 1 and not is_url(path):  # a whole local file: read by the usual reader
+        return [Shard(ref, path)]
+    return [Shard(ref, path, tuple(g)) for g in groups if g]
 
 
 def shard_texts(shard: Shard, scanned: Scanned, options: ReadOptions) -> Iterator[str]:
@@ -214,15 +215,14 @@ def _shard_rows(shard: Shard, log: ReadLog) -> Iterator[Any]:
     if shard.row_groups is None:
         return iter(open_dataset(shard.path, log).rows)
     log.files = 1 if shard.row_groups[0] == 0 else 0  # a file counts once, with its first shard
-    return _parquet_groups(Path(shard.path), shard.row_groups, log)
+    return _parquet_groups(shard.path, shard.row_groups, log)
 
 
-def _parquet_groups(path: Path, groups: tuple[int, ...], log: ReadLog) -> Iterator[Any]:
+def _parquet_groups(path: str, groups: tuple[int, ...], log: ReadLog) -> Iterator[Any]:
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     try:
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=1024, row_groups=list(groups)):
+        for batch in open_parquet(path).iter_batches(batch_size=1024, row_groups=list(groups)):
             yield from batch.to_pylist()
     except (pa.ArrowException, OSError) as error:
         log.bad(

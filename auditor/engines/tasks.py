@@ -25,6 +25,7 @@ from mergeguard.auditor.engines.reading import (
 )
 from mergeguard.auditor.engines.work import Accumulator, Partial, combine, scan_batch
 from mergeguard.auditor.index import BenchmarkIndex
+from mergeguard.errors import DatasetError
 
 CHUNK = 16384  # texts per task when the driver reads (and per unit of work inside a shard)
 
@@ -69,7 +70,11 @@ def run_task(task: Task, index: BenchmarkIndex, job: Job) -> TaskResult:
 def plan_tasks(scanned: Scanned, job: Job) -> Iterator[Task]:
     """The dataset's tasks: its shards (read by the workers), or chunks of the driver's own in-order read
     (counted into `scanned` as it goes)."""
-    shards = plan_shards(scanned.ref)
+    try:
+        shards = plan_shards(scanned.ref)
+    except DatasetError as error:  # a URL that cannot be listed, or not parquet: said, and nothing read
+        scanned.error = str(error)
+        return iter(())
     if shards is not None:
         return (Task(k, shard=shard) for k, shard in enumerate(shards))
     texts = stream_texts(scanned, job.read)
