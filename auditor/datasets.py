@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from mergeguard.auditor.options import MAX_LINE
-from mergeguard.auditor.urls import is_url, url_rows
+from mergeguard.auditor.urls import is_url, open_parquet, parquet_urls
 from mergeguard.benchmarks.loading import hub_cache_hit, hub_reachable
 from mergeguard.errors import DatasetError
 
@@ -397,20 +397,30 @@ def _csv_rows(path: Path, log: ReadLog) -> Iterator[Any]:
         log.bad(DatasetError(f"{path} line {last} is not CSV ({error})", hint="fix the file"))
 
 
-def _parquet_rows(path: Path, log: ReadLog) -> Iterator[Any]:
+def parquet_rows(path: str | Path, log: ReadLog, row_groups: tuple[int, ...] | None = None) -> Iterator[Any]:
+    """The rows of a parquet file (a local path or a URL), or of some of its row groups; a file that
+    cannot be read is a bad file, named (raised, or counted under --skip-bad-rows)."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
+    groups = list(row_groups) if row_groups is not None else None
     try:
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+        for batch in open_parquet(str(path)).iter_batches(batch_size=1024, row_groups=groups):
             yield from batch.to_pylist()
     except (pa.ArrowException, OSError) as error:
+        part = f" (row groups {groups[0]}-{groups[-1]})" if groups else ""
         log.bad(
             DatasetError(
-                f"{path} is not a readable parquet file ({str(error).splitlines()[0][:160]})",
+                f"{path}{part} is not a readable parquet file ({str(error).splitlines()[0][:160]})",
                 hint="write the file again",
             )
         )
+
+
+def _url_rows(ref: str, log: ReadLog) -> Iterator[Any]:
+    """Every row of the parquet files at a URL, in order (`urls.parquet_urls`)."""
+    for url in parquet_urls(ref):
+        log.files += 1
+        yield from parquet_rows(url, log)
 
 
 def _file_rows(path: Path, log: ReadLog) -> Iterator[Any]:
@@ -420,7 +430,7 @@ def _file_rows(path: Path, log: ReadLog) -> Iterator[Any]:
     elif name.endswith(".csv"):
         yield from _csv_rows(path, log)
     elif name.endswith(".parquet"):
-        yield from _parquet_rows(path, log)
+        yield from parquet_rows(path, log)
     elif name.endswith((".txt", ".txt.gz")):
         yield from (text.rstrip("\r\n") for _, text in _text_lines(path, log) if text.strip())
     else:
@@ -502,7 +512,7 @@ def open_dataset(ref: str, log: ReadLog | None = None) -> DatasetSource:
             return DatasetSource(ref, _disk_rows(path), "disk")
         return DatasetSource(ref, _folder_rows(path, log), "folder")
     if is_url(ref):
-        return DatasetSource(ref, url_rows(ref), "url")
+        return DatasetSource(ref, _url_rows(ref, log), "url")
     if ref.startswith(("/", "./", "../", "~")) or ref.lower().endswith(FILE_SUFFIXES):
         raise DatasetError(f"dataset file {ref} not found", hint="check the path")
     return DatasetSource(ref, hub_rows(ref), "hub")

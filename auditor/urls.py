@@ -8,7 +8,6 @@ refused rather than read in part, so that an audit never passes on data it did n
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 from mergeguard.errors import DatasetError
@@ -68,10 +67,3 @@ def open_parquet(path: str) -> Any:
         return pq.ParquetFile(path)
     filesystem, inner = pafs.FileSystem.from_uri(path)
     return pq.ParquetFile(inner, filesystem=filesystem)
-
-
-def url_rows(ref: str) -> Iterator[dict[str, Any]]:
-    """Every row of the parquet files at `ref`, in order (the single-stream reader's source)."""
-    for url in parquet_urls(ref):
-        for batch in open_parquet(url).iter_batches(batch_size=1024):
-            yield from batch.to_pylist()

@@ -21,6 +21,7 @@ from mergeguard.auditor.datasets import (
     dataset_texts,
     example_text,
     open_dataset,
+    parquet_rows,
 )
 from mergeguard.auditor.detect import Match
 from mergeguard.auditor.report import COMPLETE, INCOMPLETE, SKIPPED, UNREADABLE
@@ -160,7 +161,7 @@ def plan_shards(ref: str) -> list[Shard] | None:
     if files is None:
         return None
     shards = [shard for file in files for shard in _file_shards(ref, file)]
-    if len(shards) < 2 and not is_url(ref):  # one local shard: read as a stream (no worker to start)
+    if len(shards) < 2:
         return None
     return [Shard(s.ref, s.path, s.row_groups, first=k == 0) for k, s in enumerate(shards)]
 
@@ -172,7 +173,7 @@ def _file_shards(ref: str, path: str) -> list[Shard]:
     try:
         meta = open_parquet(path).metadata
     except Exception:  # unreadable: the worker that reads it says why
-        return [Shard(ref, path, (0,) if is_url(path) else None)]
+        return [Shard(ref, path)]
     groups: list[list[int]] = [[]]
     rows = 0
     for group in range(meta.num_row_groups):
@@ -181,9 +182,9 @@ def _file_shards(ref: str, path: str) -> list[Shard]:
             rows = 0
         groups[-1].append(group)
         rows += meta.row_group(group).num_rows
-    if len(groups) == 1 and not is_url(path):  # a whole local file: read by the usual reader
+    if len(groups) == 1:
         return [Shard(ref, path)]
-    return [Shard(ref, path, tuple(g)) for g in groups if g]
+    return [Shard(ref, path, tuple(g)) for g in groups]
 
 
 def shard_texts(shard: Shard, scanned: Scanned, options: ReadOptions) -> Iterator[str]:
@@ -215,20 +216,4 @@ def _shard_rows(shard: Shard, log: ReadLog) -> Iterator[Any]:
     if shard.row_groups is None:
         return iter(open_dataset(shard.path, log).rows)
     log.files = 1 if shard.row_groups[0] == 0 else 0  # a file counts once, with its first shard
-    return _parquet_groups(shard.path, shard.row_groups, log)
-
-
-def _parquet_groups(path: str, groups: tuple[int, ...], log: ReadLog) -> Iterator[Any]:
-    import pyarrow as pa
-
-    try:
-        for batch in open_parquet(path).iter_batches(batch_size=1024, row_groups=list(groups)):
-            yield from batch.to_pylist()
-    except (pa.ArrowException, OSError) as error:
-        log.bad(
-            DatasetError(
-                f"{path} (row groups {groups[0]}-{groups[-1]}) is not a readable parquet file "
-                f"({str(error).splitlines()[0][:160]})",
-                hint="write the file again",
-            )
-        )
+    return parquet_rows(shard.path, log, shard.row_groups)
