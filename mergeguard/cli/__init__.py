@@ -27,7 +27,7 @@ def load_commands(argv: list[str] | None = None) -> typer.Typer:
     """The application with the module of the command that `argv` names imported, or every command module
     when `argv` is None or names no command (`--help`, a typo: the full list is then needed)."""
     words = [word for word in argv or [] if not word.startswith("-")]
-    command = words[0] if argv is not None and words else None
+    command = words[0] if words else None
     modules = [COMMAND_MODULES[command]] if command in COMMAND_MODULES else COMMAND_MODULES.values()
     for module in dict.fromkeys(modules):
         importlib.import_module(f"mergeguard.cli.{module}")
