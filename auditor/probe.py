@@ -241,8 +241,8 @@ def tokenize(tokenizer: Any, pairs: Sequence[Pair], max_tokens: int) -> list[Enc
     vocabulary. Over `max_tokens`, the continuation keeps its start (at most half the budget) and the
     prompt its end: the answer's first tokens and the question just before them always stay."""
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    heads = tokenizer([h for h, _ in pairs], add_special_tokens=False)["input_ids"]
-    tails = tokenizer([t for _, t in pairs], add_special_tokens=False)["input_ids"]
+    heads = _token_ids(tokenizer, [h for h, _ in pairs])
+    tails = _token_ids(tokenizer, [t for _, t in pairs])
     out: list[Encoded] = []
     blanks: dict[int, bool] = {}
     for head, tail in zip(heads, tails, strict=True):
@@ -254,6 +254,24 @@ def tokenize(tokenizer: Any, pairs: Sequence[Pair], max_tokens: int) -> list[Enc
     return out
 
 
+def _token_ids(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
+    """Each text's token ids, every distinct text encoded once (a control repeats another item's question
+    and its own item's answer)."""
+    distinct = list(dict.fromkeys(texts))
+    encoded = dict(zip(distinct, tokenizer(distinct, add_special_tokens=False)["input_ids"], strict=True))
+    return [encoded[text] for text in texts]
+
+
+def _padded(sequences: Sequence[Sequence[int]], pad_id: int, device: Any) -> tuple[Any, Any]:
+    """(ids, attention mask) on `device`, right-padded to the longest sequence."""
+    import torch
+
+    width = max(len(tokens) for tokens in sequences)
+    ids = torch.tensor([[*tokens, *[pad_id] * (width - len(tokens))] for tokens in sequences])
+    mask = torch.tensor([[1] * len(tokens) + [0] * (width - len(tokens)) for tokens in sequences])
+    return ids.to(device), mask.to(device)
+
+
 def score_batch(model: Any, batch: Sequence[Encoded], pad_id: int, k: float) -> list[list[float]]:
     """One forward pass over the padded batch. Per sequence, over all its tokens: Min-K%++, Min-K%, mean
     log-probability, summed log-probability; then the summed log-probability of the answer window (any
@@ -263,23 +281,16 @@ def score_batch(model: Any, batch: Sequence[Encoded], pad_id: int, k: float) -> 
     log p(z) under the model's own next-token distribution p(. | x_<t)."""
     import torch
 
-    device = next(model.parameters()).device
-    width = max(len(ids) for ids, *_ in batch)
-    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for row, (tokens, *_) in enumerate(batch):
-        ids[row, : len(tokens)] = torch.tensor(tokens)
-        mask[row, : len(tokens)] = 1
-    ids, mask = ids.to(device), mask.to(device)
+    ids, mask = _padded([tokens for tokens, *_ in batch], pad_id, next(model.parameters()).device)
     with torch.inference_mode():
         log_probs = torch.log_softmax(
             model(input_ids=ids, attention_mask=mask).logits[:, :-1].float(), dim=-1
         )
         token_lp = log_probs.gather(-1, ids[:, 1:, None]).squeeze(-1)
-        probs = log_probs.exp()
-        mu = (probs * log_probs).sum(-1)
-        sigma = ((probs * log_probs.square()).sum(-1) - mu.square()).clamp_min(1e-12).sqrt()
-        del probs, log_probs
+        weighted = log_probs.exp().mul_(log_probs)  # p log p, then p (log p)^2: the moments of log p
+        mu = weighted.sum(-1)
+        sigma = (weighted.mul_(log_probs).sum(-1) - mu.square()).clamp_min(1e-12).sqrt()
+        del weighted, log_probs
         standard = ((token_lp - mu) / sigma).cpu()
         token_lp = token_lp.cpu()
     return _sequence_scores(token_lp, standard, batch, k)
@@ -314,22 +325,97 @@ def _sequence_scores(token_lp: Any, standard: Any, batch: Sequence[Encoded], k: 
     return [row if n >= 1 else [math.nan] * 5 for row, n in zip(rows, lengths, strict=True)]
 
 
+def window_batch(model: Any, batch: Sequence[Encoded], pad_id: int, keep_logits: bool) -> list[float]:
+    """The answer window's summed log-probability per sequence, all a control needs: each sequence is cut
+    after its window (a causal model's window does not see what follows) and only the window's positions
+    go through the output layer and softmax (`logits_to_keep`), so a control costs a little less than a
+    plain forward pass over its text. `keep_logits` False (a model without that argument): every
+    position's logits, then the window's."""
+    import torch
+
+    device = next(model.parameters()).device
+    batch = [(tokens[:end], start, end) for tokens, start, end in batch]
+    ids, mask = _padded([tokens for tokens, *_ in batch], pad_id, device)
+    width = ids.shape[1]
+    # logits at positions start-1 .. end-2 predict the window's tokens start .. end-1 (the cut text's last)
+    low = torch.tensor([min(max(start - 1, 0), len(t) - 1) for t, start, _ in batch])
+    high = torch.tensor([max(len(t) - 1, 1) for t, *_ in batch])
+    offsets = torch.arange(max(1, int((high - low).max())))[None, :]
+    positions = (low[:, None] + offsets).minimum((high - 1)[:, None]).to(device)
+    kept = offsets < (high - low)[:, None]
+    with torch.inference_mode():
+        if keep_logits:
+            logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=positions).logits
+        else:
+            logits = model(input_ids=ids, attention_mask=mask).logits
+            logits = torch.take_along_dim(logits, positions[..., None], dim=1)
+        targets = torch.take_along_dim(ids, (positions + 1).clamp_max(width - 1), dim=1)
+        log_probs = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets[..., None]).squeeze(-1)
+        sums = log_probs.masked_fill(~kept.to(device), 0.0).sum(-1).cpu()
+    return [float(value) if len(t) > 1 else math.nan for value, (t, *_) in zip(sums, batch, strict=True)]
+
+
+def keeps_logits(model: Any) -> bool:
+    """Whether the model's forward takes `logits_to_keep` (recent transformers causal LMs do)."""
+    import inspect
+
+    return "logits_to_keep" in inspect.signature(model.forward).parameters
+
+
+def _batched(encoded: Sequence[Encoded], batch_size: int, score: Any) -> list[Any]:
+    """`score` over batches of similar length (little padding), results back in `encoded`'s order."""
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
+    results: list[Any] = [None] * len(encoded)
+    for first in range(0, len(order), batch_size):
+        chunk = order[first : first + batch_size]
+        for index, value in zip(chunk, score([encoded[i] for i in chunk]), strict=True):
+            results[index] = value
+    return results
+
+
 def score_texts(
     model: Any, tokenizer: Any, pairs: Sequence[Pair], *, batch_size: int, max_tokens: int, k: float
 ) -> list[list[float]]:
     """Per pair [min_k_pp, min_k, -loss, zlib, answer-start log-prob]: the first four (SCORES) over the
     whole text; one forward pass per text, batched by length to waste little padding."""
     encoded = tokenize(tokenizer, pairs, max_tokens)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
-    scores: list[list[float]] = [[]] * len(encoded)
-    for first in range(0, len(order), batch_size):
-        chunk = order[first : first + batch_size]
-        values = score_batch(model, [encoded[i] for i in chunk], pad, k)
-        for index, row in zip(chunk, values, strict=True):
-            size = len(zlib.compress("".join(pairs[index]).encode("utf-8")))
-            scores[index] = [row[0], row[1], row[2], row[3] / max(size, 1), row[4]]
-    return scores
+    pad = _pad_id(tokenizer)
+    rows = _batched(encoded, batch_size, lambda batch: score_batch(model, batch, pad, k))
+    for index, row in enumerate(rows):
+        size = len(zlib.compress("".join(pairs[index]).encode("utf-8")))
+        row[3] = row[3] / max(size, 1)
+    return rows
+
+
+def score_windows(
+    model: Any, tokenizer: Any, pairs: Sequence[Pair], *, batch_size: int, max_tokens: int
+) -> list[float]:
+    """Per pair, the answer window's summed log-probability alone (`window_batch`): what controls need."""
+    encoded = tokenize(tokenizer, pairs, max_tokens)
+    pad = _pad_id(tokenizer)
+    keep = keeps_logits(model)
+    return _batched(encoded, batch_size, lambda batch: window_batch(model, batch, pad, keep))
+
+
+def score_items(
+    model: Any,
+    tokenizer: Any,
+    real: Sequence[Pair],
+    controls: Sequence[Pair],
+    *,
+    batch_size: int,
+    max_tokens: int,
+    k: float,
+) -> list[list[float]]:
+    """Rows for the real items (every score, `score_texts`) then for the controls (NaN but the window's
+    log-probability, the one value the test reads from a control)."""
+    rows = score_texts(model, tokenizer, real, batch_size=batch_size, max_tokens=max_tokens, k=k)
+    windows = score_windows(model, tokenizer, controls, batch_size=batch_size, max_tokens=max_tokens)
+    return rows + [[math.nan] * 4 + [window] for window in windows]
+
+
+def _pad_id(tokenizer: Any) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
 
 
 # ---------------------------------------------------------------- statistics
@@ -443,9 +529,9 @@ class _Prepared:
     real: list[Pair]
     controls: list[list[Pair]]
 
-    def texts(self) -> list[Pair]:
-        """What one model scores: every real item, then each item's controls in turn."""
-        return [*self.real, *(pair for pairs in self.controls for pair in pairs)]
+    def control_texts(self) -> list[Pair]:
+        """Each item's controls in turn (scored after the real items)."""
+        return [pair for pairs in self.controls for pair in pairs]
 
 
 def _prepare(options: ProbeOptions) -> list[_Prepared]:
@@ -479,10 +565,11 @@ def _score_model(folder: Path, prepared: list[_Prepared], options: ProbeOptions)
         torch.set_num_threads(options.threads)
     try:
         return [
-            score_texts(
+            score_items(
                 model,
                 tokenizer,
-                bench.texts(),
+                bench.real,
+                bench.control_texts(),
                 batch_size=options.batch_size,
                 max_tokens=options.max_tokens,
                 k=options.k,

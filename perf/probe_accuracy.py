@@ -102,6 +102,20 @@ def train_family(root: Path, seed: int, hf: Path) -> dict[str, Any]:
     return family
 
 
+def trained_family(root: Path, seed: int, hf: Path) -> dict[str, Any]:
+    """`train_family` in `root`, or the family a previous run left there (its `family.json`)."""
+    record = root / "family.json"
+    if record.exists():
+        return json.loads(record.read_text(encoding="utf-8"), object_hook=_paths)
+    family = train_family(root, seed, hf)
+    record.write_text(json.dumps(family, default=str), encoding="utf-8")
+    return family
+
+
+def _paths(entry: dict[str, Any]) -> dict[str, Any]:
+    return {key: Path(value) if isinstance(value, str) else value for key, value in entry.items()}
+
+
 def probe(model: Path, bench: str, hf: Path, reference: Path | None = None) -> Any:
     from mergeguard.auditor.probe import ProbeOptions, probe_model
 
@@ -116,41 +130,44 @@ def probe(model: Path, bench: str, hf: Path, reference: Path | None = None) -> A
     return probe_model(str(model), options).benchmarks[0]
 
 
-def cost(model_dir: Path, hf: Path, repeats: int = 3) -> tuple[float, float]:
-    """(probe seconds per item, plain forward seconds per item) over the same padded batches, best of N."""
+def cost(model_dir: Path, hf: Path, repeats: int = 3) -> tuple[float, float, float]:
+    """Seconds per sequence, best of N, over 200 ARC-Challenge items and their controls: the probe
+    (`score_items`, tokenization included), a plain batched forward pass over the same tokens the probe
+    feeds (real items whole, controls up to the end of their answer window), and one over every text whole."""
     import torch
 
-    from mergeguard.auditor.probe import item_pairs, load_model, score_texts, tokenize
+    from mergeguard.auditor.probe import item_pairs, load_model, score_items, tokenize
     from mergeguard.benchmarks import load_benchmark
 
     items = load_benchmark("arc_challenge", hf).items[:200]
     real, controls = item_pairs(items, seed=0)
-    pairs = [*real, *(p for c in controls for p in c)]
+    borrowed = [p for c in controls for p in c]
     model, tokenizer = load_model(model_dir, "cpu", "auto", False)
-    encoded = tokenize(tokenizer, pairs, MAX_TOKENS)
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
-    batches = [[encoded[i][0] for i in order[s : s + 8]] for s in range(0, len(order), 8)]
+    whole = [ids for ids, *_ in tokenize(tokenizer, [*real, *borrowed], MAX_TOKENS)]
+    fed = whole[: len(real)] + [ids[:end] for ids, _, end in tokenize(tokenizer, borrowed, MAX_TOKENS)]
 
-    def plain() -> None:
+    def plain(sequences: list[list[int]]) -> None:
+        order = sorted(sequences, key=len)
         with torch.inference_mode():
-            for batch in batches:
+            for s in range(0, len(order), 8):
+                batch = order[s : s + 8]
                 width = max(map(len, batch))
                 ids = torch.tensor([row + [1] * (width - len(row)) for row in batch])
                 mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in batch])
                 model(input_ids=ids, attention_mask=mask)
 
-    def full() -> None:
-        score_texts(model, tokenizer, pairs, batch_size=8, max_tokens=MAX_TOKENS, k=0.2)
+    def probe() -> None:
+        score_items(model, tokenizer, real, borrowed, batch_size=8, max_tokens=MAX_TOKENS, k=0.2)
 
     timings = []
-    for fn in (full, plain):
+    for fn in (probe, lambda: plain(fed), lambda: plain(whole)):
         best = float("inf")
         for _ in range(repeats):
             start = time.perf_counter()
             fn()
             best = min(best, time.perf_counter() - start)
-        timings.append(best / len(pairs))
-    return timings[0], timings[1]
+        timings.append(best / len(whole))
+    return timings[0], timings[1], timings[2]
 
 
 def main() -> None:
@@ -163,6 +180,11 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--dump", type=Path, help="also write each probe's per-item gains here (JSON Lines)")
     parser.add_argument("--skip-cost", action="store_true", help="no cost measurement")
+    parser.add_argument(
+        "--models",
+        type=Path,
+        help="keep each seed's trained models under DIR/seed-N and reuse them when there",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     hf = args.benchmarks_dir
@@ -172,7 +194,7 @@ def main() -> None:
     print(header)
     for seed in args.seeds:
         with tempfile.TemporaryDirectory(prefix="probe-perf-") as tmp:
-            family = train_family(Path(tmp), seed, hf)
+            family = trained_family(args.models / f"seed-{seed}" if args.models else Path(tmp), seed, hf)
             for bench in BENCHMARKS:
                 leaky = probe(family["leaky"][bench], bench, hf)
                 merged = probe(family["merged"][bench], bench, hf)
@@ -192,11 +214,12 @@ def main() -> None:
                     probes = {"leaky": leaky, "merged": merged, "clean": clean, "base": base}
                     dump(args.dump, seed, bench, probes)
             if seed == args.seeds[0] and not args.skip_cost:
-                probe_s, plain_s = cost(family["clean"], hf)
+                probe_s, fed_s, whole_s = cost(family["clean"], hf)
                 print(
-                    f"cost per sequence: probe {probe_s * 1e3:.2f} ms, plain forward {plain_s * 1e3:.2f} ms, "
-                    f"ratio {probe_s / plain_s:.2f}x (CPU, one thread, tiny llama; each item is 1 + CONTROLS "
-                    "sequences)",
+                    f"cost per sequence: probe {probe_s * 1e3:.3f} ms; plain forward over the same tokens "
+                    f"{fed_s * 1e3:.3f} ms (ratio {probe_s / fed_s:.2f}x), over every text whole "
+                    f"{whole_s * 1e3:.3f} ms (ratio {probe_s / whole_s:.2f}x) (CPU, one thread, tiny llama; "
+                    "each item is 1 + CONTROLS sequences)",
                     flush=True,
                 )
 

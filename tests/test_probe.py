@@ -300,6 +300,26 @@ def test_answer_window_starts_at_the_first_token_with_text(probe_models_trained:
     assert end3 == len(ids3) - 1 + ANSWER_TOKENS  # all whitespace: the last blank counts as text
 
 
+def test_a_controls_window_alone_equals_the_full_pass(probe_models_trained: dict) -> None:
+    """Controls are scored on their answer window only (cut after it, output layer on its positions):
+    the same log-probabilities as the full pass, with and without `logits_to_keep`."""
+    from mergeguard.auditor.probe import load_model, score_texts, tokenize, window_batch
+    from mergeguard.benchmarks import load_benchmark
+
+    items = load_benchmark("gsm8k", probe_models_trained["hf"]).items[:12]
+    real, controls = item_pairs(items, seed=0, controls=2)
+    pairs = [*real, *(pair for pairs in controls for pair in pairs)]
+    model, tokenizer = load_model(probe_models_trained["clean"], "cpu", "float32", False)
+    full = [row[4] for row in score_texts(model, tokenizer, pairs, batch_size=5, max_tokens=96, k=0.2)]
+    encoded = tokenize(tokenizer, pairs, 96)
+    for keep in (True, False):
+        windows = [
+            w for s in range(0, len(encoded), 7) for w in window_batch(model, encoded[s : s + 7], 1, keep)
+        ]
+        assert windows == pytest.approx(full, abs=1e-4)
+    assert len(set(full)) > len(full) // 2  # windows differ: the comparison is not vacuous
+
+
 # ---------------------------------------------------------------- the guard and the database
 
 
