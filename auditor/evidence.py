@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 _NUMBER_WORDS = {
     "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6",
@@ -91,9 +92,15 @@ class Evidence:
         }
 
 
+@lru_cache(maxsize=1 << 16)
+def _choice_stems(choice: str) -> frozenset[str]:
+    """A choice's stems, computed once: every candidate pair of a multiple-choice item asks again."""
+    return frozenset(stems(choice))
+
+
 def choice_present(choice: str, example_stems: set[str]) -> bool:
     """A choice is present when all its content stems (or numbers) are, and it has some."""
-    own = stems(choice)
+    own = _choice_stems(choice)
     return bool(own) and own <= example_stems
 
 
@@ -107,10 +114,11 @@ def gather(
     rare: set[str],
     item_words: int = 0,
 ) -> Evidence:
-    """The evidence one example holds for one item."""
-    found_numbers = sorted(question_numbers & numbers(example), key=lambda n: (len(n), n))
-    stated = final_answer(example)
+    """The evidence one example holds for one item (`example_stems`: `stems(example)`, numbers included)."""
+    example_numbers = {w[1:] for w in example_stems if w.startswith("#")}  # `stems` holds them as #n
+    found_numbers = sorted(question_numbers & example_numbers, key=lambda n: (len(n), n))
     answer_c = _canonical(short_answer) if short_answer and _NUMBER.fullmatch(short_answer.strip()) else ""
+    stated = final_answer(example) if answer_c else None  # only a numeric answer is compared
     present = [c for c in choices if choice_present(c, example_stems)]
     gold_found = bool(gold) and gold in present
     if gold_found:

@@ -17,6 +17,15 @@ What is left is how much more the suspect links this question to this answer tha
 training on the item (answer included) leaves behind. A one-sided Wilcoxon signed-rank test over the
 items gives the p-value; `effect` is the mean gain over its standard deviation. Held-out items would need
 a split nobody trained on, which a public test set lacks.
+Amplified. A merge dilutes: a 50/50 merge halves the contaminated parent's weight change and the link fades
+faster than that. So the test runs twice, on the model and on `R + amplify * (M - R)` (`amplify.py`,
+default 2: a two-parent merge's share undone), and p_value is the smaller p-value doubled (Bonferroni).
+On perf/probe_accuracy.py's merges (seeds 0-2) this took the merge from 7 of 15 benchmarks under 0.001 to
+12; a contaminated model itself overshoots when doubled (weaker there), which is why both run. Window
+lengths of 1-8 tokens, 16 controls and per-item rank tests were tried on the same models and moved
+at most two verdicts either way, some at the cost of clean models' p-values.
+Controls are scored on their answer window alone (`window_batch`): the text after the window and the
+output layer elsewhere do not matter to it, so a control costs a little less than a plain forward pass.
 Tried and rejected on the tiny models of tests/test_probe.py: perturbed items (word swaps; a fine-tune on
 any fluent text gains more on the real text than on its perturbation, so clean models came out suspect),
 reordered choices (no signal left), and the answer's first non-space token alone (a fine-tune that learnt
@@ -44,6 +53,7 @@ from typing import Any
 
 import numpy as np
 
+from mergeguard.auditor.amplify import AMPLIFY, amplify_weights
 from mergeguard.auditor.report import ProbeVerdict
 from mergeguard.benchmarks import load_benchmarks
 from mergeguard.errors import MergeguardError, ProbeError
@@ -89,6 +99,7 @@ class ProbeOptions:
     trust_remote_code: bool = False
     use_hub: bool = True
     threads: int | None = None  # torch CPU threads while scoring (None: torch's default)
+    amplify: float = AMPLIFY  # also test reference + amplify * (model - reference); 1: off (amplify.py)
 
 
 @dataclass
@@ -118,6 +129,8 @@ class BenchmarkProbe:
     n_items: int
     reason: str = ""
     items: list[ItemScore] = field(default_factory=list)
+    p_plain: float | None = None  # the test on the model as it is
+    p_amplified: float | None = None  # ... on its amplified weights (None: not run); p_value combines both
 
 
 @dataclass
@@ -130,6 +143,7 @@ class ProbeReport:
     benchmarks: list[BenchmarkProbe]
     alpha: float
     problems: list[str] = field(default_factory=list)
+    amplify: float | None = None  # the factor of the amplified test, None when it did not run
 
     @property
     def verdict(self) -> str:
@@ -553,10 +567,16 @@ def _prepare(options: ProbeOptions) -> list[_Prepared]:
     return prepared
 
 
-def _score_model(folder: Path, prepared: list[_Prepared], options: ProbeOptions) -> list[list[list[float]]]:
-    """Score every benchmark's items and controls with one model, then free it (one model at a time).
-    `options.threads` caps torch's CPU threads meanwhile (restored after): small models on a busy machine
-    run several times faster on one thread."""
+Scores = list[list[list[float]]]  # per benchmark, per text, `score_items`' row
+
+
+def _score_model(
+    folder: Path, prepared: list[_Prepared], options: ProbeOptions, amplify_from: Path | None = None
+) -> tuple[Scores, Scores | None, str]:
+    """(scores, amplified scores, why not amplified): every benchmark's items and controls scored with one
+    model; then, given `amplify_from` (the reference), again with its weights amplified in place
+    (`amplify_weights`); then the model is freed (one model at a time). `options.threads` caps torch's CPU
+    threads meanwhile (restored after): small models on a busy machine run several times faster on one."""
     import torch
 
     model, tokenizer = load_model(folder, options.device, options.dtype, options.trust_remote_code)
@@ -564,23 +584,31 @@ def _score_model(folder: Path, prepared: list[_Prepared], options: ProbeOptions)
     if options.threads:
         torch.set_num_threads(options.threads)
     try:
-        return [
-            score_items(
-                model,
-                tokenizer,
-                bench.real,
-                bench.control_texts(),
-                batch_size=options.batch_size,
-                max_tokens=options.max_tokens,
-                k=options.k,
-            )
-            for bench in prepared
-        ]
+        plain = _score_all(model, tokenizer, prepared, options)
+        if amplify_from is None:
+            return plain, None, ""
+        problem = amplify_weights(model, amplify_from, options.amplify)
+        return plain, (None if problem else _score_all(model, tokenizer, prepared, options)), problem
     finally:
         torch.set_num_threads(previous)
         del model
         gc.collect()
         _empty_device_cache()
+
+
+def _score_all(model: Any, tokenizer: Any, prepared: list[_Prepared], options: ProbeOptions) -> Scores:
+    return [
+        score_items(
+            model,
+            tokenizer,
+            bench.real,
+            bench.control_texts(),
+            batch_size=options.batch_size,
+            max_tokens=options.max_tokens,
+            k=options.k,
+        )
+        for bench in prepared
+    ]
 
 
 def _empty_device_cache() -> None:
@@ -606,27 +634,55 @@ def link_gains(bench: _Prepared, suspect: list[list[float]], reference: list[lis
     return gains
 
 
+def combined_test(
+    gains: Sequence[float], amplified: Sequence[float] | None, alpha: float, min_items: int
+) -> tuple[str, float | None, float | None, str, float | None, float | None]:
+    """(verdict, p_value, effect, reason, p_plain, p_amplified): `benchmark_test` on the model's gains and,
+    when there are any, on its amplified weights' gains; p_value is the smaller p-value times two
+    (Bonferroni: two tests, one question) and effect is that test's."""
+    verdict, p_plain, effect, reason = benchmark_test(gains, alpha, min_items)
+    if amplified is None or verdict == INCONCLUSIVE:
+        return verdict, p_plain, effect, reason, p_plain, None
+    _, p_amplified, effect_amplified, _ = benchmark_test(amplified, alpha, min_items)
+    assert p_plain is not None and p_amplified is not None  # both ran on the same items
+    if p_amplified < p_plain:
+        effect = effect_amplified
+    p_value = min(1.0, 2 * min(p_plain, p_amplified))
+    assert effect is not None
+    verdict = SUSPECT if p_value < alpha and effect > 0 else NO_SIGNAL
+    return verdict, p_value, effect, "", p_plain, p_amplified
+
+
 def _verdicts(
     prepared: list[_Prepared],
-    suspect: list[list[list[float]]],
-    reference: list[list[list[float]]] | None,
+    suspect: Scores,
+    amplified: Scores | None,
+    reference: Scores | None,
     options: ProbeOptions,
 ) -> list[BenchmarkProbe]:
     probes = []
     for position, (bench, mine) in enumerate(zip(prepared, suspect, strict=True)):
         n = len(bench.real)
+        p_plain = p_amplified = None
         if reference is None:
             gains, base = [math.nan] * n, [0.0] * n
             verdict, p_value, effect, reason = INCONCLUSIVE, None, None, "no reference model"
         else:
             gains = link_gains(bench, mine, reference[position])
+            more = link_gains(bench, amplified[position], reference[position]) if amplified else None
             base = [row[0] for row in reference[position][:n]]
-            verdict, p_value, effect, reason = benchmark_test(gains, options.alpha, options.min_items)
+            verdict, p_value, effect, reason, p_plain, p_amplified = combined_test(
+                gains, more, options.alpha, options.min_items
+            )
         items = [
             ItemScore(index, mine[i][0] - base[i], gains[i], *mine[i][:4])
             for i, index in enumerate(bench.indices)
         ]
-        probes.append(BenchmarkProbe(bench.name, bench.split, verdict, p_value, effect, n, reason, items))
+        probes.append(
+            BenchmarkProbe(
+                bench.name, bench.split, verdict, p_value, effect, n, reason, items, p_plain, p_amplified
+            )
+        )
     return probes
 
 
@@ -637,26 +693,31 @@ def probe_models(models: Sequence[str], options: ProbeOptions) -> list[ProbeRepo
         raise ProbeError(f"unknown dtype {options.dtype!r}", hint=f"use one of {', '.join(DTYPES)}")
     if not 0 < options.k <= 1:
         raise ProbeError(f"k {options.k} is outside (0, 1]", hint="use a fraction such as 0.2")
+    if not options.amplify >= 1:
+        raise ProbeError(f"amplify {options.amplify} is below 1", hint="use 2 (the default), or 1 for none")
     folders = [resolve_model(name) for name in models]  # a mistyped model fails before any data loads
     prepared = _prepare(options)
-    cache: dict[str, list[list[list[float]]]] = {}
+    cache: dict[str, Scores] = {}
     reports = []
     for folder in folders:
         reference, source = (options.reference, "option") if options.reference else find_reference(folder)
         ref_folder = resolve_model(reference) if reference else None
         if ref_folder is not None:
             _same_tokenizer(folder, ref_folder, options.trust_remote_code)
-        suspect = _score_model(folder, prepared, options)
+        amplify_from = ref_folder if options.amplify > 1 else None
+        suspect, amplified, problem = _score_model(folder, prepared, options, amplify_from)
         if ref_folder is not None and str(ref_folder) not in cache:
-            cache[str(ref_folder)] = _score_model(ref_folder, prepared, options)
+            cache[str(ref_folder)] = _score_model(ref_folder, prepared, options)[0]
         scores = cache[str(ref_folder)] if ref_folder is not None else None
         reports.append(
             ProbeReport(
                 model=str(folder),
                 reference=str(ref_folder) if ref_folder else None,
                 reference_source=source,
-                benchmarks=_verdicts(prepared, suspect, scores, options),
+                benchmarks=_verdicts(prepared, suspect, amplified, scores, options),
                 alpha=options.alpha,
+                problems=[problem] if problem else [],
+                amplify=options.amplify if amplified is not None else None,
             )
         )
     return reports

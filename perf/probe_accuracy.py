@@ -188,8 +188,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     hf = args.benchmarks_dir
-    header = f"{'seed':>4} {'benchmark':<14} {'steps':>5} {'AUROC score':>11} {'AUROC gain':>10}" + "".join(
-        f" {name:>9}" for name in ("p leaky", "p merge", "p clean", "p base")
+    header = (
+        f"{'seed':>4} {'benchmark':<14} {'steps':>5} {'AUROC score':>11} {'AUROC gain':>10}"
+        + "".join(f" {name:>9}" for name in ("p leaky", "p merge", "p clean", "p base"))
+        + "   merge p as is / amplified"
     )
     print(header)
     for seed in args.seeds:
@@ -207,7 +209,8 @@ def main() -> None:
                 print(
                     f"{seed:>4} {bench:<14} {family['steps'][bench]:>5} "
                     f"{auroc(pos, neg):>11.3f} {auroc(gpos, gneg):>10.3f} "
-                    + " ".join(f"{probe.p_value:>9.2g}" for probe in (leaky, merged, clean, base)),
+                    + " ".join(f"{probe.p_value:>9.2g}" for probe in (leaky, merged, clean, base))
+                    + f"   {merged.p_plain:.2g} / {_maybe(merged.p_amplified)}",
                     flush=True,
                 )
                 if args.dump:
@@ -224,12 +227,24 @@ def main() -> None:
                 )
 
 
+def _maybe(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2g}"
+
+
 def dump(path: Path, seed: int, bench: str, probes: dict[str, Any]) -> None:
     """One JSON line per probe: its per-item gains (planted first), to study the benchmark test offline."""
     with path.open("a", encoding="utf-8") as out:
         for name, result in probes.items():
             gains = [item.gain for item in result.items]
-            row = {"seed": seed, "benchmark": bench, "model": name, "p_value": result.p_value, "gains": gains}
+            row = {
+                "seed": seed,
+                "benchmark": bench,
+                "model": name,
+                "p_value": result.p_value,
+                "p_plain": result.p_plain,
+                "p_amplified": result.p_amplified,
+                "gains": gains,
+            }
             out.write(json.dumps(row) + "\n")
 
 

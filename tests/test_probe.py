@@ -155,6 +155,58 @@ def test_json_items_carry_index_and_score_and_exit_codes_follow_the_verdict(prob
     assert probed["base"]["exit"] == 0  # no signal anywhere
 
 
+def test_p_value_combines_the_plain_and_the_amplified_test(probed: dict) -> None:
+    """Every model with a reference is tested as it is and amplified (factor 2); the p-value is the
+    smaller of the two, doubled (Bonferroni)."""
+    for name in ("leaky", "clean", "merged", "base"):
+        assert probed[name]["report"]["amplify"] == 2.0
+        for bench in PROBED:
+            row = probed[name][bench]
+            assert row["p_plain"] is not None and row["p_amplified"] is not None
+            assert row["p_value"] == pytest.approx(min(1.0, 2 * min(row["p_plain"], row["p_amplified"])))
+
+
+def test_amplify_one_runs_the_plain_test_alone(probe_models_trained: dict) -> None:
+    m = probe_models_trained
+    run = _probe_gsm8k(m, m["clean"], "--amplify", "1", "--json", *FAST)
+    assert run.exit_code == 0, run.output
+    report = json.loads(run.stdout)["models"][0]
+    row = report["benchmarks"][0]
+    assert report["amplify"] is None and row["p_amplified"] is None and row["p_value"] == row["p_plain"]
+    bad = _probe_gsm8k(m, m["clean"], "--amplify", "0.5")
+    assert bad.exit_code == 2 and "0.5" in bad.output
+
+
+def test_amplified_weights_are_the_reference_plus_factor_times_the_change(
+    probe_models_trained: dict, models: Any
+) -> None:
+    """Tensor by tensor from the reference's files; a reference of another shape changes nothing."""
+    from safetensors.torch import load_file
+
+    from mergeguard.auditor.amplify import amplify_weights
+    from mergeguard.auditor.probe import load_model
+
+    m = probe_models_trained
+    model, _ = load_model(m["leaky"], "cpu", "float32", False)
+    own = {name: param.detach().clone() for name, param in model.named_parameters()}
+    base = load_file(str(m["base"] / "model.safetensors"))
+    assert amplify_weights(model, m["base"], 3.0) == ""
+    for name, param in model.named_parameters():
+        expected = base[name] + 3.0 * (own[name] - base[name])
+        assert torch_allclose(param.detach(), expected), name
+    other = models.base("llama", seed=0, num_layers=2, hidden_size=32)
+    before = {name: param.detach().clone() for name, param in model.named_parameters()}
+    problem = amplify_weights(model, other, 2.0)
+    assert "cannot be amplified" in problem and "is (" in problem
+    assert all(torch_allclose(p.detach(), before[n]) for n, p in model.named_parameters())
+
+
+def torch_allclose(a: Any, b: Any) -> bool:
+    import torch
+
+    return bool(torch.allclose(a, b, atol=1e-5))
+
+
 # ---------------------------------------------------------------- bad input: one line, exit 2
 
 

@@ -153,6 +153,15 @@ PROBE_FLAGS: OptionTable = {  # ProbeOptions fields, under the same names
         typer.Option(4, "--controls", min=1, help="Borrowed questions per item (the control)."),
     ),
     "seed": (int, typer.Option(0, "--seed", help="Seed of the controls' shuffle.")),
+    "amplify": (
+        float,
+        typer.Option(
+            2.0,
+            "--amplify",
+            min=1.0,
+            help="Also test reference + FACTOR x (model - reference): undoes a merge's dilution (1: off).",
+        ),
+    ),
     "threads": (
         int | None,
         typer.Option(None, "--threads", min=1, help="CPU threads for torch (default: all)."),
@@ -216,6 +225,10 @@ def probe_command(
         for report in reports:
             record_probe(store, report.to_dict())
     _show(reports, fmt)
+    if not quiet:
+        for report in reports:
+            for problem in report.problems:
+                typer.echo(f"note: {Path(report.model).name}: {problem}", err=True)
     raise typer.Exit(_exit_status_said(reports))
 
 
