@@ -38,6 +38,7 @@ class AuditOptions:
     # The semantic stage (paraphrases, translations): off unless asked; see auditor/semantic.py.
     semantic: bool = False
     embedding_model: str | None = None  # sentence-transformers folder or hub id; None: the default model
+    embedding_dtype: str = "auto"  # auto (bfloat16 where the hardware has it), float32 or bfloat16
     judge: str | None = None  # a local causal LM that confirms close candidates the evidence leaves open
     device: str = "cpu"
     semantic_min_chars: int = 30  # shorter examples are not embedded
@@ -51,7 +52,12 @@ class AuditOptions:
         semantic: dict[str, Any] = {}
         if self.semantic:  # absent otherwise: a lexical-only audit's thresholds are as before
             model = self.embedding_model or "default"
-            semantic = {"semantic": model, "judge": self.judge, "min_chars": self.semantic_min_chars}
+            semantic = {
+                "semantic": model,
+                "judge": self.judge,
+                "min_chars": self.semantic_min_chars,
+                "embedding_dtype": self.embedding_dtype,
+            }
         return {
             **semantic,
             "rate": self.threshold_rate,

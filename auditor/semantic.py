@@ -91,6 +91,7 @@ class SemanticStats:
     """The stage's cost, for the report."""
 
     model: str
+    dtype: str = "float32"  # the encoder's (AuditOptions.embedding_dtype resolved on this machine)
     examples: int = 0  # examples read
     considered: int = 0  # not explained lexically, long enough
     embedded: int = 0  # examples with a candidate (through the encoder)
@@ -108,6 +109,9 @@ class SemanticStats:
 
 
 def _ascii_share(text: str) -> float:
+    """The share of a text's letters that are ASCII (English text: 1.0 without a walk over its characters)."""
+    if text.isascii():
+        return 1.0
     letters = [c for c in text if c.isalpha()]
     return sum(c.isascii() for c in letters) / len(letters) if letters else 1.0
 
@@ -234,7 +238,7 @@ class SemanticStage:
 
     def __init__(self, index: Any, options: Any, cache_dir: Any = None) -> None:
         name = options.embedding_model or DEFAULT_EMBEDDING_MODEL
-        self.encoder = Encoder(name, options.device)
+        self.encoder = Encoder(name, options.device, options.embedding_dtype)
         self.judge = Judge(options.judge, options.device) if options.judge else None
         self.index = index
         self.table = ItemTable(list(index.items or []))
@@ -248,7 +252,7 @@ class SemanticStage:
         progress: Callable[[int], None] | None = None,
     ) -> tuple[list[ParaphraseMatch], SemanticStats]:
         """Paraphrase matches in `texts` (example numbers are positions), examples in `skip` left out."""
-        stats = SemanticStats(model=self.encoder.name)
+        stats = SemanticStats(model=self.encoder.name, dtype=self.encoder.dtype)
         started = time.perf_counter()
         added = self.item_vectors.added
         matches: list[ParaphraseMatch] = []
@@ -280,7 +284,7 @@ class SemanticStage:
         pairs = []  # (chosen row, item, retrieval, evidence, reason before the cosine)
         for k, hits in enumerate(found):
             number, text = chosen[k]
-            english = _ascii_share(text) >= 0.5
+            english = bool(hits) and _ascii_share(text) >= 0.5  # read only when an item was retrieved
             for i, share in hits:
                 item = self.table.items[i]
                 evidence = gather(

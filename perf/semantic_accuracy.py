@@ -71,15 +71,22 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--embedding-dtype", default="auto", help="auto, float32 or bfloat16 (as `audit`)")
     args = parser.parse_args()
     corpora = args.data / "corpora"
     rephrased = corpora / "llm_decontaminator_rephrased"
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
-        options = AuditOptions(benchmarks_dir=args.data / "hf", cache_dir=Path(tmp), semantic=True)
+        options = AuditOptions(
+            benchmarks_dir=args.data / "hf",
+            cache_dir=Path(tmp),
+            semantic=True,
+            embedding_dtype=args.embedding_dtype,
+        )
         index, _ = load_benchmark_index(options)
         stage = SemanticStage(index, options, Path(tmp))
-        print(f"index of {len(index.refs)} items and stage ready in {time.perf_counter() - started:.1f} s")
+        print(f"index of {len(index.refs)} items and stage ready in {time.perf_counter() - started:.1f} s "
+              f"(encoder dtype {stage.encoder.dtype})")  # fmt: skip
         print("load average (1, 5, 15 min) at start: {:.1f} {:.1f} {:.1f} on {} cores".format(
             *os.getloadavg(), os.cpu_count()))  # fmt: skip
         out: dict = {"recall": {}, "false_flags": {}, "throughput": {}}

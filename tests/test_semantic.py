@@ -114,6 +114,24 @@ def test_rephrased_items_are_found_and_negatives_are_not(mixed, capsys, monkeypa
     assert _sha(mixed["data"]) == before
 
 
+def test_bfloat16_and_float32_encoders_agree(mixed, capsys, monkeypatch) -> None:
+    """`auto` picks bfloat16 where the hardware has it; both dtypes confirm the same pairs here, with
+    cosines within 0.01, and each keeps its own item embeddings in the cache."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    runs = {}
+    for dtype in ("float32", "bfloat16"):
+        assert main(_audit(mixed, "--semantic", "--embedding-dtype", dtype, "--json")) == 1
+        report = _json(capsys)
+        assert report["semantic"]["datasets"][str(mixed["data"])]["dtype"] == dtype
+        assert report["thresholds"]["embedding_dtype"] == dtype
+        runs[dtype] = {f["example"]: (f["item"], f["semantic"]["cosine"]) for f in report["findings"]}
+    assert runs["float32"].keys() == runs["bfloat16"].keys() and len(runs["float32"]) > 20
+    for example, (item, cosine) in runs["float32"].items():
+        assert runs["bfloat16"][example][0] == item
+        assert abs(runs["bfloat16"][example][1] - cosine) < 0.01
+    assert len(list(mixed["cache"].glob("audit-embeddings/*/vectors.npz"))) >= 2
+
+
 def test_text_report_shows_the_evidence(mixed, capsys, monkeypatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert main(_audit(mixed, "--semantic", "--semantic-min-chars", "20")) == 1
@@ -155,6 +173,14 @@ def test_lexical_audit_imports_no_encoder(mixed) -> None:
             "error: --embedding-model is for the semantic stage; add --semantic",
         ),
         (["--judge", "x/y"], "error: --judge is for the semantic stage; add --semantic"),
+        (
+            ["--embedding-dtype", "float32"],
+            "error: --embedding-dtype is for the semantic stage; add --semantic",
+        ),
+        (
+            ["--semantic", "--embedding-dtype", "fp8"],
+            "error: --embedding-dtype 'fp8' is unknown; use auto, float32 or bfloat16",
+        ),
         (
             ["--semantic", "--device", "cuda:7"],
             "error: device cuda:7 is not available here; use --device cpu",

@@ -69,6 +69,9 @@ SEMANTIC = typer.Option(
 EMBEDDING_MODEL = typer.Option(
     None, "--embedding-model", help="sentence-transformers model (folder or hub id) for --semantic."
 )
+EMBEDDING_DTYPE = typer.Option(
+    "auto", "--embedding-dtype", help="auto (bfloat16 where the hardware has it), float32 or bfloat16."
+)
 JUDGE = typer.Option(None, "--judge", help="A local causal LM that confirms close --semantic candidates.")
 SEMANTIC_MIN_CHARS = typer.Option(30, "--semantic-min-chars", help="Shorter examples are not embedded.")
 WORKERS = typer.Option(None, "--workers", help="Processes that scan the datasets (default: all cores).")
@@ -85,6 +88,7 @@ AUDIT_FLAGS: OptionTable = {  # `audit_options`' keywords: the audit's options, 
     "skip_bad_rows": (bool, SKIP_BAD_ROWS),
     "semantic": (bool, SEMANTIC),
     "embedding_model": (str | None, EMBEDDING_MODEL),
+    "embedding_dtype": (str, EMBEDDING_DTYPE),
     "judge": (str | None, JUDGE),
     "semantic_min_chars": (int, SEMANTIC_MIN_CHARS),
 }
@@ -127,6 +131,7 @@ def audit_options(
     only_text_field: str | None = None,
     semantic: bool = False,
     embedding_model: str | None = None,
+    embedding_dtype: str = "auto",
     judge: str | None = None,
     device: str = "cpu",
     semantic_min_chars: int = 30,
@@ -135,9 +140,13 @@ def audit_options(
     values that name no model (audited alone by `audit`, an error for `merge`)."""
     if not 0.0 <= threshold_rate <= 1.0:
         raise UsageError(f"--threshold-rate {threshold_rate} is not a rate", hint="give a number in 0..1")
-    if not semantic and (embedding_model or judge):
-        flag = "--embedding-model" if embedding_model else "--judge"
+    if not semantic and (embedding_model or judge or embedding_dtype != "auto"):
+        flag = "--embedding-model" if embedding_model else "--judge" if judge else "--embedding-dtype"
         raise UsageError(f"{flag} is for the semantic stage", hint="add --semantic")
+    if embedding_dtype not in ("auto", "float32", "bfloat16"):
+        raise UsageError(
+            f"--embedding-dtype {embedding_dtype!r} is unknown", hint="use auto, float32 or bfloat16"
+        )
     if semantic_min_chars < 0:
         raise UsageError(f"--semantic-min-chars {semantic_min_chars} is negative", hint="give 0 or more")
     plain, overrides = split_dataset_options(dataset)
@@ -155,6 +164,7 @@ def audit_options(
         skip_bad_rows=skip_bad_rows,
         semantic=semantic,
         embedding_model=embedding_model,
+        embedding_dtype=embedding_dtype,
         judge=judge,
         device=device,
         semantic_min_chars=semantic_min_chars,
