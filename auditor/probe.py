@@ -641,14 +641,14 @@ def combined_test(
     when there are any, on its amplified weights' gains; p_value is the smaller p-value times two
     (Bonferroni: two tests, one question) and effect is that test's."""
     verdict, p_plain, effect, reason = benchmark_test(gains, alpha, min_items)
-    if amplified is None or verdict == INCONCLUSIVE:
-        return verdict, p_plain, effect, reason, p_plain, None
-    _, p_amplified, effect_amplified, _ = benchmark_test(amplified, alpha, min_items)
-    assert p_plain is not None and p_amplified is not None  # both ran on the same items
+    p_amplified = effect_amplified = None
+    if amplified is not None and verdict != INCONCLUSIVE:
+        _, p_amplified, effect_amplified, _ = benchmark_test(amplified, alpha, min_items)
+    if p_plain is None or p_amplified is None or effect is None or effect_amplified is None:
+        return verdict, p_plain, effect, reason, p_plain, p_amplified  # one test ran (or none)
     if p_amplified < p_plain:
         effect = effect_amplified
     p_value = min(1.0, 2 * min(p_plain, p_amplified))
-    assert effect is not None
     verdict = SUSPECT if p_value < alpha and effect > 0 else NO_SIGNAL
     return verdict, p_value, effect, "", p_plain, p_amplified
 

@@ -476,3 +476,16 @@ def test_lineage_shows_a_childs_probe_gain_over_each_parent(
     data = json.loads(_cli("lineage", "merged", "--db", str(path), "--format", "json").stdout)
     merged = next(n for n in data["nodes"] if n["model"] == "merged")
     assert {(g["benchmark"], g["parent"]) for g in merged["probe_gains"]} == set(gains)
+
+
+def test_combined_test_doubles_the_smaller_p_value_and_falls_back_to_one_test() -> None:
+    from mergeguard.auditor.probe import combined_test
+
+    rising = [0.1 * (i % 7) + 0.05 for i in range(40)]  # all positive: a small p-value
+    mixed = [(-1) ** i * (i % 5) for i in range(40)]  # no lean
+    verdict, p_value, effect, _, p_plain, p_amplified = combined_test(mixed, rising, 0.001, 20)
+    assert verdict == SUSPECT and p_value == pytest.approx(2 * p_amplified) and p_plain > 0.05
+    assert effect is not None and effect > 0
+    nan_only = [float("nan")] * 40  # an amplified model that scored nothing: the plain test alone
+    verdict, p_value, *_, p_plain, p_amplified = combined_test(rising, nan_only, 0.001, 20)
+    assert verdict == SUSPECT and p_value == p_plain and p_amplified is None
