@@ -15,7 +15,10 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
+from safetensors import safe_open
+
 from mergeguard.errors import MergeguardError
+from mergeguard.merge.io import tensor_index
 
 AMPLIFY = 2.0  # a two-parent merge's dilution undone; 1 turns the amplified test off
 
@@ -26,9 +29,6 @@ def amplify_weights(model: Any, reference: Path, factor: float) -> str:
     Returns "" when done, else why not (no safetensors, a tensor missing or of another shape), having
     changed nothing: every name and shape is checked from the file headers first."""
     import torch
-    from safetensors import safe_open
-
-    from mergeguard.merge.io import tensor_index
 
     try:
         where = tensor_index(Path(reference))

@@ -43,6 +43,7 @@ and the reported `effect` only partly keep apart from memorisation.
 from __future__ import annotations
 
 import gc
+import inspect
 import json
 import math
 import zlib
@@ -371,8 +372,6 @@ def window_batch(model: Any, batch: Sequence[Encoded], pad_id: int, keep_logits:
 
 def keeps_logits(model: Any) -> bool:
     """Whether the model's forward takes `logits_to_keep` (recent transformers causal LMs do)."""
-    import inspect
-
     return "logits_to_keep" in inspect.signature(model.forward).parameters
 
 
