@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from mergeguard.auditor.options import MAX_LINE
+from mergeguard.auditor.suffixes import FILE_SUFFIXES
 from mergeguard.auditor.urls import is_url, open_parquet, parquet_urls
 from mergeguard.benchmarks.loading import hub_cache_hit, hub_reachable
 from mergeguard.errors import DatasetError
@@ -59,7 +60,6 @@ TEXT_FIELDS = (
 )
 # Keys of message dicts that hold no text (roles, names, ids).
 SKIP_KEYS = {"role", "from", "name", "id", "type", "weight", "loss"}
-FILE_SUFFIXES = (".jsonl.gz", ".json.gz", ".jsonl", ".json", ".csv", ".parquet", ".txt", ".txt.gz")
 
 
 MAX_DOCUMENT = 64 << 20  # bytes of a file that is one JSON object ({"train": [...]}), read whole

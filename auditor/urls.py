@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from mergeguard.auditor.suffixes import NOT_READ_AT_A_URL
 from mergeguard.errors import DatasetError
-
-OTHER_DATA = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".csv", ".txt", ".txt.gz", ".arrow")
 
 
 def is_url(ref: str) -> bool:
@@ -49,7 +48,7 @@ def parquet_urls(ref: str) -> list[str]:
 
 
 def _refuse_other_data(ref: str, names: list[str]) -> None:
-    others = [name for name in names if name.lower().endswith(OTHER_DATA)]
+    others = [name for name in names if name.lower().endswith(NOT_READ_AT_A_URL)]
     if others or not any(name.lower().endswith(".parquet") for name in names):
         found = f"holds {others[0].rsplit('/', 1)[-1]}" if others else "holds no parquet file"
         raise DatasetError(
