@@ -5,7 +5,9 @@ must find the contaminated fine-tune and the merge `suspect` on ARC only, and th
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -175,6 +177,11 @@ def test_amplify_one_runs_the_plain_test_alone(probe_models_trained: dict) -> No
     assert report["amplify"] is None and row["p_amplified"] is None and row["p_value"] == row["p_plain"]
     bad = _probe_gsm8k(m, m["clean"], "--amplify", "0.5")
     assert bad.exit_code == 2 and "0.5" in bad.output
+    table = _probe_gsm8k(m, m["clean"], "--format", "csv", *FAST)  # the default: both tests, both columns
+    row = next(csv.DictReader(io.StringIO(table.stdout)))
+    assert float(row["p_value"]) == pytest.approx(
+        min(1.0, 2 * min(float(row["p_plain"]), float(row["p_amplified"])))
+    )
 
 
 def test_amplified_weights_are_the_reference_plus_factor_times_the_change(

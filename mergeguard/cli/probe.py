@@ -110,14 +110,25 @@ def exit_status(reports: list[Any]) -> int:
 
 
 def render(reports: list[Any]) -> Any:
-    """One rich table: model, benchmark, items, verdict, p-value, effect, reference."""
+    """One rich table: model, benchmark, items, verdict, p-value (and the two tests' behind it), effect,
+    reference."""
     from rich.table import Table  # rich: imported when drawing (mergeguard.lazy)
 
     table = Table(
         title="model-side probe (gain over the reference, against borrowed questions)", title_justify="left"
     )
-    for column in ("model", "benchmark", "items", "verdict", "p-value", "effect", "reference"):
-        table.add_column(column, justify="right" if column in ("items", "p-value", "effect") else "left")
+    numeric = ("items", "p-value", "as is / amplified", "effect")
+    for column in (
+        "model",
+        "benchmark",
+        "items",
+        "verdict",
+        "p-value",
+        "as is / amplified",
+        "effect",
+        "reference",
+    ):
+        table.add_column(column, justify="right" if column in numeric else "left")
     for report in reports:
         for probe in report.benchmarks:
             verdict = f"[{STYLE[probe.verdict]}]{probe.verdict}[/]" + (
@@ -128,11 +139,16 @@ def render(reports: list[Any]) -> Any:
                 probe.benchmark,
                 str(probe.n_items),
                 verdict,
-                "—" if probe.p_value is None else f"{probe.p_value:.2g}",
+                _p(probe.p_value),
+                f"{_p(probe.p_plain)} / {_p(probe.p_amplified)}",
                 "—" if probe.effect is None else f"{probe.effect:+.2f}",
                 f"{report.reference} ({report.reference_source})" if report.reference else "none",
             )
     return table
+
+
+def _p(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2g}"
 
 
 PROBE_FLAGS: OptionTable = {  # ProbeOptions fields, under the same names
@@ -173,7 +189,18 @@ PROBE_FLAGS: OptionTable = {  # ProbeOptions fields, under the same names
         ),
     ),
 }
-ROW_HEADERS = ["model", "benchmark", "items", "verdict", "reason", "p_value", "effect", "reference"]
+ROW_HEADERS = [
+    "model",
+    "benchmark",
+    "items",
+    "verdict",
+    "reason",
+    "p_value",
+    "effect",
+    "reference",
+    "p_plain",
+    "p_amplified",
+]
 
 
 @app.command("probe", cls=command_with(table_options("probe", PROBE_FLAGS)))
@@ -247,7 +274,8 @@ def _show(reports: list[ProbeReport], fmt: str) -> None:
 def rows(reports: list[ProbeReport]) -> list[list[Any]]:
     """One row per model and benchmark, for --format csv and markdown (ROW_HEADERS)."""
     return [
-        [r.model, p.benchmark, p.n_items, p.verdict, p.reason, p.p_value, p.effect, r.reference]
+        [r.model, p.benchmark, p.n_items, p.verdict, p.reason, p.p_value, p.effect, r.reference, p.p_plain]
+        + [p.p_amplified]
         for r in reports
         for p in r.benchmarks
     ]
