@@ -24,6 +24,10 @@ from typing import Any
 BENCHMARKS = ("arc_challenge", "arc_easy", "gsm8k", "hellaswag", "mmlu")
 PLANTED, UNPLANTED = 100, 50
 MAX_TOKENS = 128  # per text: the question's end and the answer's start always stay (tiny models, CPU)
+# The tiny models hold 256 positions and are fine-tuned on 64-token windows: the CLI's default 512 runs past
+# what they know (GSM8K merges, seeds 0-2: p 0.09-0.48 at 512). Fine-tuning on 256-token windows (batch 2,
+# the same tokens per step) was tried for GSM8K on seeds 0-1 and moved the merge's p either way
+# (0.0012 -> 0.0024, 0.0018 -> 0.00063): not adopted.
 # The contaminated fine-tunes run a number of epochs, not of steps: a fixed 900 steps gave ARC, HellaSwag
 # and MMLU 22-25 passes over their data but GSM8K, whose items are 3x longer (335 tokens), 10.7; with
 # every benchmark at EPOCHS the planted items are seen as often whatever their length.
