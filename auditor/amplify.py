@@ -45,6 +45,7 @@ def amplify_weights(model: Any, reference: Path, factor: float) -> str:
                 files[where[key]] = stack.enter_context(safe_open(str(where[key]), "pt", device="cpu"))
             return files[where[key]]
 
+        stored: list[tuple[Any, str]] = []  # (parameter, the reference's name for it), all checked
         for name, param in params.items():
             key = keys[name]
             if key is None:
@@ -52,10 +53,9 @@ def amplify_weights(model: Any, reference: Path, factor: float) -> str:
             shape, own = tuple(tensor_file(key).get_slice(key).get_shape()), tuple(param.shape)
             if shape != own:
                 return f"the weights cannot be amplified: reference tensor {key} is {shape}, not {own}"
+            stored.append((param, key))
         with torch.no_grad():
-            for name, param in params.items():
-                key = keys[name]
-                assert key is not None  # checked above
+            for param, key in stored:
                 base = tensor_file(key).get_tensor(key).to(param.device, torch.float32)
                 param.copy_((base + factor * (param.float() - base)).to(param.dtype))
     return ""

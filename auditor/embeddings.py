@@ -16,12 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
+from mergeguard.auditor.options import EMBEDDING_DTYPES
 from mergeguard.errors import UsageError
 
 DEFAULT_EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 MAX_TOKENS = 128  # tokens of an example embedded: a question and the start of its answer (64 lost 3% recall)
 BATCH = 64
-DTYPES = ("auto", "float32", "bfloat16")
 
 
 def native_bf16(device: str) -> bool:
@@ -41,8 +41,10 @@ def native_bf16(device: str) -> bool:
 def resolve_dtype(dtype: str, device: str) -> str:
     """`auto`: bfloat16 where the hardware has it (3x faster on this project's 2-core machine, cosines within
     0.007 of float32's: perf/semantic_accuracy.py), float32 elsewhere; an explicit dtype as given."""
-    if dtype not in DTYPES:
-        raise UsageError(f"embedding dtype {dtype!r} is unknown", hint=f"use one of {', '.join(DTYPES)}")
+    if dtype not in EMBEDDING_DTYPES:
+        raise UsageError(
+            f"embedding dtype {dtype!r} is unknown", hint=f"use one of {', '.join(EMBEDDING_DTYPES)}"
+        )
     if dtype != "auto":
         return dtype
     return "bfloat16" if native_bf16(device) else "float32"

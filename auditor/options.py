@@ -11,6 +11,7 @@ from mergeguard.progress import ProgressCallback
 
 DEFAULT_NGRAM = 5
 DEFAULT_CONTAINMENT = 0.5
+EMBEDDING_DTYPES = ("auto", "float32", "bfloat16")  # the semantic stage's encoder (embeddings.resolve_dtype)
 MAX_LINE = 16 << 20  # bytes of one dataset line, JSON array element or example text: a bound on memory
 
 

@@ -392,22 +392,18 @@ def score_texts(
     """Per pair [min_k_pp, min_k, -loss, zlib, answer-start log-prob]: the first four (SCORES) over the
     whole text; one forward pass per text, batched by length to waste little padding."""
     encoded = tokenize(tokenizer, pairs, max_tokens)
-    pad = _pad_id(tokenizer)
+    return _full_scores(model, encoded, pairs, _pad_id(tokenizer), batch_size, k)
+
+
+def _full_scores(
+    model: Any, encoded: Sequence[Encoded], pairs: Sequence[Pair], pad: int, batch_size: int, k: float
+) -> list[list[float]]:
+    """`score_texts` on texts already tokenized (`encoded[i]` is `pairs[i]`)."""
     rows = _batched(encoded, batch_size, lambda batch: score_batch(model, batch, pad, k))
     for index, row in enumerate(rows):
         size = len(zlib.compress("".join(pairs[index]).encode("utf-8")))
         row[3] = row[3] / max(size, 1)
     return rows
-
-
-def score_windows(
-    model: Any, tokenizer: Any, pairs: Sequence[Pair], *, batch_size: int, max_tokens: int
-) -> list[float]:
-    """Per pair, the answer window's summed log-probability alone (`window_batch`): what controls need."""
-    encoded = tokenize(tokenizer, pairs, max_tokens)
-    pad = _pad_id(tokenizer)
-    keep = keeps_logits(model)
-    return _batched(encoded, batch_size, lambda batch: window_batch(model, batch, pad, keep))
 
 
 def score_items(
@@ -421,9 +417,12 @@ def score_items(
     k: float,
 ) -> list[list[float]]:
     """Rows for the real items (every score, `score_texts`) then for the controls (NaN but the window's
-    log-probability, the one value the test reads from a control)."""
-    rows = score_texts(model, tokenizer, real, batch_size=batch_size, max_tokens=max_tokens, k=k)
-    windows = score_windows(model, tokenizer, controls, batch_size=batch_size, max_tokens=max_tokens)
+    log-probability, `window_batch`: the one value the test reads from a control). Both are tokenized
+    together: a control is another item's question and its own item's answer, each encoded once."""
+    encoded = tokenize(tokenizer, [*real, *controls], max_tokens)
+    pad, keep = _pad_id(tokenizer), keeps_logits(model)
+    rows = _full_scores(model, encoded[: len(real)], real, pad, batch_size, k)
+    windows = _batched(encoded[len(real) :], batch_size, lambda batch: window_batch(model, batch, pad, keep))
     return rows + [[math.nan] * 4 + [window] for window in windows]
 
 

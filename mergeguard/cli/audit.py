@@ -12,7 +12,7 @@ from typing import Any
 import typer
 
 from mergeguard import __version__, auditor  # auditor: its scanning modules load when an audit runs
-from mergeguard.auditor.options import AuditOptions
+from mergeguard.auditor.options import EMBEDDING_DTYPES, AuditOptions
 from mergeguard.auditor.report import CLEAN, SEVERITY_RANK, UNDECLARED, UNREAD, ProbeVerdict, Verdict
 from mergeguard.cli import probe as probe_cli
 from mergeguard.cli.check import render_family
@@ -143,7 +143,7 @@ def audit_options(
     if not semantic and (embedding_model or judge or embedding_dtype != "auto"):
         flag = "--embedding-model" if embedding_model else "--judge" if judge else "--embedding-dtype"
         raise UsageError(f"{flag} is for the semantic stage", hint="add --semantic")
-    if embedding_dtype not in ("auto", "float32", "bfloat16"):
+    if embedding_dtype not in EMBEDDING_DTYPES:
         raise UsageError(
             f"--embedding-dtype {embedding_dtype!r} is unknown", hint="use auto, float32 or bfloat16"
         )
