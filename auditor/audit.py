@@ -141,7 +141,7 @@ def _findings(
             finding(
                 match.item,
                 example=match.example,
-                score=round(match.cosine, 4),
+                score=round(match.score, 4),
                 severity=PARAPHRASE,
                 evidence=match.text[:EVIDENCE_CHARS],
                 semantic=match.evidence_json(),

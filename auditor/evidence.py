@@ -80,9 +80,12 @@ class Evidence:
     rare_words: list[str]  # rare content stems shared
     item_words: int = 0  # content stems (and numbers) of the item's question
     example_words: int = 0  # ... and of the example
+    # a translated example (translation.py): `choices` are then the choices its lettered options translate
+    coverage: float | None = None  # how much of the item the glossed example holds, 0-1
+    question_coverage: float | None = None  # share of the item question's idf weight in it
 
     def to_json(self) -> dict[str, object]:
-        return {
+        out: dict[str, object] = {
             "numbers": self.numbers,
             "item_numbers": self.item_numbers,
             "answer": self.answer,
@@ -90,6 +93,10 @@ class Evidence:
             "gold_choice": self.gold_choice,
             "rare_words": self.rare_words,
         }
+        if self.coverage is not None:
+            out["coverage"] = round(self.coverage, 4)
+            out["question_coverage"] = round(self.question_coverage or 0.0, 4)
+        return out
 
 
 @lru_cache(maxsize=1 << 16)

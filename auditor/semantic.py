@@ -29,12 +29,18 @@ import numpy as np
 from mergeguard.auditor.datasets import ReadLog, dataset_texts
 from mergeguard.auditor.embeddings import DEFAULT_EMBEDDING_MODEL, Encoder, ItemEmbeddings, Judge
 from mergeguard.auditor.evidence import Evidence, gather, numbers, stems
+from mergeguard.auditor.gloss import Glossary, has_cjk
+from mergeguard.auditor.translation import align, gloss_options, question_coverage
 from mergeguard.errors import DatasetError
 from mergeguard.paths import cache_dir
 
 TOP_K = 5  # candidate items per example
 RETRIEVAL_MIN = 0.15  # idf-weighted cosine of content stems (and numbers) for an item to be a candidate
 COMMON_SHARE = 0.02  # stems in more items than this share carry no identity: out of retrieval
+# A Chinese example glossed word by word holds every sense of every word: many stems, so a low idf cosine
+# even with its own item; more candidates, a lower bar, and the aligned choices decide (translation.py).
+GLOSSED_TOP_K = 10
+GLOSSED_RETRIEVAL_MIN = 0.02
 RARE_DF = 100  # a stem in at most this many items (of ~45,000) is rare
 # Verification. Cosines are the default model's (all-MiniLM-L6-v2, unit vectors); measured in
 # perf/semantic_accuracy.py against the hardest negatives (GSM8K train, same style, other problems).
@@ -69,15 +75,20 @@ class ParaphraseMatch:
     item: int  # row in the index
     cosine: float
     retrieval: float
-    reason: str  # numbers | small_numbers | choices | rare_words | translation | judge
+    reason: str  # numbers | small_numbers | choices | rare_words | translation | translated_choices | judge
     evidence: Evidence
     judge: float | None = None
     text: str = field(repr=False, default="")
 
+    @property
+    def score(self) -> float:
+        """The cosine, or for a translation (never through the encoder) how much of the item it holds."""
+        return self.cosine if self.reason not in UNENCODED else self.evidence.coverage or 0.0
+
     def evidence_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "reason": self.reason,
-            "cosine": round(self.cosine, 4),
+            "cosine": round(self.cosine, 4) if self.reason not in UNENCODED else None,
             "retrieval": round(self.retrieval, 4),
             **self.evidence.to_json(),
         }
@@ -125,13 +136,18 @@ def item_query(item: Any) -> str:
 
 
 class ItemTable:
-    """Per item: retrieval weights, numbers, rare stems, choices; built once per audit from the index."""
+    """Per item: retrieval weights, numbers, rare stems, choices; built once per audit from the index.
+    `with_choices`: retrieval over each item's question and choices (a translated example keeps both)."""
 
-    def __init__(self, items: list[Any]) -> None:
+    def __init__(self, items: list[Any], with_choices: bool = False) -> None:
         from scipy import sparse
 
         self.items = items
         self.queries = [item_query(item) for item in items]
+        if with_choices:
+            self.queries = [
+                "\n".join((q, *item.choices)) for q, item in zip(self.queries, items, strict=True)
+            ]
         own = [stems(q) for q in self.queries]
         df: dict[str, int] = {}
         for words in own:
@@ -157,8 +173,14 @@ class ItemTable:
             (np.array(vals, np.float32), (rows, cols)), shape=(len(items), max(len(self.vocab), 1))
         ).T.tocsr()  # (vocab, items): an example's unit idf row @ this = its idf cosine with each item
 
-    def retrieve(self, example_stems: list[set[str]]) -> list[list[tuple[int, float]]]:
-        """Per example, up to TOP_K (item, idf cosine) with cosine >= RETRIEVAL_MIN."""
+    def question_weights(self, item: int) -> dict[str, float]:
+        """An item question's stems with their idf (stems in too many items carry none and are left out)."""
+        return {w: self.idf[w] for w in stems(self.queries[item]) if w in self.idf}
+
+    def retrieve(
+        self, example_stems: list[set[str]], top_k: int = TOP_K, minimum: float = RETRIEVAL_MIN
+    ) -> list[list[tuple[int, float]]]:
+        """Per example, up to `top_k` (item, idf cosine) with cosine >= `minimum`."""
         from scipy import sparse
 
         rows, cols, vals = [], [], []
@@ -179,9 +201,9 @@ class ItemTable:
         for e in range(len(example_stems)):
             lo, hi = scores.indptr[e], scores.indptr[e + 1]
             data, idx = scores.data[lo:hi], scores.indices[lo:hi]
-            keep = data >= RETRIEVAL_MIN
+            keep = data >= minimum
             data, idx = data[keep], idx[keep]
-            order = np.argsort(-data)[:TOP_K]
+            order = np.argsort(-data)[:top_k]
             out.append([(int(idx[k]), float(data[k])) for k in order])
         return out
 
@@ -225,7 +247,9 @@ COSINE = {
     "choices": CHOICE_COSINE,
     "rare_words": TEXT_COSINE,
     "translation": -1.0,
+    "translated_choices": -1.0,
 }
+UNENCODED = frozenset({"translation", "translated_choices"})  # confirmed without the (English) encoder
 
 
 def confirmed(reason: str | None, cosine: float) -> str | None:
@@ -244,6 +268,8 @@ class SemanticStage:
         self.table = ItemTable(list(index.items or []))
         self.item_vectors = ItemEmbeddings(self.encoder, index.index_hash, cache_dir)
         self.min_chars = options.semantic_min_chars
+        self.glossary: Glossary | None = None  # CC-CEDICT, loaded on the first Chinese example
+        self.choice_table: ItemTable | None = None
 
     def scan(
         self,
@@ -279,12 +305,11 @@ class SemanticStage:
             if isinstance(text, str) and len(text.strip()) >= self.min_chars and offset + k not in skip
         ]
         stats.considered += len(chosen)
-        own = [stems(text) for _, text in chosen]
-        found = self.table.retrieve(own)
+        own, found, options = self._retrieve(chosen)
         pairs = []  # (chosen row, item, retrieval, evidence, reason before the cosine)
         for k, hits in enumerate(found):
             number, text = chosen[k]
-            english = bool(hits) and _ascii_share(text) >= 0.5  # read only when an item was retrieved
+            english = bool(hits) and k not in options and _ascii_share(text) >= 0.5  # read only when needed
             for i, share in hits:
                 item = self.table.items[i]
                 evidence = gather(
@@ -292,10 +317,12 @@ class SemanticStage:
                     self.table.rare[i], self.table.sizes[i],
                 )  # fmt: skip
                 reason = evidence_reason(evidence, english, share)
+                if k in options and reason is None:
+                    reason = self._translated_choices(evidence, options[k], own[k], i)
                 if reason is not None or self.judge is not None:
                     pairs.append((k, i, share, evidence, reason))
         stats.pairs += len(pairs)
-        rows = sorted({k for k, _, _, _, reason in pairs if reason != "translation"})
+        rows = sorted({k for k, _, _, _, reason in pairs if reason not in UNENCODED})
         distinct = list(dict.fromkeys(chosen[k][1] for k in rows))  # a repeated example is embedded once
         stats.embedded += len(distinct)
         encoded = dict(zip(distinct, self.encoder.encode(distinct), strict=True))
@@ -313,9 +340,44 @@ class SemanticStage:
                 score = self.judge.score(text, self.table.items[i].text())
                 verdict = "judge" if score >= JUDGE_YES else None
             other = best.get(k)
-            if verdict and (other is None or cosine > other.cosine):
-                best[k] = ParaphraseMatch(number, i, cosine, share, verdict, evidence, score, text)
+            match = ParaphraseMatch(number, i, cosine, share, verdict or "", evidence, score, text)
+            if verdict and (other is None or match.score > other.score):
+                best[k] = match
         return [best[k] for k in sorted(best)]
+
+    def _retrieve(
+        self, chosen: list[tuple[int, str]]
+    ) -> tuple[list[set[str]], list[list[tuple[int, float]]], dict[int, dict[str, set[str]]]]:
+        """Per example: its stems, its candidate items, and (Chinese examples only) its glossed lettered
+        options. A Chinese example is read through the glossary and retrieved against the items' questions
+        and choices (a translation keeps both)."""
+        own = [stems(text) for _, text in chosen]
+        found = self.table.retrieve(own)
+        chinese = [k for k, (_, text) in enumerate(chosen) if has_cjk(text) and _ascii_share(text) < 0.5]
+        if not chinese:
+            return own, found, {}
+        if self.glossary is None:  # loaded on the first Chinese example: English data never pays for it
+            self.glossary = Glossary()
+            self.choice_table = ItemTable(self.table.items, with_choices=True)
+        glossed = [self.glossary.stems(chosen[k][1]) for k in chinese]
+        hits = self.choice_table.retrieve(glossed, GLOSSED_TOP_K, GLOSSED_RETRIEVAL_MIN)
+        for k, words, candidates in zip(chinese, glossed, hits, strict=True):
+            own[k], found[k] = words, candidates
+        return own, found, {k: gloss_options(self.glossary, chosen[k][1]) for k in chinese}
+
+    def _translated_choices(
+        self, evidence: Evidence, options: dict[str, set[str]], example: set[str], item: int
+    ) -> str | None:
+        """`translated_choices` when a Chinese example's options translate the item's choices (the
+        evidence then records the aligned choices and the coverage), else None."""
+        choices = self.table.items[item].choices
+        if not options or len(choices) < MIN_CHOICES:
+            return None
+        coverage = question_coverage(example, self.table.question_weights(item))
+        aligned = align(options, choices, _gold(self.table.items[item]), coverage)
+        evidence.choices, evidence.gold_choice = aligned.aligned, aligned.gold
+        evidence.coverage, evidence.question_coverage = aligned.score, aligned.question_coverage
+        return "translated_choices" if aligned.confirms() else None
 
 
 def open_stage(index: Any, options: Any) -> SemanticStage:

