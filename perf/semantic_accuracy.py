@@ -5,8 +5,10 @@ Against every benchmark in ../shared/data/hf (as a default audit), with the defa
 - recall: the LLM Decontaminator's rephrased GSM8K test set (row i rephrases test item i; a hit is item i
   found in row i), its three rephrased English MMLU subjects and their Chinese translations (aligned by
   row with the subject's MMLU test items; empty rows count as misses);
-- false flags: the 5,000 Alpaca rows and the clean corpora of ../shared/data (any flag is false), and GSM8K
-  train (7,473 questions in the test set's style: the hardest negatives), each flagged row listed;
+- false flags: the 5,000 Alpaca rows and the clean corpora of ../shared/data (any flag is false), GSM8K
+  train (7,473 questions in the test set's style: the hardest negatives), each flagged row listed, and the
+  rephrased and translated MMLU rows again with their own subjects' items taken out of the index (same-domain
+  negatives: questions of the same kind whose items are absent);
 - throughput: examples per second through the stage, per file and over Alpaca (what real data costs), with
   item embeddings computed on first need (the check) and again from the cache (a second audit); the load
   average is printed: the machine is shared and the encoder's speed follows it.
@@ -45,7 +47,13 @@ CLEAN = (
     "truthy_dpo/truthy_dpo_v0.1.jsonl",
     "decon_demo/demo.jsonl",
 )
-TARGETS = {"gsm8k": 0.90, "mmlu_english": 0.80, "gsm8k_train_flagged": 0.005, "examples_per_s": 1000.0}
+TARGETS = {
+    "gsm8k": 0.90,
+    "mmlu_english": 0.80,
+    "mmlu_chinese": 0.60,
+    "gsm8k_train_flagged": 0.005,
+    "examples_per_s": 1000.0,
+}
 
 
 def run(stage: SemanticStage, path: Path, field: str | None = None) -> tuple[list[str], list, dict]:
@@ -65,6 +73,51 @@ def aligned(index, matches, texts, benchmark: str, subset: str | None) -> tuple[
     ]
     hits = sum(1 for m in matches if m.example < len(own) and m.item == own[m.example])
     return hits, len(texts)
+
+
+def without_subjects(hf: Path, root: Path) -> Path:
+    """A benchmarks folder like `hf` (links) whose MMLU test split lacks SUBJECTS' items."""
+    out = root / "hf-without-subjects"
+    (out / "mmlu").mkdir(parents=True)
+    for folder in hf.iterdir():
+        if folder.name != "mmlu":
+            (out / folder.name).symlink_to(folder)
+    (out / "mmlu" / "dev.jsonl").symlink_to(hf / "mmlu" / "dev.jsonl")
+    with (hf / "mmlu" / "test.jsonl").open(encoding="utf-8") as lines:
+        kept = [line for line in lines if json.loads(line)["subject"] not in SUBJECTS]
+    (out / "mmlu" / "test.jsonl").write_text("".join(kept), encoding="utf-8")
+    return out
+
+
+def absent_items(args: argparse.Namespace, root: Path) -> dict[str, int]:
+    """Same-domain hard negatives: the rephrased and translated MMLU rows audited against every benchmark
+    with their own subjects' items taken out of MMLU (the other 54 subjects stay); any flag is false."""
+    options = AuditOptions(
+        benchmarks_dir=without_subjects(args.data / "hf", root),
+        cache_dir=root / "cache-absent",
+        semantic=True,
+        embedding_dtype=args.embedding_dtype,
+    )
+    index, _ = load_benchmark_index(options)
+    stage = SemanticStage(index, options, root / "cache-absent")
+    flags: dict[str, int] = {}
+    for kind, name in (("english", "rephrase_english"), ("chinese", "chinese")):
+        flags[kind] = 0
+        for subject in SUBJECTS:
+            file = (
+                args.data
+                / "corpora"
+                / "llm_decontaminator_rephrased"
+                / f"{subject}_test_{name}_filtered_question.jsonl"
+            )
+            texts, matches, _ = run(stage, file, "text")
+            flags[kind] += len(matches)
+            for m in matches:
+                ref = index.refs[m.item]
+                print(f"    {subject} {kind} row {m.example} -> {ref.benchmark}/{ref.subset} ({m.reason}, "
+                      f"score {m.score:.2f}): {texts[m.example][:80]!r}")  # fmt: skip
+        print(f"{'MMLU ' + kind + ', own subjects absent':58} false flags {flags[kind]}/505 (same domain)")
+    return flags
 
 
 def main() -> int:
@@ -130,12 +183,18 @@ def main() -> int:
             key, why = index.items[m.item].key, m.evidence.to_json()
             print(f"    train row {m.example} -> {key} ({m.reason}, cosine {m.cosine:.2f}, {why}):")
             print(f"      {texts[m.example][:160]!r}")
+        out["false_flags"]["absent_items"] = absent_items(args, Path(tmp))
     print("load average (1, 5, 15 min) at end: {:.1f} {:.1f} {:.1f}".format(*os.getloadavg()))
     alpaca_speed = out["throughput"]["alpaca/alpaca_5000.json"]
     checks = {
         "gsm8k recall >= 0.90": out["recall"]["gsm8k"] >= TARGETS["gsm8k"],
         "MMLU English recall >= 0.80": out["recall"]["mmlu_english"] >= TARGETS["mmlu_english"],
+        "MMLU Chinese recall >= 0.60 (the issue's aim)": out["recall"]["mmlu_chinese"]
+        >= TARGETS["mmlu_chinese"],
         "0 false flags on Alpaca and the clean corpora": not any(out["false_flags"][n] for n in CLEAN),
+        "0 false flags on rephrases and translations of absent items": not any(
+            out["false_flags"]["absent_items"].values()
+        ),
         "GSM8K train flagged <= 0.5%": share <= TARGETS["gsm8k_train_flagged"],
         "Alpaca >= 1,000 examples/s": alpaca_speed >= TARGETS["examples_per_s"],
     }
