@@ -11,6 +11,7 @@ must also hold a few stems between them.
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 
 from mergeguard.auditor.evidence import stems
@@ -49,9 +50,10 @@ class TranslatedChoices:
 
 
 def lettered_options(text: str) -> dict[str, str]:
-    """An example's options by letter (`A. ...` or `(B) ...` lines); the first line per letter."""
+    """An example's options by letter (`A. ...` or `(B) ...` lines, full-width forms too: `Ａ．`); the first
+    line per letter."""
     options: dict[str, str] = {}
-    for letter, option in OPTION.findall(text):
+    for letter, option in OPTION.findall(unicodedata.normalize("NFKC", text)):
         options.setdefault(letter, option)
     return options
 

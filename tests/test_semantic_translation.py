@@ -68,6 +68,7 @@ def test_the_glossary_reads_chinese_as_english_stems(glossary) -> None:
 def test_options_are_read_by_letter() -> None:
     text = "问题：\nA. 甲\n(B) 乙\nC、丙\nD：丁\nE 戊\nA. 重复"
     assert lettered_options(text) == {"A": "甲", "B": "乙", "C": "丙", "D": "丁"}  # first per letter
+    assert lettered_options("问题\nＡ．甲\nＢ、乙") == {"A": "甲", "B": "乙"}  # full-width letters
 
 
 def test_alignment_needs_the_gold_choice_three_choices_and_the_question() -> None:
