@@ -106,6 +106,7 @@ class SemanticStats:
     examples: int = 0  # examples read
     considered: int = 0  # not explained lexically, long enough
     embedded: int = 0  # examples with a candidate (through the encoder)
+    glossed: int = 0  # Chinese examples read through the dictionary
     pairs: int = 0  # (example, item) pairs verified
     judged: int = 0
     confirmed: int = 0
@@ -306,6 +307,7 @@ class SemanticStage:
         ]
         stats.considered += len(chosen)
         own, found, options = self._retrieve(chosen)
+        stats.glossed += len(options)
         pairs = []  # (chosen row, item, retrieval, evidence, reason before the cosine)
         for k, hits in enumerate(found):
             number, text = chosen[k]

@@ -93,6 +93,7 @@ def test_translated_items_are_found_and_alpaca_is_not(translated, capsys, monkey
     report = json.loads(capsys.readouterr().out)
     found = {f["example"]: f for f in report["findings"]}
     assert set(found) <= set(range(CHINESE)), "an Alpaca row was flagged"
+    assert report["semantic"]["datasets"][str(translated["data"])]["glossed"] == CHINESE
     own = _sociology_rows(translated["hf"])
     right = [e for e, f in found.items() if f["item"] == own[e]]
     assert len(right) >= 0.6 * CHINESE and len(right) == len(found)
@@ -104,6 +105,8 @@ def test_translated_items_are_found_and_alpaca_is_not(translated, capsys, monkey
     assert main(_audit(translated, "-b", "mmlu", "--semantic", *rate)) == 1
     out = " ".join(capsys.readouterr().out.split())
     assert "evidence: translated_choices; coverage" in out
+    assert f"semantic stage: {CHINESE + ALPACA} examples, " in out
+    assert f"{CHINESE} read through the Chinese dictionary" in out
 
 
 def test_translations_of_absent_items_are_not_flagged(translated, capsys, monkeypatch) -> None:

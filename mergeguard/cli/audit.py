@@ -269,9 +269,11 @@ def _print_totals(report: Any, console: Any) -> None:
         done = report.semantic.get("datasets", {}).values()
         embedded = sum(d["embedded"] for d in done)
         examples = sum(d["examples"] for d in done)
+        glossed = sum(d.get("glossed", 0) for d in done)
         console.print(
             f"semantic stage: {examples} examples, {embedded} embedded, "
-            f"{report.semantic['seconds']:.1f} s (model {escape(str(report.semantic['model']))})"
+            + (f"{glossed} read through the Chinese dictionary, " if glossed else "")
+            + f"{report.semantic['seconds']:.1f} s (model {escape(str(report.semantic['model']))})"
         )
     for problem in report.problems:  # the first clause; --json has the whole message with its fix
         console.print(f"[yellow]warning:[/] {escape(problem.split(';')[0])}")
