@@ -161,6 +161,19 @@ def test_hostile_names_and_texts_are_escaped() -> None:
     assert "cosine 0.91" in page and 'class="sev-paraphrase"' in page
 
 
+def test_a_translation_shows_its_coverage_not_a_cosine() -> None:
+    finding = {
+        "model": "m", "dataset": "zh.jsonl", "example": 0, "benchmark": "mmlu", "item": 4, "item_id": None,
+        "score": 0.61, "severity": "paraphrase", "inherited_from": None, "evidence": "大众社会理论表明",
+        "item_text": "Mass-society theory suggests that:",
+        "semantic": {"reason": "translated_choices", "cosine": None, "coverage": 0.6111},
+    }  # fmt: skip
+    counts = [BenchmarkCount("mmlu", "test", 10, 1, 0.1, "paraphrase", "contaminated")]
+    report = Report("model", "m", "m", "contaminated", None, ["x"], counts, [finding])
+    page = render_html(report)
+    assert "translated_choices; coverage 0.61" in page and "cosine" not in page
+
+
 def test_a_merge_that_inherits_contamination_marks_where_it_came_in(demo: Path, tmp_path: Path) -> None:
     db = tmp_path / "mergeguard.db"
     shutil.copy(demo / "mergeguard.db", db)

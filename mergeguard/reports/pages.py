@@ -62,6 +62,8 @@ def _semantic_note(finding: dict[str, Any]) -> str:
     parts = [str(semantic["reason"])] if semantic.get("reason") else []
     if isinstance(semantic.get("cosine"), (int, float)):
         parts.append(f"cosine {semantic['cosine']:.2f}")
+    if isinstance(semantic.get("coverage"), (int, float)):  # a translation: read through the dictionary
+        parts.append(f"coverage {semantic['coverage']:.2f}")
     return "; ".join(parts)
 
 
