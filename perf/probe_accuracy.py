@@ -50,7 +50,7 @@ def auroc(positive: list[float], negative: list[float]) -> float:
     return wins / (len(positive) * len(negative))
 
 
-def train_family(root: Path, seed: int, hf: Path) -> dict[str, Any]:
+def train_family(root: Path, seed: int, hf: Path, benchmarks: tuple[str, ...] = BENCHMARKS) -> dict[str, Any]:
     """The seed's models: base, independent, clean, and per benchmark a contaminated fine-tune and a merge."""
     from mergeguard import tiny
     from mergeguard.auditor.probe import render_item
@@ -89,7 +89,7 @@ def train_family(root: Path, seed: int, hf: Path) -> dict[str, Any]:
         "merged": {},
         "steps": {},
     }
-    for name in BENCHMARKS:
+    for name in benchmarks:
         items = [i for i in load_benchmark(name, hf).items if i.question.strip() and i.answer.strip()]
         planted = ["".join(render_item(i.question, i.answer)) for i in items[:PLANTED]]
         texts = clean_texts + planted
@@ -106,12 +106,15 @@ def train_family(root: Path, seed: int, hf: Path) -> dict[str, Any]:
     return family
 
 
-def trained_family(root: Path, seed: int, hf: Path) -> dict[str, Any]:
-    """`train_family` in `root`, or the family a previous run left there (its `family.json`)."""
+def trained_family(root: Path, seed: int, hf: Path, benchmarks: tuple[str, ...]) -> dict[str, Any]:
+    """`train_family` in `root`, or the family a previous run left there (its `family.json`) when it holds
+    every benchmark asked for."""
     record = root / "family.json"
     if record.exists():
-        return json.loads(record.read_text(encoding="utf-8"), object_hook=_paths)
-    family = train_family(root, seed, hf)
+        family = json.loads(record.read_text(encoding="utf-8"), object_hook=_paths)
+        if set(benchmarks) <= set(family["leaky"]):
+            return family
+    family = train_family(root, seed, hf, benchmarks)
     record.write_text(json.dumps(family, default=str), encoding="utf-8")
     return family
 
@@ -185,6 +188,9 @@ def main() -> None:
     parser.add_argument("--dump", type=Path, help="also write each probe's per-item gains here (JSON Lines)")
     parser.add_argument("--skip-cost", action="store_true", help="no cost measurement")
     parser.add_argument(
+        "--benchmarks", nargs="+", choices=BENCHMARKS, default=list(BENCHMARKS), help="a subset (default all)"
+    )
+    parser.add_argument(
         "--models",
         type=Path,
         help="keep each seed's trained models under DIR/seed-N and reuse them when there",
@@ -200,8 +206,9 @@ def main() -> None:
     print(header)
     for seed in args.seeds:
         with tempfile.TemporaryDirectory(prefix="probe-perf-") as tmp:
-            family = trained_family(args.models / f"seed-{seed}" if args.models else Path(tmp), seed, hf)
-            for bench in BENCHMARKS:
+            root = args.models / f"seed-{seed}" if args.models else Path(tmp)
+            family = trained_family(root, seed, hf, tuple(args.benchmarks))
+            for bench in args.benchmarks:
                 leaky = probe(family["leaky"][bench], bench, hf)
                 merged = probe(family["merged"][bench], bench, hf)
                 clean = probe(family["clean"], bench, hf)
