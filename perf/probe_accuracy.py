@@ -101,7 +101,8 @@ def train_family(root: Path, seed: int, hf: Path, benchmarks: tuple[str, ...] = 
             f"  - model: {clean}\n    parameters: {{weight: 0.5}}\ndtype: float32\n",
             encoding="utf-8",
         )
-        merged = run_merge(load_config(config), root / f"merged-{name}", MergeOptions(quiet=True)).out_dir
+        out = root / f"merged-{name}"  # force: a rerun that trains the family again replaces its own merge
+        merged = run_merge(load_config(config), out, MergeOptions(quiet=True, force=True)).out_dir
         family["leaky"][name], family["merged"][name], family["steps"][name] = leaky, merged, steps
     return family
 
