@@ -283,7 +283,8 @@ def _padded(sequences: Sequence[Sequence[int]], pad_id: int, device: Any) -> tup
 
     width = max(len(tokens) for tokens in sequences)
     ids = torch.tensor([[*tokens, *[pad_id] * (width - len(tokens))] for tokens in sequences])
-    mask = torch.tensor([[1] * len(tokens) + [0] * (width - len(tokens)) for tokens in sequences])
+    lengths = torch.tensor([len(tokens) for tokens in sequences])
+    mask = (torch.arange(width)[None, :] < lengths[:, None]).long()  # one comparison, not a Python list
     return ids.to(device), mask.to(device)
 
 
@@ -353,8 +354,8 @@ def window_batch(model: Any, batch: Sequence[Encoded], pad_id: int, keep_logits:
     ids, mask = _padded([tokens for tokens, *_ in batch], pad_id, device)
     width = ids.shape[1]
     # logits at positions start-1 .. end-2 predict the window's tokens start .. end-1 (the cut text's last)
-    low = torch.tensor([min(max(start - 1, 0), len(t) - 1) for t, start, _ in batch])
-    high = torch.tensor([max(len(t) - 1, 1) for t, *_ in batch])
+    bounds = [(min(max(start - 1, 0), len(t) - 1), max(len(t) - 1, 1)) for t, start, _ in batch]
+    low, high = torch.tensor(bounds).T
     offsets = torch.arange(max(1, int((high - low).max())))[None, :]
     positions = (low[:, None] + offsets).minimum((high - 1)[:, None]).to(device)
     kept = offsets < (high - low)[:, None]
