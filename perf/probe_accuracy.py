@@ -138,10 +138,11 @@ def probe(model: Path, bench: str, hf: Path, reference: Path | None = None) -> A
     return probe_model(str(model), options).benchmarks[0]
 
 
-def cost(model_dir: Path, hf: Path, repeats: int = 3) -> tuple[float, float, float]:
-    """Seconds per sequence, best of N, over 200 ARC-Challenge items and their controls: the probe
-    (`score_items`, tokenization included), a plain batched forward pass over the same tokens the probe
-    feeds (real items whole, controls up to the end of their answer window), and one over every text whole."""
+def cost(model_dir: Path, hf: Path, repeats: int = 7) -> tuple[float, float, float]:
+    """Seconds per sequence, best of N interleaved runs, over 200 ARC-Challenge items and their controls:
+    the probe (`score_items`, tokenization included), a plain batched forward pass over the same tokens the
+    probe feeds (real items whole, controls up to the end of their answer window), and one over every text
+    whole."""
     import torch
 
     from mergeguard.auditor.probe import item_pairs, load_model, score_items, tokenize
@@ -167,15 +168,14 @@ def cost(model_dir: Path, hf: Path, repeats: int = 3) -> tuple[float, float, flo
     def probe() -> None:
         score_items(model, tokenizer, real, borrowed, batch_size=8, max_tokens=MAX_TOKENS, k=0.2)
 
-    timings = []
-    for fn in (probe, lambda: plain(fed), lambda: plain(whole)):
-        best = float("inf")
-        for _ in range(repeats):
+    runs = (probe, lambda: plain(fed), lambda: plain(whole))
+    best = [float("inf")] * len(runs)
+    for _ in range(repeats):  # interleaved: a slow spell of the shared host hits all three alike
+        for index, fn in enumerate(runs):
             start = time.perf_counter()
             fn()
-            best = min(best, time.perf_counter() - start)
-        timings.append(best / len(whole))
-    return timings[0], timings[1], timings[2]
+            best[index] = min(best[index], time.perf_counter() - start)
+    return best[0] / len(whole), best[1] / len(whole), best[2] / len(whole)
 
 
 def main() -> None:
