@@ -100,15 +100,22 @@ class Evidence:
 
 
 @lru_cache(maxsize=1 << 16)
-def _choice_stems(choice: str) -> frozenset[str]:
+def choice_stems(choice: str) -> frozenset[str]:
     """A choice's stems, computed once: every candidate pair of a multiple-choice item asks again."""
     return frozenset(stems(choice))
 
 
 def choice_present(choice: str, example_stems: set[str]) -> bool:
     """A choice is present when all its content stems (or numbers) are, and it has some."""
-    own = _choice_stems(choice)
+    own = choice_stems(choice)
     return bool(own) and own <= example_stems
+
+
+def gold_first(found: list[str], gold: str) -> tuple[list[str], bool]:
+    """The choices found with the gold one first, and whether it was found (evidence lists it first)."""
+    if not gold or gold not in found:
+        return found, False
+    return [gold, *[c for c in found if c != gold]], True
 
 
 def gather(
@@ -126,10 +133,7 @@ def gather(
     found_numbers = sorted(question_numbers & example_numbers, key=lambda n: (len(n), n))
     answer_c = _canonical(short_answer) if short_answer and _NUMBER.fullmatch(short_answer.strip()) else ""
     stated = final_answer(example) if answer_c else None  # only a numeric answer is compared
-    present = [c for c in choices if choice_present(c, example_stems)]
-    gold_found = bool(gold) and gold in present
-    if gold_found:
-        present = [gold, *[c for c in present if c != gold]]
+    present, gold_found = gold_first([c for c in choices if choice_present(c, example_stems)], gold)
     return Evidence(
         numbers=found_numbers,
         item_numbers=len(question_numbers),

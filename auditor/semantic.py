@@ -341,10 +341,10 @@ class SemanticStage:
                 stats.judged += 1
                 score = self.judge.score(text, self.table.items[i].text())
                 verdict = "judge" if score >= JUDGE_YES else None
-            other = best.get(k)
-            match = ParaphraseMatch(number, i, cosine, share, verdict or "", evidence, score, text)
-            if verdict and (other is None or match.score > other.score):
-                best[k] = match
+            if verdict:
+                match = ParaphraseMatch(number, i, cosine, share, verdict, evidence, score, text)
+                if k not in best or match.score > best[k].score:
+                    best[k] = match
         return [best[k] for k in sorted(best)]
 
     def _retrieve(

@@ -14,7 +14,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
-from mergeguard.auditor.evidence import stems
+from mergeguard.auditor.evidence import choice_stems, gold_first
 from mergeguard.auditor.gloss import Glossary
 
 LETTERS = "ABCDEFGHIJ"
@@ -70,17 +70,14 @@ def align(
     """Line an example's glossed options up with an item's choices, letter by letter."""
     aligned: list[tuple[str, int, float]] = []
     for letter, choice in zip(LETTERS, choices, strict=False):
-        own = stems(choice)
+        own = choice_stems(choice)
         option = glossed_options.get(letter)
         if not own or option is None:
             continue
         shared = len(own & option)
         if shared / len(own) >= CHOICE_COVERAGE:
             aligned.append((choice, shared, shared / len(own)))
-    found = [choice for choice, _, _ in aligned]
-    is_gold = bool(gold) and gold in found
-    if is_gold:
-        found = [gold, *[c for c in found if c != gold]]
+    found, is_gold = gold_first([choice for choice, _, _ in aligned], gold)
     return TranslatedChoices(
         aligned=found,
         gold=is_gold,
