@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from mergeguard.auditor.evidence import final_answer, numbers, stems
+from mergeguard.auditor.evidence import final_answer, gather, numbers, stems
 from mergeguard.cli import main
 
 pytest.importorskip("sentence_transformers")
@@ -84,6 +84,33 @@ def test_evidence_survives_rewording() -> None:
     assert final_answer("Question: ...\nAnswer: \n#### 1,200") == "1200"
     assert final_answer("no answer here") is None
     assert {"consum", "#3"} <= stems("Janet consumes 3 eggs")
+
+
+JANET = (
+    "Janet's ducks lay 16 eggs per day. She eats 3 for breakfast every morning and bakes muffins for her "
+    "friends every day with 4. She sells the remainder at the farmers' market daily for $2 per egg."
+)
+
+
+@pytest.mark.parametrize(
+    ("rephrase", "reason"),
+    [
+        ("Her ducks lay 16 eggs a day; she eats 3, bakes with 4, sells the rest at $2.", "numbers"),
+        ("Her ducks lay 16 eggs a day; she eats some, bakes some, sells the rest at $2.", "partial_numbers"),
+        ("Her ducks lay many eggs; she eats 3, bakes with 4, sells the rest for some dollars.", None),
+        ("Her ducks lay 16 eggs a day; she eats a few and sells the rest at the market.", None),
+    ],
+)  # fmt: skip
+def test_numbers_evidence_needs_half_the_items_numbers_and_a_distinctive_one(rephrase, reason) -> None:
+    """All numbers or most of them; half of them (a rephrase writes some as words) with a distinctive one
+    (above 12) and a closer cosine; small numbers alone or a single number are no evidence."""
+    from mergeguard.auditor.semantic import COSINE, confirmed, evidence_reason
+
+    evidence = gather(rephrase, stems(rephrase), numbers(JANET), "18", (), "", set())
+    assert evidence_reason(evidence, english=True, retrieval=0.3) == reason
+    if reason == "partial_numbers":
+        assert COSINE[reason] > COSINE["numbers"]
+        assert confirmed(reason, COSINE["numbers"]) is None and confirmed(reason, COSINE[reason]) == reason
 
 
 def test_rephrased_items_are_found_and_negatives_are_not(mixed, capsys, monkeypatch) -> None:
