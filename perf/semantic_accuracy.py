@@ -4,7 +4,8 @@ Against every benchmark in ../shared/data/hf (as a default audit), with the defa
 
 - recall: the LLM Decontaminator's rephrased GSM8K test set (row i rephrases test item i; a hit is item i
   found in row i), its three rephrased English MMLU subjects and their Chinese translations (aligned by
-  row with the subject's MMLU test items; empty rows count as misses);
+  row with the subject's MMLU test items; empty rows count as misses), each also as the worst recall over
+  50 random halves of its rows (what one draw of such data can fall to);
 - false flags: the 5,000 Alpaca rows and the clean corpora of ../shared/data (any flag is false), GSM8K
   train (7,473 questions in the test set's style: the hardest negatives), each flagged row listed, and the
   rephrased and translated MMLU rows again with their own subjects' items taken out of the index (same-domain
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import sys
 import tempfile
 import time
@@ -47,6 +49,7 @@ CLEAN = (
     "truthy_dpo/truthy_dpo_v0.1.jsonl",
     "decon_demo/demo.jsonl",
 )
+HALF_DRAWS = 50
 TARGETS = {
     "gsm8k": 0.90,
     "mmlu_english": 0.80,
@@ -64,15 +67,23 @@ def run(stage: SemanticStage, path: Path, field: str | None = None) -> tuple[lis
     return texts, matches, stats.to_json()
 
 
-def aligned(index, matches, texts, benchmark: str, subset: str | None) -> tuple[int, int]:
-    """(rows whose own item was found, rows): row i of the file rephrases the i-th item of the subset."""
+def aligned(index, matches, texts, benchmark: str, subset: str | None) -> list[bool]:
+    """Per row, whether its own item was found: row i of the file rephrases the i-th item of the subset."""
     own = [
         i
         for i, ref in enumerate(index.refs)
         if ref.benchmark == benchmark and (subset is None or ref.subset == subset)
     ]
-    hits = sum(1 for m in matches if m.example < len(own) and m.item == own[m.example])
-    return hits, len(texts)
+    found = {m.example for m in matches if m.example < len(own) and m.item == own[m.example]}
+    return [row in found for row in range(len(texts))]
+
+
+def worst_half(found: list[bool], draws: int = HALF_DRAWS) -> float:
+    """The lowest recall over `draws` random halves of the rows (seeded): how far one draw of data like
+    this can fall below the whole file's figure."""
+    rng = random.Random(0)
+    size = len(found) // 2
+    return min(sum(rng.sample(found, size)) / size for _ in range(draws))
 
 
 def without_subjects(hf: Path, root: Path) -> Path:
@@ -150,22 +161,28 @@ def main() -> int:
                   f"{stats['examples_per_s']}/s)")  # fmt: skip
 
         texts, matches, stats = run(stage, rephrased / "rephrase_gsm8k.jsonl", "text")
-        hits, rows = aligned(index, matches, texts, "gsm8k", None)
+        found = aligned(index, matches, texts, "gsm8k", None)
+        hits, rows = sum(found), len(found)
         out["recall"]["gsm8k"] = hits / rows
+        out["recall"]["gsm8k_worst_half"] = worst_half(found)
         show("rephrase_gsm8k", stats, f"recall {hits}/{rows} = {hits / rows:.3f}")
-        totals = {"english": [0, 0], "chinese": [0, 0]}
+        print(f"{f'rephrase_gsm8k, worst of {HALF_DRAWS} random halves':58} recall {worst_half(found):.3f}")
+        totals: dict[str, list[bool]] = {"english": [], "chinese": []}
         for subject in SUBJECTS:
             for kind, name in (("english", "rephrase_english"), ("chinese", "chinese")):
                 file = rephrased / f"{subject}_test_{name}_filtered_question.jsonl"
                 texts, matches, stats = run(stage, file, "text")
-                hits, rows = aligned(index, matches, texts, "mmlu", subject)
-                totals[kind][0] += hits
-                totals[kind][1] += rows
+                found = aligned(index, matches, texts, "mmlu", subject)
+                hits, rows = sum(found), len(found)
+                totals[kind] += found
                 out["recall"][f"mmlu_{subject}_{kind}"] = hits / rows
                 show(f"{subject} {kind}", stats, f"recall {hits}/{rows} = {hits / rows:.3f}")
-        for kind, (hits, rows) in totals.items():
+        for kind, found in totals.items():
+            hits, rows = sum(found), len(found)
             out["recall"][f"mmlu_{kind}"] = hits / rows
-            print(f"{'MMLU ' + kind + ' (three subjects)':58} recall {hits}/{rows} = {hits / rows:.3f}")
+            out["recall"][f"mmlu_{kind}_worst_half"] = worst_half(found)
+            print(f"{'MMLU ' + kind + ' (three subjects)':58} recall {hits}/{rows} = {hits / rows:.3f}, "
+                  f"worst of {HALF_DRAWS} random halves {worst_half(found):.3f}")  # fmt: skip
         for name in CLEAN:
             texts, matches, stats = run(stage, corpora / name)
             out["false_flags"][name] = len(matches)
