@@ -37,7 +37,9 @@ the lone space to three tokens with text (GSM8K fine-tune, seed 0: p 0.0087 -> 5
 instead did as well on GSM8K but pushed unrelated base pairs under p 0.05 (MMLU seed 1: 0.35 -> 0.0065).
 Skipping the answer's first tokens that the question holds (a copied name) before the window: over 5 seeds
 of perf/probe_accuracy.py, GSM8K's contaminated fine-tunes 5/5 and merges 4/5 under 0.001 (4/5, 3/5 before)
-but two ARC merges lost it and one more clean fine-tune fell under 0.05: not adopted.
+but two ARC merges lost it and one more clean fine-tune fell under 0.05: not adopted. One test over each
+item's standardized plain plus amplified gain instead of two tests and Bonferroni: the plain gains' noise
+took four merges (GSM8K seeds 1 and 4, MMLU 1 and 2) over 0.001: not adopted.
 Limitations: a model that saw questions without their answers leaves no link to find; a fine-tune much
 better at the task than its reference also links right answers, which the strict default `alpha` (0.001)
 and the reported `effect` only partly keep apart from memorisation.
