@@ -167,6 +167,15 @@ def test_text_report_shows_the_evidence(mixed, capsys, monkeypatch) -> None:
     assert "semantic stage: 90 examples" in out
 
 
+def test_text_evidence_says_how_many_of_the_items_numbers_were_found() -> None:
+    from mergeguard.cli.audit import _semantic_evidence
+
+    partial = {"reason": "partial_numbers", "cosine": 0.871, "numbers": ["2", "16"], "item_numbers": 4}
+    assert _semantic_evidence(partial) == "partial_numbers, cosine 0.87; numbers 2, 16 of 4"
+    whole = {"reason": "numbers", "cosine": 0.8, "numbers": ["2", "16"], "item_numbers": 2}
+    assert _semantic_evidence(whole) == "numbers, cosine 0.80; numbers 2, 16"
+
+
 def test_lexical_audit_imports_no_encoder(mixed) -> None:
     """The stage costs nothing unless asked for: torch and sentence-transformers stay unimported (scipy
     is datasketch's already)."""

@@ -348,7 +348,9 @@ def _semantic_evidence(evidence: dict[str, Any]) -> str:
     if isinstance(evidence.get("coverage"), (int, float)):
         parts.append(f"coverage {evidence['coverage']:.2f}")
     if evidence.get("numbers"):
-        parts.append(f"numbers {', '.join(evidence['numbers'])}")
+        total = evidence.get("item_numbers")
+        of = f" of {total}" if isinstance(total, int) and total > len(evidence["numbers"]) else ""
+        parts.append(f"numbers {', '.join(evidence['numbers'])}{of}")  # "of 4": the item holds more
     if evidence.get("answer"):
         parts.append(f"final answer {evidence['answer']}")
     if evidence.get("choices"):
