@@ -48,8 +48,8 @@ MATH_COSINE = 0.75  # a math item: most of its numbers, one distinctive (> 12), 
 SMALL_NUMBERS_COSINE = 0.85  # ... only small numbers (a list, a count) but a rare word too: closer still
 MATH_NUMBER_SHARE = 0.75
 MIN_NUMBERS = 2
-# A rephrase often writes some numbers as words ("twice", "half a dozen"): half the item's numbers, one
-# distinctive, and a cosine this close (GSM8K train's closest such pair: 0.79).
+# A rephrase often leaves some numbers unsaid ("a few", "the rest", "some"): half the item's numbers, one
+# distinctive, and a cosine this close (GSM8K train's and Alpaca's closest such pairs: 0.79).
 PARTIAL_NUMBERS_COSINE = 0.85
 PARTIAL_NUMBER_SHARE = 0.5
 CHOICE_COSINE = 0.80  # a multiple-choice item with its gold choice and distractors beside it
@@ -233,13 +233,13 @@ def evidence_reason(evidence: Evidence, english: bool, retrieval: float) -> str 
         return "numbers"
     if enough_numbers and evidence.rare_words:
         return "small_numbers"
+    if evidence.gold_choice and len(evidence.choices) >= MIN_CHOICES:
+        return "choices"
     partial = evidence.item_numbers >= MIN_NUMBERS and found >= max(
         MIN_NUMBERS, math.ceil(PARTIAL_NUMBER_SHARE * evidence.item_numbers)
     )
-    if partial and distinctive:
+    if partial and distinctive:  # after the choices: a pair with both keeps the choices' lower bar
         return "partial_numbers"
-    if evidence.gold_choice and len(evidence.choices) >= MIN_CHOICES:
-        return "choices"
     question_sized = evidence.example_words <= LENGTH_RATIO * evidence.item_words + LENGTH_SLACK
     if (
         len(evidence.rare_words) >= MIN_RARE

@@ -10,6 +10,7 @@ import hashlib
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -111,6 +112,8 @@ def test_numbers_evidence_needs_half_the_items_numbers_and_a_distinctive_one(rep
     if reason == "partial_numbers":
         assert COSINE[reason] > COSINE["numbers"]
         assert confirmed(reason, COSINE["numbers"]) is None and confirmed(reason, COSINE[reason]) == reason
+        with_choices = replace(evidence, choices=["a", "b", "c"], gold_choice=True)
+        assert evidence_reason(with_choices, english=True, retrieval=0.3) == "choices"  # the lower bar
 
 
 def test_rephrased_items_are_found_and_negatives_are_not(mixed, capsys, monkeypatch) -> None:
