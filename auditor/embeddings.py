@@ -146,7 +146,7 @@ class Encoder:
                 f"embedding model {name} cannot be loaded: {first}", hint="give a sentence-transformers model"
             ) from None
         self.model.max_seq_length = min(self.model.max_seq_length or MAX_TOKENS, MAX_TOKENS)
-        self.batch_size = CPU_BATCH if device == "cpu" else GPU_BATCH
+        self.batch_size = GPU_BATCH if device.startswith("cuda") else CPU_BATCH
         self.name = name
         self.key = f"{model_key(folder)}-{self.dtype}"  # the item embeddings' cache key: weights and dtype
 

@@ -217,15 +217,20 @@ def _gold(item: Any) -> str:
     return item.answer if item.answer in item.choices else ""
 
 
+def holds_numbers(evidence: Evidence, share: float) -> bool:
+    """Whether the example holds `share` of the item's numbers, and two at least (an item with fewer than
+    two has no numbers to tell it by)."""
+    needed = max(MIN_NUMBERS, math.ceil(share * evidence.item_numbers))
+    return evidence.item_numbers >= MIN_NUMBERS and len(evidence.numbers) >= needed
+
+
 def evidence_reason(evidence: Evidence, english: bool, retrieval: float) -> str | None:
     """The kind of evidence a pair holds, before any model runs (only such pairs are embedded), or None."""
     if evidence.answer_conflict:
         return None  # the example states another final answer: another problem
     found = len(evidence.numbers)
     distinctive = sum(1 for n in evidence.numbers if n not in SMALL_NUMBERS)
-    enough_numbers = evidence.item_numbers >= MIN_NUMBERS and found >= max(
-        MIN_NUMBERS, math.ceil(MATH_NUMBER_SHARE * evidence.item_numbers)
-    )
+    enough_numbers = holds_numbers(evidence, MATH_NUMBER_SHARE)
     if not english:  # the encoder reads English: only what survives translation confirms
         whole = found == evidence.item_numbers >= TRANSLATION_NUMBERS and distinctive >= 2
         return "translation" if whole else None
@@ -235,10 +240,9 @@ def evidence_reason(evidence: Evidence, english: bool, retrieval: float) -> str 
         return "small_numbers"
     if evidence.gold_choice and len(evidence.choices) >= MIN_CHOICES:
         return "choices"
-    partial = evidence.item_numbers >= MIN_NUMBERS and found >= max(
-        MIN_NUMBERS, math.ceil(PARTIAL_NUMBER_SHARE * evidence.item_numbers)
-    )
-    if partial and distinctive:  # after the choices: a pair with both keeps the choices' lower bar
+    if (
+        holds_numbers(evidence, PARTIAL_NUMBER_SHARE) and distinctive
+    ):  # after the choices: a pair with both keeps the choices' lower bar
         return "partial_numbers"
     question_sized = evidence.example_words <= LENGTH_RATIO * evidence.item_words + LENGTH_SLACK
     if (

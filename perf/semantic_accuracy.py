@@ -67,6 +67,13 @@ def run(stage: SemanticStage, path: Path, field: str | None = None) -> tuple[lis
     return texts, matches, stats.to_json()
 
 
+def rephrased_mmlu(data: Path, subject: str, kind: str) -> Path:
+    """The LLM Decontaminator's file of one MMLU subject, `kind` rephrase_english or chinese."""
+    return (
+        data / "corpora" / "llm_decontaminator_rephrased" / f"{subject}_test_{kind}_filtered_question.jsonl"
+    )
+
+
 def aligned(index, matches, texts, benchmark: str, subset: str | None) -> list[bool]:
     """Per row, whether its own item was found: row i of the file rephrases the i-th item of the subset."""
     own = [
@@ -115,13 +122,7 @@ def absent_items(args: argparse.Namespace, root: Path) -> dict[str, int]:
     for kind, name in (("english", "rephrase_english"), ("chinese", "chinese")):
         flags[kind] = 0
         for subject in SUBJECTS:
-            file = (
-                args.data
-                / "corpora"
-                / "llm_decontaminator_rephrased"
-                / f"{subject}_test_{name}_filtered_question.jsonl"
-            )
-            texts, matches, _ = run(stage, file, "text")
+            texts, matches, _ = run(stage, rephrased_mmlu(args.data, subject, name), "text")
             flags[kind] += len(matches)
             for m in matches:
                 ref = index.refs[m.item]
@@ -164,14 +165,13 @@ def main() -> int:
         found = aligned(index, matches, texts, "gsm8k", None)
         hits, rows = sum(found), len(found)
         out["recall"]["gsm8k"] = hits / rows
-        out["recall"]["gsm8k_worst_half"] = worst_half(found)
+        worst = out["recall"]["gsm8k_worst_half"] = worst_half(found)
         show("rephrase_gsm8k", stats, f"recall {hits}/{rows} = {hits / rows:.3f}")
-        print(f"{f'rephrase_gsm8k, worst of {HALF_DRAWS} random halves':58} recall {worst_half(found):.3f}")
+        print(f"{f'rephrase_gsm8k, worst of {HALF_DRAWS} random halves':58} recall {worst:.3f}")
         totals: dict[str, list[bool]] = {"english": [], "chinese": []}
         for subject in SUBJECTS:
             for kind, name in (("english", "rephrase_english"), ("chinese", "chinese")):
-                file = rephrased / f"{subject}_test_{name}_filtered_question.jsonl"
-                texts, matches, stats = run(stage, file, "text")
+                texts, matches, stats = run(stage, rephrased_mmlu(args.data, subject, name), "text")
                 found = aligned(index, matches, texts, "mmlu", subject)
                 hits, rows = sum(found), len(found)
                 totals[kind] += found
@@ -180,9 +180,9 @@ def main() -> int:
         for kind, found in totals.items():
             hits, rows = sum(found), len(found)
             out["recall"][f"mmlu_{kind}"] = hits / rows
-            out["recall"][f"mmlu_{kind}_worst_half"] = worst_half(found)
+            worst = out["recall"][f"mmlu_{kind}_worst_half"] = worst_half(found)
             print(f"{'MMLU ' + kind + ' (three subjects)':58} recall {hits}/{rows} = {hits / rows:.3f}, "
-                  f"worst of {HALF_DRAWS} random halves {worst_half(found):.3f}")  # fmt: skip
+                  f"worst of {HALF_DRAWS} random halves {worst:.3f}")  # fmt: skip
         for name in CLEAN:
             texts, matches, stats = run(stage, corpora / name)
             out["false_flags"][name] = len(matches)
