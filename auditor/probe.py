@@ -9,23 +9,35 @@ Alone they are weak; over a whole benchmark they answer one question with a test
 The test. Each item is scored as lm-eval's ARC/GSM8K-style prompts show it (`Question: ...\nAnswer:`, the
 gold answer as the continuation), and again as controls: the same gold answer after CONTROLS other items'
 questions (seeded derangements). Per item, `gain = [S(real) - R(real)] - mean[S(control) - R(control)]`,
-where S and R are the suspect's and the reference's log-probability of the answer's first ANSWER_TOKENS
-tokens with text, after any lone leading space token (R is the model's base). The control keeps
+where S and R are the suspect's and the reference's log-probability of the answer's first tokens with
+text, after any lone leading space token (R is the model's base), over windows of 3, 6 and 12 tokens
+(ANSWER_WINDOWS). The control keeps
 the answer's own tokens and the benchmark's layout, so a fine-tune that learnt the domain, the answer
 style, or even the answers' text gains as much on both; the reference cancels what the family knows.
 What is left is how much more the suspect links this question to this answer than its base does: what
-training on the item (answer included) leaves behind. A one-sided Wilcoxon signed-rank test over the
-items gives the p-value; `effect` is the mean gain over its standard deviation. Held-out items would need
-a split nobody trained on, which a public test set lacks.
+training on the item (answer included) leaves behind. One-sided Wilcoxon signed-rank statistics over the
+items, one per window, are tested together (`signed_rank.max_signed_rank`: the strongest one's p-value
+under their joint sign-flip null, so the choice is paid for by what the windows share, not by Bonferroni);
+`effect` is the strongest one's mean gain over its standard deviation, and `window` names it. Held-out
+items would need a split nobody trained on, which a public test set lacks.
 Amplified. A merge dilutes: a 50/50 merge halves the contaminated parent's weight change and the link fades
 faster than that. So the test runs twice, on the model and on `R + amplify * (M - R)` (`amplify.py`,
-default 2: a two-parent merge's share undone), and p_value is the smaller p-value doubled (Bonferroni).
+default 2: a two-parent merge's share undone); its windows join the same joint test (six statistics).
 On perf/probe_accuracy.py's merges (seeds 0-2) this took the merge from 7 of 15 benchmarks under 0.001 to
-12; a contaminated model itself overshoots when doubled (weaker there), which is why both run. Window
-lengths of 1-8 tokens, 16 controls and per-item rank tests were tried on the same models and moved
-at most two verdicts either way, some at the cost of clean models' p-values.
-Controls are scored on their answer window alone (`window_batch`): the text after the window and the
-output layer elsewhere do not matter to it, so a control costs a little less than a plain forward pass.
+12; a contaminated model itself overshoots when doubled (weaker there), which is why both run.
+Windows. One window of 3 tokens missed GSM8K (its answers open with a name copied from the question and the
+link runs on through the numbers: per-token gains of 0.2-0.4 nats over the first 12 tokens) and MMLU merges
+whose link is all in the first tokens. Over 10 seeds x 5 benchmarks of perf/probe_accuracy.py (offline,
+on dumped per-token log-probabilities), misses of any target (contaminated or merge p >= 0.001, clean or
+base p <= 0.05): one window of 3 tokens 10, of 4, 6, 8, 12 tokens 15, 17, 19, 23. Sets chosen on seeds
+0-4 and checked on seeds 5-9: {3, 6, 12} 5 (2 on seeds 0-4, 3 on 5-9), {3, 8} 6, {3, 12} 7; sets with a
+2-token window pushed a clean fine-tune's MMLU p-value to 1e-4 (the first answer tokens carry what any
+fine-tune learns of the format). Bonferroni over the six statistics instead of the joint test: the same
+misses with p-values up to 2.3x higher. 16 controls and per-item rank tests were tried on the same
+models and moved at most two verdicts either way.
+Controls are scored on their answer windows alone (`window_batch`, cut after the longest): the text after
+it and the output layer elsewhere do not matter to them, so a control costs a little less than a plain
+forward pass.
 Tried and rejected on the tiny models of tests/test_probe.py: perturbed items (word swaps; a fine-tune on
 any fluent text gains more on the real text than on its perturbation, so clean models came out suspect),
 reordered choices (no signal left), and the answer's first non-space token alone (a fine-tune that learnt
@@ -37,9 +49,10 @@ the lone space to three tokens with text (GSM8K fine-tune, seed 0: p 0.0087 -> 5
 instead did as well on GSM8K but pushed unrelated base pairs under p 0.05 (MMLU seed 1: 0.35 -> 0.0065).
 Skipping the answer's first tokens that the question holds (a copied name) before the window: over 5 seeds
 of perf/probe_accuracy.py, GSM8K's contaminated fine-tunes 5/5 and merges 4/5 under 0.001 (4/5, 3/5 before)
-but two ARC merges lost it and one more clean fine-tune fell under 0.05: not adopted. One test over each
-item's standardized plain plus amplified gain instead of two tests and Bonferroni: the plain gains' noise
-took four merges (GSM8K seeds 1 and 4, MMLU 1 and 2) over 0.001: not adopted.
+but two ARC merges lost it and one more clean fine-tune fell under 0.05: not adopted; leaving out every
+answer token whose word the question holds made GSM8K worse (the copied name carries link). One test over
+each item's standardized plain plus amplified gain: the plain gains' noise took four merges (GSM8K seeds
+1 and 4, MMLU 1 and 2) over 0.001: not adopted.
 Limitations: a model that saw questions without their answers leaves no link to find; a fine-tune much
 better at the task than its reference also links right answers, which the strict default `alpha` (0.001)
 and the reported `effect` only partly keep apart from memorisation.
@@ -61,6 +74,7 @@ import numpy as np
 
 from mergeguard.auditor.amplify import AMPLIFY, amplify_weights
 from mergeguard.auditor.report import ProbeVerdict
+from mergeguard.auditor.signed_rank import max_signed_rank
 from mergeguard.benchmarks import load_benchmarks
 from mergeguard.errors import MergeguardError, ProbeError
 from mergeguard.merge.sanity import json_finite  # JSON-safe floats (NaN/inf -> null), shared with `check`
@@ -78,9 +92,12 @@ LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 # The test scores the first tokens of the answer: where "this question, this answer" lives; once an answer
 # has begun, a memorised answer goes on whatever the question (tiny models trained on 100 ARC items: all
-# answer tokens p=0.04, the first three p=6e-5). Each item has CONTROLS borrowed questions (1: p=4e-4, 4:
-# p=1e-6 on the same model): more controls, less noise, each one more forward pass.
-ANSWER_TOKENS = 3
+# answer tokens p=0.04, the first three p=6e-5). How soon depends on the answer: ARC's and MMLU's first
+# words name the item, GSM8K's open with a name copied from the question and the link runs on through the
+# numbers. So the test reads windows of 3, 6 and 12 tokens with text and takes the strongest, its p-value
+# corrected for the choice (`signed_rank.max_signed_rank`). Each item has CONTROLS borrowed questions (1:
+# p=4e-4, 4: p=1e-6 on the same model): more controls, less noise, each one more forward pass.
+ANSWER_WINDOWS = (3, 6, 12)
 CONTROLS = 4
 
 
@@ -137,6 +154,7 @@ class BenchmarkProbe:
     items: list[ItemScore] = field(default_factory=list)
     p_plain: float | None = None  # the test on the model as it is
     p_amplified: float | None = None  # ... on its amplified weights (None: not run); p_value combines both
+    window: int | None = None  # the answer window (tokens with text) of the strongest statistic
 
 
 @dataclass
@@ -180,7 +198,7 @@ def reports_json(reports: Sequence[ProbeReport]) -> str:
 # ---------------------------------------------------------------- items as text
 
 Pair = tuple[str, str]  # (prompt, continuation)
-Encoded = tuple[list[int], int, int]  # (token ids, first continuation token, end of the answer window)
+Encoded = tuple[list[int], int, tuple[int, ...]]  # (token ids, first answer token, each window's end)
 
 
 def render_item(question: str, answer: str) -> Pair:
@@ -241,8 +259,8 @@ def load_model(folder: Path, device: str, dtype: str, trust_remote_code: bool) -
 
 def blank_lead(tokenizer: Any, tail: Sequence[int], blanks: dict[int, bool]) -> int:
     """How many of the continuation's first tokens are whitespace alone (kept short of its end): a small
-    vocabulary cuts " Janet" into " ", "J", "an", "et" where a large one has " Janet", so the answer window
-    takes these blanks plus ANSWER_TOKENS tokens with text. `blanks` caches each token id's answer."""
+    vocabulary cuts " Janet" into " ", "J", "an", "et" where a large one has " Janet", so each answer window
+    takes these blanks plus its tokens with text (ANSWER_WINDOWS). `blanks` caches each token id's answer."""
     lead = 0
     while lead < len(tail) - 1:
         token = tail[lead]
@@ -255,11 +273,12 @@ def blank_lead(tokenizer: Any, tail: Sequence[int], blanks: dict[int, bool]) -> 
 
 
 def tokenize(tokenizer: Any, pairs: Sequence[Pair], max_tokens: int) -> list[Encoded]:
-    """(token ids, first continuation token, end of the answer window) per pair: prompt and continuation
-    encoded apart and joined, as lm-eval does, BOS first when the tokenizer has one. The window holds any
-    lone leading spaces and then ANSWER_TOKENS tokens (see `blank_lead`): about the same text whatever the
-    vocabulary. Over `max_tokens`, the continuation keeps its start (at most half the budget) and the
-    prompt its end: the answer's first tokens and the question just before them always stay."""
+    """(token ids, first continuation token, end of each answer window) per pair: prompt and continuation
+    encoded apart and joined, as lm-eval does, BOS first when the tokenizer has one. A window holds any
+    lone leading spaces and then ANSWER_WINDOWS[w] tokens (see `blank_lead`): about the same text whatever
+    the vocabulary; it may run past the text's end (its sum stops there). Over `max_tokens`, the
+    continuation keeps its start (at most half the budget) and the prompt its end: the answer's first
+    tokens and the question just before them always stay."""
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     heads = _token_ids(tokenizer, [h for h, _ in pairs])
     tails = _token_ids(tokenizer, [t for _, t in pairs])
@@ -270,7 +289,8 @@ def tokenize(tokenizer: Any, pairs: Sequence[Pair], max_tokens: int) -> list[Enc
         keep = max(max_tokens - len(bos) - len(tail), 1)
         head = list(head)[-keep:]
         start = len(bos) + len(head)
-        out.append((bos + head + tail, start, start + blank_lead(tokenizer, tail, blanks) + ANSWER_TOKENS))
+        lead = start + blank_lead(tokenizer, tail, blanks)
+        out.append((bos + head + tail, start, tuple(lead + size for size in ANSWER_WINDOWS)))
     return out
 
 
@@ -295,8 +315,8 @@ def _padded(sequences: Sequence[Sequence[int]], pad_id: int, device: Any) -> tup
 
 def score_batch(model: Any, batch: Sequence[Encoded], pad_id: int, k: float) -> list[list[float]]:
     """One forward pass over the padded batch. Per sequence, over all its tokens: Min-K%++, Min-K%, mean
-    log-probability, summed log-probability; then the summed log-probability of the answer window (any
-    lone leading spaces and ANSWER_TOKENS tokens, `tokenize`'s indices).
+    log-probability, summed log-probability; then each answer window's summed log-probability (any lone
+    leading spaces and ANSWER_WINDOWS[w] tokens, `tokenize`'s indices).
 
     Min-K%++ per token: (log p(x_t) - mu_t) / sigma_t, where mu_t and sigma_t^2 are the mean and variance of
     log p(z) under the model's own next-token distribution p(. | x_<t)."""
@@ -318,14 +338,15 @@ def score_batch(model: Any, batch: Sequence[Encoded], pad_id: int, k: float) -> 
 
 
 def _sequence_scores(token_lp: Any, standard: Any, batch: Sequence[Encoded], k: float) -> list[list[float]]:
-    """`score_batch`'s five scores per sequence, for the whole batch at once (a loop of small tensor calls
-    per sequence costs a tiny model as much as its forward pass): the lowest k-fraction's mean from sorted
-    prefix sums, the answer window's sum from a prefix sum."""
+    """`score_batch`'s scores per sequence, for the whole batch at once (a loop of small tensor calls per
+    sequence costs a tiny model as much as its forward pass): the lowest k-fraction's mean from sorted
+    prefix sums, each answer window's sum from a prefix sum."""
     import torch
 
+    width = 4 + len(ANSWER_WINDOWS)
     lengths = [len(tokens) - 1 for tokens, *_ in batch]  # scored tokens (each predicted from the ones before)
     if token_lp.shape[1] == 0:  # one token each: nothing is predicted
-        return [[math.nan] * 5 for _ in batch]
+        return [[math.nan] * width for _ in batch]
     scored = torch.tensor(lengths)
     valid = torch.arange(token_lp.shape[1])[None, :] < scored[:, None]
     lowest = torch.tensor([max(1, int(n * k)) for n in lengths])  # int(): Python's rounding, as topk had
@@ -337,25 +358,27 @@ def _sequence_scores(token_lp: Any, standard: Any, batch: Sequence[Encoded], k: 
     kept = token_lp.masked_fill(~valid, 0.0)
     prefix = torch.nn.functional.pad(kept.cumsum(-1), (1, 0))
     starts = [min(max(start - 1, 0), n) for (_, start, _), n in zip(batch, lengths, strict=True)]
-    ends = [max(lo, min(end - 1, n)) for (_, _, end), n, lo in zip(batch, lengths, starts, strict=True)]
-    low, high = torch.tensor(starts)[:, None], torch.tensor(ends)[:, None]
-    window = (prefix.gather(1, high) - prefix.gather(1, low)).squeeze(1)
+    low = torch.tensor(starts)[:, None]
+    windows = []
+    for w in range(len(ANSWER_WINDOWS)):
+        ends = [max(lo, min(e[w] - 1, n)) for (_, _, e), n, lo in zip(batch, lengths, starts, strict=True)]
+        windows.append((prefix.gather(1, torch.tensor(ends)[:, None]) - prefix.gather(1, low)).squeeze(1))
     total = kept.sum(-1)
-    columns = [lowest_mean(standard), lowest_mean(token_lp), total / scored.clamp_min(1), total, window]
+    columns = [lowest_mean(standard), lowest_mean(token_lp), total / scored.clamp_min(1), total, *windows]
     rows = torch.stack(columns, dim=1).tolist()
-    return [row if n >= 1 else [math.nan] * 5 for row, n in zip(rows, lengths, strict=True)]
+    return [row if n >= 1 else [math.nan] * width for row, n in zip(rows, lengths, strict=True)]
 
 
-def window_batch(model: Any, batch: Sequence[Encoded], pad_id: int, keep_logits: bool) -> list[float]:
-    """The answer window's summed log-probability per sequence, all a control needs: each sequence is cut
-    after its window (a causal model's window does not see what follows) and only the window's positions
-    go through the output layer and softmax (`logits_to_keep`), so a control costs a little less than a
-    plain forward pass over its text. `keep_logits` False (a model without that argument): every
-    position's logits, then the window's."""
+def window_batch(model: Any, batch: Sequence[Encoded], pad_id: int, keep_logits: bool) -> list[list[float]]:
+    """Each answer window's summed log-probability per sequence, all a control needs: each sequence is cut
+    after its longest window (a causal model's window does not see what follows) and only the windows'
+    positions go through the output layer and softmax (`logits_to_keep`), so a control costs a little less
+    than a plain forward pass over its text. `keep_logits` False (a model without that argument): every
+    position's logits, then the windows'."""
     import torch
 
     device = next(model.parameters()).device
-    batch = [(tokens[:end], start, end) for tokens, start, end in batch]
+    batch = [(tokens[: ends[-1]], start, ends) for tokens, start, ends in batch]
     ids, mask = _padded([tokens for tokens, *_ in batch], pad_id, device)
     width = ids.shape[1]
     # logits at positions start-1 .. end-2 predict the window's tokens start .. end-1 (the cut text's last)
@@ -372,8 +395,11 @@ def window_batch(model: Any, batch: Sequence[Encoded], pad_id: int, keep_logits:
             logits = torch.take_along_dim(logits, positions[..., None], dim=1)
         targets = torch.take_along_dim(ids, (positions + 1).clamp_max(width - 1), dim=1)
         log_probs = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets[..., None]).squeeze(-1)
-        sums = log_probs.masked_fill(~kept.to(device), 0.0).sum(-1).cpu()
-    return [float(value) if len(t) > 1 else math.nan for value, (t, *_) in zip(sums, batch, strict=True)]
+        running = log_probs.masked_fill(~kept.to(device), 0.0).cpu().cumsum(-1)
+    running = torch.nn.functional.pad(running, (1, 0))  # running[:, c]: the first c positions' sum
+    counts = torch.tensor([[min(e, len(t)) - 1 for e in ends] for t, _, ends in batch]) - low[:, None]
+    sums = running.gather(1, counts.clamp(min=0).minimum((high - low)[:, None])).tolist()
+    return [row if len(t) > 1 else [math.nan] * len(row) for row, (t, *_) in zip(sums, batch, strict=True)]
 
 
 def keeps_logits(model: Any) -> bool:
@@ -395,8 +421,8 @@ def _batched(encoded: Sequence[Encoded], batch_size: int, score: Any) -> list[An
 def score_texts(
     model: Any, tokenizer: Any, pairs: Sequence[Pair], *, batch_size: int, max_tokens: int, k: float
 ) -> list[list[float]]:
-    """Per pair [min_k_pp, min_k, -loss, zlib, answer-start log-prob]: the first four (SCORES) over the
-    whole text; one forward pass per text, batched by length to waste little padding."""
+    """Per pair [min_k_pp, min_k, -loss, zlib, then each answer window's log-prob]: the first four
+    (SCORES) over the whole text; one forward pass per text, batched by length to waste little padding."""
     encoded = tokenize(tokenizer, pairs, max_tokens)
     return _full_scores(model, encoded, pairs, _pad_id(tokenizer), batch_size, k)
 
@@ -422,14 +448,14 @@ def score_items(
     max_tokens: int,
     k: float,
 ) -> list[list[float]]:
-    """Rows for the real items (every score, `score_texts`) then for the controls (NaN but the window's
-    log-probability, `window_batch`: the one value the test reads from a control). Both are tokenized
+    """Rows for the real items (every score, `score_texts`) then for the controls (NaN but the windows'
+    log-probabilities, `window_batch`: the values the test reads from a control). Both are tokenized
     together: a control is another item's question and its own item's answer, each encoded once."""
     encoded = tokenize(tokenizer, [*real, *controls], max_tokens)
     pad, keep = _pad_id(tokenizer), keeps_logits(model)
     rows = _full_scores(model, encoded[: len(real)], real, pad, batch_size, k)
     windows = _batched(encoded[len(real) :], batch_size, lambda batch: window_batch(model, batch, pad, keep))
-    return rows + [[math.nan] * 4 + [window] for window in windows]
+    return rows + [[math.nan] * 4 + window for window in windows]
 
 
 def _pad_id(tokenizer: Any) -> int:
@@ -439,48 +465,56 @@ def _pad_id(tokenizer: Any) -> int:
 # ---------------------------------------------------------------- statistics
 
 
-def wilcoxon_greater(diffs: Sequence[float]) -> float:
-    """One-sided Wilcoxon signed-rank p-value for "the differences lean positive" (zeros dropped, average
-    ranks for ties with the tie-corrected variance, normal approximation with continuity correction: the
-    probe needs min_items >= 20, where it is accurate)."""
-    d = np.asarray([x for x in diffs if x != 0 and math.isfinite(x)], dtype=np.float64)
-    n = len(d)
-    if n == 0:
-        return 1.0
-    magnitudes = np.abs(d)
-    order = np.argsort(magnitudes, kind="stable")
-    ranks = np.empty(n, dtype=np.float64)
-    sorted_mag = magnitudes[order]
-    start = 0
-    ties = 0.0
-    while start < n:
-        end = start
-        while end + 1 < n and sorted_mag[end + 1] == sorted_mag[start]:
-            end += 1
-        ranks[order[start : end + 1]] = (start + end) / 2 + 1
-        size = end - start + 1
-        ties += size**3 - size
-        start = end + 1
-    w_plus = float(ranks[d > 0].sum())
-    mean = n * (n + 1) / 4
-    variance = n * (n + 1) * (2 * n + 1) / 24 - ties / 48
-    if variance <= 0:
-        return 1.0
-    z = (w_plus - mean - 0.5) / math.sqrt(variance)
-    return 0.5 * math.erfc(z / math.sqrt(2))
+@dataclass(frozen=True)
+class LinkTest:
+    """One benchmark's test. `window` and `amplified` name the strongest statistic (an answer window, on
+    the model as it is or amplified); `effect` is its mean gain over the gains' standard deviation."""
+
+    verdict: str
+    p_value: float | None
+    effect: float | None
+    reason: str = ""
+    p_plain: float | None = None
+    p_amplified: float | None = None
+    window: int | None = None
+    amplified: bool = False
 
 
 def benchmark_test(
-    gains: Sequence[float], alpha: float, min_items: int
-) -> tuple[str, float | None, float | None, str]:
-    """(verdict, p_value, effect, reason) for one benchmark's per-item gains."""
-    values = np.asarray([g for g in gains if math.isfinite(g)], dtype=np.float64)
-    if len(values) < min_items:
-        return INCONCLUSIVE, None, None, f"{len(values)} items scored, fewer than --min-items {min_items}"
-    spread = float(values.std(ddof=1))
-    effect = float(values.mean()) / spread if spread > 0 else 0.0
-    p_value = wilcoxon_greater(values.tolist())
-    return (SUSPECT if p_value < alpha and effect > 0 else NO_SIGNAL), p_value, effect, ""
+    plain: Sequence[Sequence[float]],
+    amplified: Sequence[Sequence[float]] | None,
+    alpha: float,
+    min_items: int,
+) -> LinkTest:
+    """The test over one benchmark's items: `plain[w][i]` is item i's gain over ANSWER_WINDOWS[w] on the
+    model as it is, `amplified` the same on its amplified weights (None, or too few scored: not run).
+    p_value is the joint signed-rank test over every one of these statistics (`max_signed_rank`);
+    p_plain and p_amplified the same over each model's windows alone."""
+    scored = sum(math.isfinite(g) for g in plain[0])
+    if scored < min_items:
+        reason = f"{scored} items scored, fewer than --min-items {min_items}"
+        return LinkTest(INCONCLUSIVE, None, None, reason)
+    if amplified is not None and sum(math.isfinite(g) for g in amplified[0]) < min_items:
+        amplified = None
+    columns = [*plain, *(amplified or [])]
+    joint = max_signed_rank(columns)
+    p_plain = max_signed_rank(plain).p_value
+    p_amplified = max_signed_rank(amplified).p_value if amplified else None
+    from_amplified = joint.best >= len(plain)
+    own = p_amplified if from_amplified and p_amplified is not None else p_plain
+    p_value = max(joint.p_value, own)  # never under its own family's (the normal integral's error)
+    best = np.asarray([g for g in columns[joint.best] if math.isfinite(g)], dtype=np.float64)
+    spread = float(best.std(ddof=1)) if len(best) > 1 else 0.0
+    effect = float(best.mean()) / spread if spread > 0 else 0.0
+    return LinkTest(
+        SUSPECT if p_value < alpha and effect > 0 else NO_SIGNAL,
+        p_value,
+        effect,
+        p_plain=p_plain,
+        p_amplified=p_amplified,
+        window=ANSWER_WINDOWS[joint.best % len(ANSWER_WINDOWS)],
+        amplified=from_amplified,
+    )
 
 
 # ---------------------------------------------------------------- references
@@ -622,39 +656,25 @@ def _empty_device_cache() -> None:
         torch.cuda.empty_cache()
 
 
-def link_gains(bench: _Prepared, suspect: list[list[float]], reference: list[list[float]]) -> list[float]:
-    """Per item: (suspect - reference) log-probability of the answer's start after the item's own question,
-    minus the mean of the same after its controls' borrowed questions."""
+def link_gains(
+    bench: _Prepared, suspect: list[list[float]], reference: list[list[float]]
+) -> list[list[float]]:
+    """Per answer window, per item: (suspect - reference) log-probability of the answer's start after the
+    item's own question, minus the mean of the same after its controls' borrowed questions."""
     n = len(bench.real)
-    gains, at = [], n
+    gains: list[list[float]] = [[] for _ in ANSWER_WINDOWS]
+    at = n
     for i in range(n):
         count = len(bench.controls[i])
-        if not count:
-            gains.append(math.nan)
-            continue
-        control = sum(suspect[j][4] - reference[j][4] for j in range(at, at + count)) / count
-        gains.append(suspect[i][4] - reference[i][4] - control)
+        for w, column in enumerate(gains):
+            if not count:
+                column.append(math.nan)
+                continue
+            k = 4 + w  # the window's column in `score_items`' rows
+            control = sum(suspect[j][k] - reference[j][k] for j in range(at, at + count)) / count
+            column.append(suspect[i][k] - reference[i][k] - control)
         at += count
     return gains
-
-
-def combined_test(
-    gains: Sequence[float], amplified: Sequence[float] | None, alpha: float, min_items: int
-) -> tuple[str, float | None, float | None, str, float | None, float | None]:
-    """(verdict, p_value, effect, reason, p_plain, p_amplified): `benchmark_test` on the model's gains and,
-    when there are any, on its amplified weights' gains; p_value is the smaller p-value times two
-    (Bonferroni: two tests, one question) and effect is that test's."""
-    verdict, p_plain, effect, reason = benchmark_test(gains, alpha, min_items)
-    p_amplified = effect_amplified = None
-    if amplified is not None and verdict != INCONCLUSIVE:
-        _, p_amplified, effect_amplified, _ = benchmark_test(amplified, alpha, min_items)
-    if p_plain is None or p_amplified is None or effect is None or effect_amplified is None:
-        return verdict, p_plain, effect, reason, p_plain, p_amplified  # one test ran (or none)
-    if p_amplified < p_plain:
-        effect = effect_amplified
-    p_value = min(1.0, 2 * min(p_plain, p_amplified))
-    verdict = SUSPECT if p_value < alpha and effect > 0 else NO_SIGNAL
-    return verdict, p_value, effect, "", p_plain, p_amplified
 
 
 def _verdicts(
@@ -667,24 +687,32 @@ def _verdicts(
     probes = []
     for position, (bench, mine) in enumerate(zip(prepared, suspect, strict=True)):
         n = len(bench.real)
-        p_plain = p_amplified = None
         if reference is None:
             gains, base = [math.nan] * n, [0.0] * n
-            verdict, p_value, effect, reason = INCONCLUSIVE, None, None, "no reference model"
+            test = LinkTest(INCONCLUSIVE, None, None, "no reference model")
         else:
-            gains = link_gains(bench, mine, reference[position])
+            windows = link_gains(bench, mine, reference[position])
             more = link_gains(bench, amplified[position], reference[position]) if amplified else None
             base = [row[0] for row in reference[position][:n]]
-            verdict, p_value, effect, reason, p_plain, p_amplified = combined_test(
-                gains, more, options.alpha, options.min_items
-            )
+            test = benchmark_test(windows, more, options.alpha, options.min_items)
+            gains = windows[ANSWER_WINDOWS.index(test.window) if test.window else 0]
         items = [
             ItemScore(index, mine[i][0] - base[i], gains[i], *mine[i][:4])
             for i, index in enumerate(bench.indices)
         ]
         probes.append(
             BenchmarkProbe(
-                bench.name, bench.split, verdict, p_value, effect, n, reason, items, p_plain, p_amplified
+                bench.name,
+                bench.split,
+                test.verdict,
+                test.p_value,
+                test.effect,
+                n,
+                test.reason,
+                items,
+                test.p_plain,
+                test.p_amplified,
+                test.window,
             )
         )
     return probes

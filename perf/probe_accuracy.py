@@ -141,8 +141,8 @@ def probe(model: Path, bench: str, hf: Path, reference: Path | None = None) -> A
 def cost(model_dir: Path, hf: Path, repeats: int = 7) -> tuple[float, float, float]:
     """Seconds per sequence, best of N interleaved runs, over 200 ARC-Challenge items and their controls:
     the probe (`score_items`, tokenization included), a plain batched forward pass over the same tokens the
-    probe feeds (real items whole, controls up to the end of their answer window), and one over every text
-    whole."""
+    probe feeds (real items whole, controls up to the end of their longest answer window), and one over
+    every text whole."""
     import torch
 
     from mergeguard.auditor.probe import item_pairs, load_model, score_items, tokenize
@@ -153,7 +153,7 @@ def cost(model_dir: Path, hf: Path, repeats: int = 7) -> tuple[float, float, flo
     borrowed = [p for c in controls for p in c]
     model, tokenizer = load_model(model_dir, "cpu", "auto", False)
     whole = [ids for ids, *_ in tokenize(tokenizer, [*real, *borrowed], MAX_TOKENS)]
-    fed = whole[: len(real)] + [ids[:end] for ids, _, end in tokenize(tokenizer, borrowed, MAX_TOKENS)]
+    fed = whole[: len(real)] + [ids[: ends[-1]] for ids, _, ends in tokenize(tokenizer, borrowed, MAX_TOKENS)]
 
     def plain(sequences: list[list[int]]) -> None:
         order = sorted(sequences, key=len)
@@ -202,9 +202,10 @@ def main() -> None:
     header = (
         f"{'seed':>4} {'benchmark':<14} {'steps':>5} {'AUROC score':>11} {'AUROC gain':>10}"
         + "".join(f" {name:>9}" for name in ("p leaky", "p merge", "p clean", "p base"))
-        + "   merge p as is / amplified"
+        + "   merge p as is / amplified, window"
     )
     print(header)
+    tally = {"leaky < 0.001": [], "merge < 0.001": [], "clean and base > 0.05": []}
     for seed in args.seeds:
         with tempfile.TemporaryDirectory(prefix="probe-perf-") as tmp:
             root = args.models / f"seed-{seed}" if args.models else Path(tmp)
@@ -222,9 +223,12 @@ def main() -> None:
                     f"{seed:>4} {bench:<14} {family['steps'][bench]:>5} "
                     f"{auroc(pos, neg):>11.3f} {auroc(gpos, gneg):>10.3f} "
                     + " ".join(f"{probe.p_value:>9.2g}" for probe in (leaky, merged, clean, base))
-                    + f"   {merged.p_plain:.2g} / {_maybe(merged.p_amplified)}",
+                    + f"   {merged.p_plain:.2g} / {_maybe(merged.p_amplified)}, {merged.window}",
                     flush=True,
                 )
+                tally["leaky < 0.001"].append(leaky.p_value < 0.001)
+                tally["merge < 0.001"].append(merged.p_value < 0.001)
+                tally["clean and base > 0.05"] += [clean.p_value > 0.05, base.p_value > 0.05]
                 if args.dump:
                     probes = {"leaky": leaky, "merged": merged, "clean": clean, "base": base}
                     dump(args.dump, seed, bench, probes)
@@ -237,6 +241,8 @@ def main() -> None:
                     "each item is 1 + CONTROLS sequences)",
                     flush=True,
                 )
+
+    print("; ".join(f"{name}: {sum(hits)}/{len(hits)}" for name, hits in tally.items()), flush=True)
 
 
 def _maybe(value: float | None) -> str:

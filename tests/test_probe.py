@@ -23,8 +23,8 @@ from mergeguard.auditor.probe import (
     derangement,
     item_pairs,
     render_item,
-    wilcoxon_greater,
 )
+from mergeguard.auditor.signed_rank import wilcoxon_greater
 
 PLANTED = 100  # ARC-Challenge items 0..99, answers included
 PROBED = ("arc_challenge", "gsm8k", "hellaswag")
@@ -157,15 +157,24 @@ def test_json_items_carry_index_and_score_and_exit_codes_follow_the_verdict(prob
     assert probed["base"]["exit"] == 0  # no signal anywhere
 
 
+def _joint_between(p_value: float, p_plain: float, p_amplified: float) -> bool:
+    """The joint test's p-value is at least the smaller family's and at most their sum (a union bound);
+    the normal integral's error is under 1e-5."""
+    return min(p_plain, p_amplified) - 1e-5 <= p_value <= min(1.0, p_plain + p_amplified) + 1e-5
+
+
 def test_p_value_combines_the_plain_and_the_amplified_test(probed: dict) -> None:
-    """Every model with a reference is tested as it is and amplified (factor 2); the p-value is the
-    smaller of the two, doubled (Bonferroni)."""
+    """Every model with a reference is tested as it is and amplified (factor 2), each over its answer
+    windows; the p-value is the joint test's over all of them, between the better family's and the sum."""
+    from mergeguard.auditor.probe import ANSWER_WINDOWS
+
     for name in ("leaky", "clean", "merged", "base"):
         assert probed[name]["report"]["amplify"] == 2.0
         for bench in PROBED:
             row = probed[name][bench]
             assert row["p_plain"] is not None and row["p_amplified"] is not None
-            assert row["p_value"] == pytest.approx(min(1.0, 2 * min(row["p_plain"], row["p_amplified"])))
+            assert _joint_between(row["p_value"], row["p_plain"], row["p_amplified"])
+            assert row["window"] in ANSWER_WINDOWS
 
 
 def test_amplify_one_runs_the_plain_test_alone(probe_models_trained: dict) -> None:
@@ -179,9 +188,8 @@ def test_amplify_one_runs_the_plain_test_alone(probe_models_trained: dict) -> No
     assert bad.exit_code == 2 and "0.5" in bad.output
     table = _probe_gsm8k(m, m["clean"], "--format", "csv", *FAST)  # the default: both tests, both columns
     row = next(csv.DictReader(io.StringIO(table.stdout)))
-    assert float(row["p_value"]) == pytest.approx(
-        min(1.0, 2 * min(float(row["p_plain"]), float(row["p_amplified"])))
-    )
+    assert _joint_between(float(row["p_value"]), float(row["p_plain"]), float(row["p_amplified"]))
+    assert row["window"] in {"3", "6", "12"}
 
 
 def test_amplified_weights_are_the_reference_plus_factor_times_the_change(
@@ -318,8 +326,9 @@ def test_wilcoxon_matches_scipy_normal_approximation() -> None:
 
 
 def test_few_items_are_inconclusive_and_zeros_no_signal() -> None:
-    assert benchmark_test([1.0] * 5, 0.001, 20)[0] == INCONCLUSIVE
-    assert benchmark_test([0.0] * 30, 0.001, 20)[:2] == (NO_SIGNAL, 1.0)
+    assert benchmark_test([[1.0] * 5], None, 0.001, 20).verdict == INCONCLUSIVE
+    zeros = benchmark_test([[0.0] * 30], None, 0.001, 20)
+    assert (zeros.verdict, zeros.p_value) == (NO_SIGNAL, 1.0)
 
 
 def test_each_control_is_the_same_answer_under_another_question() -> None:
@@ -340,23 +349,26 @@ def test_each_control_is_the_same_answer_under_another_question() -> None:
 
 
 def test_answer_window_starts_at_the_first_token_with_text(probe_models_trained: dict) -> None:
-    """The tiny vocabulary cuts " Janet" into a lone space and letters: the answer window takes the space
-    and three tokens with text, just three when the first token has text."""
+    """The tiny vocabulary cuts " Janet" into a lone space and letters: each answer window takes the space
+    and its tokens with text (3, 6, 12), just those when the first token has text."""
     from transformers import AutoTokenizer
 
-    from mergeguard.auditor.probe import ANSWER_TOKENS, tokenize
+    from mergeguard.auditor.probe import ANSWER_WINDOWS, tokenize
 
+    assert ANSWER_WINDOWS == (3, 6, 12)
     tokenizer = AutoTokenizer.from_pretrained(probe_models_trained["base"])
     prompt = "Question: How many eggs does Janet sell?\nAnswer:"
-    (ids, start, end), (ids2, start2, end2), (ids3, start3, end3) = tokenize(
+    (ids, start, ends), (ids2, start2, ends2), (ids3, start3, ends3) = tokenize(
         tokenizer, [(prompt, " Janet sells 16"), (prompt, " the eggs"), (prompt, "   ")], 96
     )
     bos = 1 if tokenizer.bos_token_id is not None else 0
     head = len(tokenizer(prompt, add_special_tokens=False)["input_ids"]) + bos
     assert start == start2 == start3 == head
-    assert [tokenizer.decode([t]) for t in ids[start:end]] == [" ", "J", "an", "et"]  # space + 3 with text
-    assert end2 == start2 + ANSWER_TOKENS and tokenizer.decode(ids2[start2]).startswith(" t")
-    assert end3 == len(ids3) - 1 + ANSWER_TOKENS  # all whitespace: the last blank counts as text
+    assert [tokenizer.decode([t]) for t in ids[start : ends[0]]] == [" ", "J", "an", "et"]  # space + 3
+    assert ends == (ends[0], ends[0] + 3, ends[0] + 9)
+    assert ends2 == tuple(start2 + size for size in ANSWER_WINDOWS)
+    assert tokenizer.decode(ids2[start2]).startswith(" t")
+    assert ends3[0] == len(ids3) - 1 + 3  # all whitespace: the last blank counts as text
 
 
 def test_a_controls_window_alone_equals_the_full_pass(probe_models_trained: dict) -> None:
@@ -369,14 +381,14 @@ def test_a_controls_window_alone_equals_the_full_pass(probe_models_trained: dict
     real, controls = item_pairs(items, seed=0, controls=2)
     pairs = [*real, *(pair for pairs in controls for pair in pairs)]
     model, tokenizer = load_model(probe_models_trained["clean"], "cpu", "float32", False)
-    full = [row[4] for row in score_texts(model, tokenizer, pairs, batch_size=5, max_tokens=96, k=0.2)]
+    rows = score_texts(model, tokenizer, pairs, batch_size=5, max_tokens=96, k=0.2)
+    full = [value for row in rows for value in row[4:]]  # every answer window of every text
     encoded = tokenize(tokenizer, pairs, 96)
     for keep in (True, False):
-        windows = [
-            w for s in range(0, len(encoded), 7) for w in window_batch(model, encoded[s : s + 7], 1, keep)
-        ]
-        assert windows == pytest.approx(full, abs=1e-4)
+        batches = [window_batch(model, encoded[s : s + 7], 1, keep) for s in range(0, len(encoded), 7)]
+        assert [value for batch in batches for row in batch for value in row] == pytest.approx(full, abs=1e-4)
     assert len(set(full)) > len(full) // 2  # windows differ: the comparison is not vacuous
+    assert all(row[4] > row[5] > row[6] for row in rows)  # longer windows sum more tokens' log-probs
 
 
 # ---------------------------------------------------------------- the guard and the database
@@ -485,14 +497,24 @@ def test_lineage_shows_a_childs_probe_gain_over_each_parent(
     assert {(g["benchmark"], g["parent"]) for g in merged["probe_gains"]} == set(gains)
 
 
-def test_combined_test_doubles_the_smaller_p_value_and_falls_back_to_one_test() -> None:
-    from mergeguard.auditor.probe import combined_test
+def test_benchmark_test_joins_the_windows_and_the_amplified_model() -> None:
+    """The strongest statistic names the window and the model, and the choice among six is paid for by
+    what the six hold: three copies of one noise column and an unrelated lean column are two tests, so
+    the p-value is about twice the lean column's own (Bonferroni over six would make it six times)."""
+    from mergeguard.auditor.signed_rank import max_signed_rank
 
     rising = [0.1 * (i % 7) + 0.05 for i in range(40)]  # all positive: a small p-value
+    lean = [x - 0.2 for x in rising]  # mostly positive: p about 2e-4
     mixed = [(-1) ** i * (i % 5) for i in range(40)]  # no lean
-    verdict, p_value, effect, _, p_plain, p_amplified = combined_test(mixed, rising, 0.001, 20)
-    assert verdict == SUSPECT and p_value == pytest.approx(2 * p_amplified) and p_plain > 0.05
-    assert effect is not None and effect > 0
-    nan_only = [float("nan")] * 40  # an amplified model that scored nothing: the plain test alone
-    verdict, p_value, *_, p_plain, p_amplified = combined_test(rising, nan_only, 0.001, 20)
-    assert verdict == SUSPECT and p_value == p_plain and p_amplified is None
+    test = benchmark_test([mixed, mixed, mixed], [mixed, lean, mixed], 0.001, 20)
+    own = wilcoxon_greater(lean)
+    assert test.verdict == SUSPECT and test.window == 6 and test.amplified
+    assert test.p_value == pytest.approx(2 * own, rel=0.01)
+    joint = max_signed_rank([mixed, mixed, mixed, mixed, lean, mixed])
+    assert joint.best == 4 and test.p_value == pytest.approx(joint.p_value, abs=1e-5)
+    assert test.p_amplified is not None and test.p_amplified <= test.p_value and test.p_plain > 0.05
+    assert test.effect is not None and test.effect > 0
+    nan_only = [[float("nan")] * 40] * 3  # an amplified model that scored nothing: the plain test alone
+    test = benchmark_test([rising, mixed, mixed], nan_only, 0.001, 20)
+    assert test.verdict == SUSPECT and test.p_value == test.p_plain and test.p_amplified is None
+    assert test.window == 3 and not test.amplified

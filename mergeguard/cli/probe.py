@@ -200,6 +200,7 @@ ROW_HEADERS = [
     "reference",
     "p_plain",
     "p_amplified",
+    "window",
 ]
 
 
@@ -275,7 +276,7 @@ def rows(reports: list[ProbeReport]) -> list[list[Any]]:
     """One row per model and benchmark, for --format csv and markdown (ROW_HEADERS)."""
     return [
         [r.model, p.benchmark, p.n_items, p.verdict, p.reason, p.p_value, p.effect, r.reference, p.p_plain]
-        + [p.p_amplified]
+        + [p.p_amplified, p.window]
         for r in reports
         for p in r.benchmarks
     ]
