@@ -397,6 +397,7 @@ def window_batch(model: Any, batch: Sequence[Encoded], pad_id: int, keep_logits:
         log_probs = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets[..., None]).squeeze(-1)
         running = log_probs.masked_fill(~kept.to(device), 0.0).cpu().cumsum(-1)
     running = torch.nn.functional.pad(running, (1, 0))  # running[:, c]: the first c positions' sum
+    # window w holds the positions low .. end_w - 2: end_w - 1 - low of them (the text may end sooner)
     counts = torch.tensor([[min(e, len(t)) - 1 for e in ends] for t, _, ends in batch]) - low[:, None]
     sums = running.gather(1, counts.clamp(min=0).minimum((high - low)[:, None])).tolist()
     return [row if len(t) > 1 else [math.nan] * len(row) for row, (t, *_) in zip(sums, batch, strict=True)]
