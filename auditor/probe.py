@@ -128,8 +128,8 @@ class ProbeOptions:
 @dataclass
 class ItemScore:
     """One item. `score`: the suspect's Min-K%++ minus the reference's on the item (the suspect's own
-    without a reference), higher meaning more likely trained on; `gain`: the controlled answer gain the
-    benchmark test uses; then the suspect's own four scores."""
+    without a reference), higher meaning more likely trained on; `gain`: the controlled answer gain over
+    the benchmark's strongest window, on the model as it is; then the suspect's own four scores."""
 
     item: int
     score: float
