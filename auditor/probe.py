@@ -499,7 +499,7 @@ def benchmark_test(
         amplified = None
     columns = [*plain, *(amplified or [])]
     joint = max_signed_rank(columns)
-    p_plain = max_signed_rank(plain).p_value
+    p_plain = max_signed_rank(plain).p_value if amplified else joint.p_value  # no amplified: the same test
     p_amplified = max_signed_rank(amplified).p_value if amplified else None
     from_amplified = joint.best >= len(plain)
     own = p_amplified if from_amplified and p_amplified is not None else p_plain

@@ -20,22 +20,10 @@ import numpy as np
 
 
 def wilcoxon_greater(diffs: Sequence[float]) -> float:
-    """One-sided Wilcoxon signed-rank p-value for "the differences lean positive" (zeros dropped, average
-    ranks for ties with the tie-corrected variance, normal approximation with continuity correction: the
-    probe needs min_items >= 20, where it is accurate)."""
-    d = np.asarray([x for x in diffs if x != 0 and math.isfinite(x)], dtype=np.float64)
-    n = len(d)
-    if n == 0:
-        return 1.0
-    ranks = _ranks(np.abs(d))
-    w_plus = float(ranks[d > 0].sum())
-    mean = n * (n + 1) / 4
-    ties = _tie_term(np.abs(d))
-    variance = n * (n + 1) * (2 * n + 1) / 24 - ties / 48
-    if variance <= 0:
-        return 1.0
-    z = (w_plus - mean - 0.5) / math.sqrt(variance)
-    return 0.5 * math.erfc(z / math.sqrt(2))
+    """One-sided Wilcoxon signed-rank p-value for "the differences lean positive" (zeros and NaN dropped,
+    average ranks for ties with the tie-corrected variance, normal approximation with continuity
+    correction: the probe needs min_items >= 20, where it is accurate): `max_signed_rank` of one column."""
+    return max_signed_rank([list(diffs)]).p_value
 
 
 def _ranks(values: np.ndarray) -> np.ndarray:
@@ -43,12 +31,6 @@ def _ranks(values: np.ndarray) -> np.ndarray:
     from scipy.stats import rankdata
 
     return np.asarray(rankdata(values), dtype=np.float64)
-
-
-def _tie_term(values: np.ndarray) -> float:
-    """Sum of t^3 - t over groups of t equal values."""
-    _, counts = np.unique(values, return_counts=True)
-    return float((counts.astype(np.float64) ** 3 - counts).sum())
 
 
 @dataclass(frozen=True)
@@ -62,10 +44,11 @@ class MaxTest:
 
 def max_signed_rank(columns: Sequence[Sequence[float]]) -> MaxTest:
     """One-sided test of several signed-rank statistics over the same items (`columns[j][i]`: statistic
-    j's gain on item i; NaN or zero leaves the item out of that statistic). With one column it is
-    `wilcoxon_greater`. The p-value is P(max_j Z_j >= the observed largest z) under the joint normal of the
-    sign-flip null (covariance sum_i r_ij r_ik s_ij s_ik / 4, r ranks and s signs), kept between that z's
-    own p-value and m times it, where the normal integral's numerical error could take it out."""
+    j's gain on item i; NaN or zero leaves the item out of that statistic). With one column it is the
+    Wilcoxon test (its variance, sum r^2 / 4, is the tie-corrected one). The p-value is P(max_j Z_j >= the
+    observed largest z) under the joint normal of the sign-flip null (covariance sum_i r_ij r_ik s_ij s_ik
+    / 4, r ranks and s signs), kept between that z's own p-value and m times it, where the normal
+    integral's numerical error could take it out."""
     from scipy.stats import multivariate_normal, norm
 
     data = np.nan_to_num(np.asarray(columns, dtype=np.float64), nan=0.0)
