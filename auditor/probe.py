@@ -220,16 +220,14 @@ def derangement(n: int, rng: Any) -> list[int]:
 
 def item_pairs(
     items: Sequence[Any], seed: int, controls: int = CONTROLS
-) -> tuple[list[Pair], list[list[Pair]]]:
-    """(real pairs, control pairs per item): control c of item i is item i's own answer after the question
-    of another item (one seeded derangement per control), so an item and its controls end alike."""
+) -> tuple[list[Pair], list[list[int]]]:
+    """(real pairs, borrowed questions per item): control c of item i is item i's own answer after the
+    question of item `borrowed[i][c]` (one seeded derangement per control, so every question is borrowed
+    once per control), and an item and its controls end alike."""
     rng = np.random.default_rng(seed)
     real = [render_item(item.question, item.answer) for item in items]
     perms = [derangement(len(items), rng) for _ in range(controls)] if len(items) > 1 else []
-    borrowed = [
-        [render_item(items[p[i]].question, item.answer) for p in perms] for i, item in enumerate(items)
-    ]
-    return real, borrowed
+    return real, [[perm[i] for perm in perms] for i in range(len(items))]
 
 
 # ---------------------------------------------------------------- scoring
@@ -313,28 +311,68 @@ def _padded(sequences: Sequence[Sequence[int]], pad_id: int, device: Any) -> tup
     return ids.to(device), mask.to(device)
 
 
-def score_batch(model: Any, batch: Sequence[Encoded], pad_id: int, k: float) -> list[list[float]]:
-    """One forward pass over the padded batch. Per sequence, over all its tokens: Min-K%++, Min-K%, mean
-    log-probability, summed log-probability; then each answer window's summed log-probability (any lone
-    leading spaces and ANSWER_WINDOWS[w] tokens, `tokenize`'s indices).
+def control_encoded(
+    encoded: Sequence[Encoded], borrowed: Sequence[Sequence[int]], max_tokens: int
+) -> list[Encoded]:
+    """Every item's controls in turn, as token ids: the borrowed item's prompt tokens (BOS and question, as
+    that item was encoded) then this item's own answer tokens, cut at `max_tokens`. Real item and control
+    share the answer's tokens to the last one: they differ in the question alone."""
+    out: list[Encoded] = []
+    for (ids, start, ends), hosts in zip(encoded, borrowed, strict=True):
+        for host in hosts:
+            host_ids, host_start, _ = encoded[host]
+            shift = host_start - start
+            joined = (host_ids[:host_start] + ids[start:])[:max_tokens]
+            out.append((joined, host_start, tuple(end + shift for end in ends)))
+    return out
+
+
+def hosted_controls(borrowed: Sequence[Sequence[int]], n: int) -> list[list[int]]:
+    """Per item, the indices (in `control_encoded`'s order) of the controls that borrow its question."""
+    hosted: list[list[int]] = [[] for _ in range(n)]
+    flat = 0
+    for hosts in borrowed:
+        for host in hosts:
+            hosted[host].append(flat)
+            flat += 1
+    return hosted
+
+
+def _forward(model: Any, cache: Any = None, **inputs: Any) -> tuple[Any, Any]:
+    """(logits, key-value cache): the cache goes in and out under the name the model's transformers takes
+    (`cache` since 5.x, `past_key_values` before)."""
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    if cache is not None:
+        inputs[name] = cache
+    output = model(**inputs)
+    return output.logits, getattr(output, name, None)
+
+
+def _token_scores(logits: Any, ids: Any) -> tuple[Any, Any]:
+    """(log-probabilities of the next tokens, their Min-K%++ standardisation) from a full pass's logits.
 
     Min-K%++ per token: (log p(x_t) - mu_t) / sigma_t, where mu_t and sigma_t^2 are the mean and variance of
     log p(z) under the model's own next-token distribution p(. | x_<t)."""
     import torch
 
+    log_probs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    token_lp = log_probs.gather(-1, ids[:, 1:, None]).squeeze(-1)
+    weighted = log_probs.exp().mul_(log_probs)  # p log p, then p (log p)^2: the moments of log p
+    mu = weighted.sum(-1)
+    sigma = (weighted.mul_(log_probs).sum(-1) - mu.square()).clamp_min(1e-12).sqrt()
+    return token_lp, (token_lp - mu) / sigma
+
+
+def score_batch(model: Any, batch: Sequence[Encoded], pad_id: int, k: float) -> list[list[float]]:
+    """One forward pass over the padded batch. Per sequence, over all its tokens: Min-K%++, Min-K%, mean
+    log-probability, summed log-probability; then each answer window's summed log-probability (any lone
+    leading spaces and ANSWER_WINDOWS[w] tokens, `tokenize`'s indices)."""
+    import torch
+
     ids, mask = _padded([tokens for tokens, *_ in batch], pad_id, next(model.parameters()).device)
     with torch.inference_mode():
-        log_probs = torch.log_softmax(
-            model(input_ids=ids, attention_mask=mask).logits[:, :-1].float(), dim=-1
-        )
-        token_lp = log_probs.gather(-1, ids[:, 1:, None]).squeeze(-1)
-        weighted = log_probs.exp().mul_(log_probs)  # p log p, then p (log p)^2: the moments of log p
-        mu = weighted.sum(-1)
-        sigma = (weighted.mul_(log_probs).sum(-1) - mu.square()).clamp_min(1e-12).sqrt()
-        del weighted, log_probs
-        standard = ((token_lp - mu) / sigma).cpu()
-        token_lp = token_lp.cpu()
-    return _sequence_scores(token_lp, standard, batch, k)
+        token_lp, standard = _token_scores(model(input_ids=ids, attention_mask=mask).logits, ids)
+    return _sequence_scores(token_lp.cpu(), standard.cpu(), batch, k)
 
 
 def _sequence_scores(token_lp: Any, standard: Any, batch: Sequence[Encoded], k: float) -> list[list[float]]:
@@ -408,13 +446,101 @@ def keeps_logits(model: Any) -> bool:
     return "logits_to_keep" in inspect.signature(model.forward).parameters
 
 
+def host_batch(
+    model: Any, batch: Sequence[Encoded], guests: Sequence[Sequence[Encoded]], pad_id: int, k: float
+) -> tuple[list[list[float]], list[list[list[float]]]]:
+    """(`score_batch`'s rows for the batch's items, each item's guests' window sums). A guest is a control
+    that borrows the item's prompt (`control_encoded`): it reads the prompt from the items' key-value cache,
+    so a control costs the forward pass of its answer window alone, not of the question again. A cache that
+    cannot be rolled back (`_rolls_back`) sends the guests through `window_batch`, whole."""
+    import torch
+
+    device = next(model.parameters()).device
+    ids, mask = _padded([tokens for tokens, *_ in batch], pad_id, device)
+    starts = torch.tensor([max(start, 1) for _, start, _ in batch], device=device)
+    with torch.inference_mode():
+        logits, cache = _forward(model, input_ids=ids, attention_mask=mask, use_cache=True)
+        token_lp, standard = _token_scores(logits, ids)
+        # the prompt's last position predicts every guest's first answer token
+        first = torch.log_softmax(logits[torch.arange(len(batch), device=device), starts - 1].float(), dim=-1)
+        del logits
+    rows = _sequence_scores(token_lp.cpu(), standard.cpu(), batch, k)
+    if not _rolls_back(cache):
+        flat = window_batch(model, [guest for row in guests for guest in row], pad_id, keeps_logits(model))
+        return rows, [[flat.pop(0) for _ in row] for row in guests]
+    sums: list[list[list[float]]] = [[] for _ in batch]
+    for turn in range(max((len(row) for row in guests), default=0)):  # the turn-th guest of every item
+        present = [turn < len(row) for row in guests]
+        turn_guests = [
+            row[turn] if here else batch[r] for r, (row, here) in enumerate(zip(guests, present, strict=True))
+        ]
+        windows = _guest_turn(model, cache, ids.shape[1], starts, first, turn_guests, pad_id)
+        for r, here in enumerate(present):
+            if here:
+                sums[r].append(windows[r])
+    return rows, sums
+
+
+def _rolls_back(cache: Any) -> bool:
+    """Whether guests can run on `cache` and leave it as it was: full attention in every layer (a sliding
+    window's cache drops positions and masks by slot, not by position) and a `crop` that undoes exactly.
+    Caches that do not say (transformers 4.x) are not trusted: their guests run whole."""
+    sliding = getattr(cache, "is_sliding", None)
+    return sliding is not None and not any(sliding) and bool(getattr(cache, "is_croppable", False))
+
+
+def _guest_turn(
+    model: Any, cache: Any, width: int, starts: Any, first: Any, guests: Sequence[Encoded], pad_id: int
+) -> list[list[float]]:
+    """One guest per cached item: its answer tokens up to its longest window, after the item's prompt (the
+    cached positions before `starts`), at the positions they would have in the whole text; the cache is
+    rolled back after. Returns each guest's window sums, as `window_batch` gives them."""
+    import torch
+
+    device = starts.device
+    tails = [tokens[start : ends[-1]] for tokens, start, ends in guests]
+    inputs = [tail[:-1] or [pad_id] for tail in tails]  # the last token is only predicted
+    gids, gmask = _padded(inputs, pad_id, device)
+    prompt = torch.arange(width, device=device)[None, :] < starts[:, None]
+    positions = starts[:, None] + torch.arange(gids.shape[1], device=device)[None, :]
+    with torch.inference_mode():
+        logits, _ = _forward(
+            model,
+            cache,
+            input_ids=gids,
+            attention_mask=torch.cat([prompt.long(), gmask], dim=1),
+            position_ids=positions,
+            use_cache=True,
+        )
+        cache.crop(-gids.shape[1])  # negative: drop the guest's positions (transformers 4.x and 5.x alike)
+        targets, _ = _padded([tail[1:] or [pad_id] for tail in tails], pad_id, device)
+        later = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets[..., None]).squeeze(-1)
+        heads = first.gather(1, torch.tensor([[tail[0]] for tail in tails], device=device))
+        token_lp = torch.cat([heads, later], dim=1).cpu()
+    lengths = torch.tensor([len(tail) for tail in tails])
+    token_lp = token_lp.masked_fill(torch.arange(token_lp.shape[1])[None, :] >= lengths[:, None], 0.0)
+    running = torch.nn.functional.pad(token_lp.cumsum(-1), (1, 0))
+    counts = torch.tensor(
+        [
+            [min(end - start, len(tail)) for end in ends]
+            for (_, start, ends), tail in zip(guests, tails, strict=True)
+        ]
+    )
+    sums = running.gather(1, counts.clamp(min=0)).tolist()
+    return [
+        row if len(tokens) > 1 else [math.nan] * len(row)
+        for row, (tokens, *_) in zip(sums, guests, strict=True)
+    ]
+
+
 def _batched(encoded: Sequence[Encoded], batch_size: int, score: Any) -> list[Any]:
-    """`score` over batches of similar length (little padding), results back in `encoded`'s order."""
+    """`score` (given a batch's indices into `encoded`, giving one result per index) over batches of
+    similar length (little padding), results back in `encoded`'s order."""
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
     results: list[Any] = [None] * len(encoded)
     for first in range(0, len(order), batch_size):
         chunk = order[first : first + batch_size]
-        for index, value in zip(chunk, score([encoded[i] for i in chunk]), strict=True):
+        for index, value in zip(chunk, score(chunk), strict=True):
             results[index] = value
     return results
 
@@ -424,18 +550,11 @@ def score_texts(
 ) -> list[list[float]]:
     """Per pair [min_k_pp, min_k, -loss, zlib, then each answer window's log-prob]: the first four
     (SCORES) over the whole text; one forward pass per text, batched by length to waste little padding."""
-    encoded = tokenize(tokenizer, pairs, max_tokens)
-    return _full_scores(model, encoded, pairs, _pad_id(tokenizer), batch_size, k)
-
-
-def _full_scores(
-    model: Any, encoded: Sequence[Encoded], pairs: Sequence[Pair], pad: int, batch_size: int, k: float
-) -> list[list[float]]:
-    """`score_texts` on texts already tokenized (`encoded[i]` is `pairs[i]`)."""
-    rows = _batched(encoded, batch_size, lambda batch: score_batch(model, batch, pad, k))
-    for index, row in enumerate(rows):
-        size = len(zlib.compress("".join(pairs[index]).encode("utf-8")))
-        row[3] = row[3] / max(size, 1)
+    encoded, pad = tokenize(tokenizer, pairs, max_tokens), _pad_id(tokenizer)
+    rows = _batched(
+        encoded, batch_size, lambda chunk: score_batch(model, [encoded[i] for i in chunk], pad, k)
+    )
+    _zlib_ratio(rows, pairs)
     return rows
 
 
@@ -443,20 +562,39 @@ def score_items(
     model: Any,
     tokenizer: Any,
     real: Sequence[Pair],
-    controls: Sequence[Pair],
+    borrowed: Sequence[Sequence[int]],
     *,
     batch_size: int,
     max_tokens: int,
     k: float,
 ) -> list[list[float]]:
-    """Rows for the real items (every score, `score_texts`) then for the controls (NaN but the windows'
-    log-probabilities, `window_batch`: the values the test reads from a control). Both are tokenized
-    together: a control is another item's question and its own item's answer, each encoded once."""
-    encoded = tokenize(tokenizer, [*real, *controls], max_tokens)
-    pad, keep = _pad_id(tokenizer), keeps_logits(model)
-    rows = _full_scores(model, encoded[: len(real)], real, pad, batch_size, k)
-    windows = _batched(encoded[len(real) :], batch_size, lambda batch: window_batch(model, batch, pad, keep))
+    """Rows for the real items (every score, as `score_texts` gives them) then for every item's controls in
+    turn (`item_pairs`' `borrowed`: NaN but the windows' log-probabilities, the values the test reads from
+    a control). Each batch of items goes through the model once, its controls after it on its key-value
+    cache (`host_batch`)."""
+    encoded = tokenize(tokenizer, real, max_tokens)
+    controls = control_encoded(encoded, borrowed, max_tokens)
+    hosted = hosted_controls(borrowed, len(real))
+    pad = _pad_id(tokenizer)
+
+    def score(chunk: list[int]) -> Any:
+        guests = [[controls[c] for c in hosted[i]] for i in chunk]
+        return zip(*host_batch(model, [encoded[i] for i in chunk], guests, pad, k), strict=True)
+
+    results = _batched(encoded, batch_size, score)
+    windows: list[list[float]] = [[] for _ in controls]
+    for i, (_, sums) in enumerate(results):
+        for c, window in zip(hosted[i], sums, strict=True):
+            windows[c] = window
+    rows = [row for row, _ in results]
+    _zlib_ratio(rows, real)
     return rows + [[math.nan] * 4 + window for window in windows]
+
+
+def _zlib_ratio(rows: list[list[float]], pairs: Sequence[Pair]) -> None:
+    """Column 3 from the summed log-probability to the zlib score: divided by the text's compressed size."""
+    for row, pair in zip(rows, pairs, strict=True):
+        row[3] = row[3] / max(len(zlib.compress("".join(pair).encode("utf-8"))), 1)
 
 
 def _pad_id(tokenizer: Any) -> int:
@@ -580,11 +718,7 @@ class _Prepared:
     split: str
     indices: list[int]
     real: list[Pair]
-    controls: list[list[Pair]]
-
-    def control_texts(self) -> list[Pair]:
-        """Each item's controls in turn (scored after the real items)."""
-        return [pair for pairs in self.controls for pair in pairs]
+    controls: list[list[int]]  # per item, the items whose questions its controls borrow (`item_pairs`)
 
 
 def _prepare(options: ProbeOptions) -> list[_Prepared]:
@@ -641,7 +775,7 @@ def _score_all(model: Any, tokenizer: Any, prepared: list[_Prepared], options: P
             model,
             tokenizer,
             bench.real,
-            bench.control_texts(),
+            bench.controls,
             batch_size=options.batch_size,
             max_tokens=options.max_tokens,
             k=options.k,

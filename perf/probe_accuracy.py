@@ -138,22 +138,24 @@ def probe(model: Path, bench: str, hf: Path, reference: Path | None = None) -> A
     return probe_model(str(model), options).benchmarks[0]
 
 
-def cost(model_dir: Path, hf: Path, repeats: int = 7) -> tuple[float, float, float]:
-    """Seconds per sequence, best of N interleaved runs, over 200 ARC-Challenge items and their controls:
-    the probe (`score_items`, tokenization included), a plain batched forward pass over the same tokens the
-    probe feeds (real items whole, controls up to the end of their longest answer window), and one over
-    every text whole."""
+def cost(model_dir: Path, hf: Path, repeats: int = 7) -> dict[str, float]:
+    """Seconds per item, best of N interleaved runs, over 200 ARC-Challenge items and their controls: the
+    probe (`score_items`, tokenization included); a plain batched forward pass over the texts it scores
+    (each item whole and its CONTROLS controls up to the end of their longest answer window: what the
+    probe would feed without its key-value cache); one over every text whole; one over the items alone."""
     import torch
 
-    from mergeguard.auditor.probe import item_pairs, load_model, score_items, tokenize
+    from mergeguard.auditor.probe import control_encoded, item_pairs, load_model, score_items, tokenize
     from mergeguard.benchmarks import load_benchmark
 
     items = load_benchmark("arc_challenge", hf).items[:200]
-    real, controls = item_pairs(items, seed=0)
-    borrowed = [p for c in controls for p in c]
+    real, borrowed = item_pairs(items, seed=0)
     model, tokenizer = load_model(model_dir, "cpu", "auto", False)
-    whole = [ids for ids, *_ in tokenize(tokenizer, [*real, *borrowed], MAX_TOKENS)]
-    fed = whole[: len(real)] + [ids[: ends[-1]] for ids, _, ends in tokenize(tokenizer, borrowed, MAX_TOKENS)]
+    encoded = tokenize(tokenizer, real, MAX_TOKENS)
+    controls = control_encoded(encoded, borrowed, MAX_TOKENS)
+    alone = [ids for ids, *_ in encoded]
+    whole = alone + [ids for ids, *_ in controls]
+    fed = alone + [ids[: ends[-1]] for ids, _, ends in controls]
 
     def plain(sequences: list[list[int]]) -> None:
         order = sorted(sequences, key=len)
@@ -168,14 +170,19 @@ def cost(model_dir: Path, hf: Path, repeats: int = 7) -> tuple[float, float, flo
     def probe() -> None:
         score_items(model, tokenizer, real, borrowed, batch_size=8, max_tokens=MAX_TOKENS, k=0.2)
 
-    runs = (probe, lambda: plain(fed), lambda: plain(whole))
-    best = [float("inf")] * len(runs)
-    for _ in range(repeats):  # interleaved: a slow spell of the shared host hits all three alike
-        for index, fn in enumerate(runs):
+    runs = {
+        "probe": probe,
+        "fed": lambda: plain(fed),
+        "whole": lambda: plain(whole),
+        "alone": lambda: plain(alone),
+    }
+    best = dict.fromkeys(runs, float("inf"))
+    for _ in range(repeats):  # interleaved: a slow spell of the shared host hits all alike
+        for name, fn in runs.items():
             start = time.perf_counter()
             fn()
-            best[index] = min(best[index], time.perf_counter() - start)
-    return best[0] / len(whole), best[1] / len(whole), best[2] / len(whole)
+            best[name] = min(best[name], time.perf_counter() - start)
+    return {name: seconds / len(real) for name, seconds in best.items()}
 
 
 def main() -> None:
@@ -233,12 +240,14 @@ def main() -> None:
                     probes = {"leaky": leaky, "merged": merged, "clean": clean, "base": base}
                     dump(args.dump, seed, bench, probes)
             if seed == args.seeds[0] and not args.skip_cost:
-                probe_s, fed_s, whole_s = cost(family["clean"], hf)
+                seconds = cost(family["clean"], hf)
+                ms = {name: value * 1e3 for name, value in seconds.items()}
                 print(
-                    f"cost per sequence: probe {probe_s * 1e3:.3f} ms; plain forward over the same tokens "
-                    f"{fed_s * 1e3:.3f} ms (ratio {probe_s / fed_s:.2f}x), over every text whole "
-                    f"{whole_s * 1e3:.3f} ms (ratio {probe_s / whole_s:.2f}x) (CPU, one thread, tiny llama; "
-                    "each item is 1 + CONTROLS sequences)",
+                    f"cost per item: probe {ms['probe']:.3f} ms; plain forward pass over the texts it scores "
+                    f"{ms['fed']:.3f} ms (ratio {ms['probe'] / ms['fed']:.2f}x), over every text whole "
+                    f"{ms['whole']:.3f} ms (ratio {ms['probe'] / ms['whole']:.2f}x), over the items alone "
+                    f"{ms['alone']:.3f} ms (ratio {ms['probe'] / ms['alone']:.2f}x) (CPU, one thread, tiny "
+                    "llama; each item has CONTROLS controls)",
                     flush=True,
                 )
 

@@ -9,6 +9,7 @@ import csv
 import hashlib
 import io
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,9 @@ from mergeguard.auditor.probe import (
     NO_SIGNAL,
     SUSPECT,
     benchmark_test,
+    control_encoded,
     derangement,
+    hosted_controls,
     item_pairs,
     render_item,
 )
@@ -341,11 +344,27 @@ def test_each_control_is_the_same_answer_under_another_question() -> None:
         def __init__(self, i: int) -> None:
             self.question, self.answer = f"q{i}?", f"a{i}"
 
-    real, controls = item_pairs([Item(i) for i in range(5)], seed=0, controls=3)
+    real, borrowed = item_pairs([Item(i) for i in range(5)], seed=0, controls=3)
     assert real[0] == ("Question: q0?\nAnswer:", " a0")
-    for pair, borrowed in zip(real, controls, strict=True):
-        assert len(borrowed) == 3
-        assert all(c[1] == pair[1] and c[0] != pair[0] for c in borrowed)  # same answer, other question
+    assert all(len(hosts) == 3 and i not in hosts for i, hosts in enumerate(borrowed))  # never its own
+    for c in range(3):  # one derangement per control: every question is borrowed once by each
+        assert sorted(hosts[c] for hosts in borrowed) == list(range(5))
+
+
+def test_a_control_is_the_borrowed_prompt_then_the_items_own_answer_tokens() -> None:
+    real = [
+        ([1, 10, 11, 12], 3, (4, 7, 13)),
+        ([1, 20, 21], 2, (3, 6, 12)),
+        ([1, 30, 31, 32, 33], 3, (4, 7, 13)),
+    ]
+    controls = control_encoded(real, [[1, 2], [0], []], max_tokens=64)
+    assert controls == [
+        ([1, 20, 12], 2, (3, 6, 12)),  # item 1's prompt, item 0's answer; windows moved with it
+        ([1, 30, 31, 12], 3, (4, 7, 13)),
+        ([1, 10, 11, 21], 3, (4, 7, 13)),
+    ]
+    assert hosted_controls([[1, 2], [0], []], 3) == [[2], [0], [1]]
+    assert control_encoded(real, [[2], [], []], max_tokens=3) == [([1, 30, 31], 3, (4, 7, 13))]  # cut
 
 
 def test_answer_window_starts_at_the_first_token_with_text(probe_models_trained: dict) -> None:
@@ -372,14 +391,17 @@ def test_answer_window_starts_at_the_first_token_with_text(probe_models_trained:
 
 
 def test_a_controls_window_alone_equals_the_full_pass(probe_models_trained: dict) -> None:
-    """Controls are scored on their answer window only (cut after it, output layer on its positions):
-    the same log-probabilities as the full pass, with and without `logits_to_keep`."""
+    """`window_batch` scores a control on its answer window only (cut after it, output layer on its
+    positions): the same log-probabilities as the full pass, with and without `logits_to_keep`."""
     from mergeguard.auditor.probe import load_model, score_texts, tokenize, window_batch
     from mergeguard.benchmarks import load_benchmark
 
     items = load_benchmark("gsm8k", probe_models_trained["hf"]).items[:12]
-    real, controls = item_pairs(items, seed=0, controls=2)
-    pairs = [*real, *(pair for pairs in controls for pair in pairs)]
+    real, borrowed = item_pairs(items, seed=0, controls=2)
+    pairs = [
+        *real,
+        *(render_item(items[j].question, items[i].answer) for i, js in enumerate(borrowed) for j in js),
+    ]
     model, tokenizer = load_model(probe_models_trained["clean"], "cpu", "float32", False)
     rows = score_texts(model, tokenizer, pairs, batch_size=5, max_tokens=96, k=0.2)
     full = [value for row in rows for value in row[4:]]  # every answer window of every text
@@ -389,6 +411,54 @@ def test_a_controls_window_alone_equals_the_full_pass(probe_models_trained: dict
         assert [value for batch in batches for row in batch for value in row] == pytest.approx(full, abs=1e-4)
     assert len(set(full)) > len(full) // 2  # windows differ: the comparison is not vacuous
     assert all(row[4] > row[5] > row[6] for row in rows)  # longer windows sum more tokens' log-probs
+
+
+def _sliding_window_model(vocab: int) -> Any:
+    """A tiny Mistral with an 8-token sliding window (random weights): a cache `host_batch` must not reuse."""
+    import torch
+    from transformers import MistralConfig, MistralForCausalLM
+
+    torch.manual_seed(0)
+    config = MistralConfig(
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        sliding_window=8,
+    )
+    return MistralForCausalLM(config).eval()
+
+
+@pytest.mark.parametrize("architecture", ["llama, controls on the cache", "sliding window, controls whole"])
+def test_score_items_equals_every_text_scored_whole(probe_models_trained: dict, architecture: str) -> None:
+    """`score_items` runs each batch's controls on its key-value cache (a full-attention model) or whole (a
+    sliding-window one): either way its rows are what a plain pass over each text whole gives, also when
+    items host uneven numbers of controls and an answer is one token long."""
+    from mergeguard.auditor.probe import load_model, score_batch, score_items, score_texts, tokenize
+    from mergeguard.benchmarks import load_benchmark
+
+    model, tokenizer = load_model(probe_models_trained["clean"], "cpu", "float32", False)
+    if architecture.startswith("sliding"):
+        model = _sliding_window_model(len(tokenizer))
+    items = load_benchmark("gsm8k", probe_models_trained["hf"]).items[:11]
+    real, borrowed = item_pairs(items, seed=1, controls=3)
+    real[4] = (real[4][0], " 7")  # a short answer: a lone space and one digit
+    borrowed[0], borrowed[5] = [5, 5, 6, 7], []  # item 5 hosts extra guests; item 0's prompt fewer
+    rows = score_items(model, tokenizer, real, borrowed, batch_size=4, max_tokens=96, k=0.2)
+    alone = score_texts(model, tokenizer, real, batch_size=3, max_tokens=96, k=0.2)
+    assert _flat(rows[: len(real)]) == pytest.approx(_flat(alone), abs=1e-4)
+    controls = control_encoded(tokenize(tokenizer, real, 96), borrowed, 96)
+    batches = [score_batch(model, controls[s : s + 5], 1, 0.2) for s in range(0, len(controls), 5)]
+    whole = [row[4:] for batch in batches for row in batch]
+    assert len(rows) == len(real) + len(controls) == len(real) + 3 * 9 + 4
+    assert _flat(row[4:] for row in rows[len(real) :]) == pytest.approx(_flat(whole), abs=1e-4)
+    assert all(math.isnan(value) for row in rows[len(real) :] for value in row[:4])
+
+
+def _flat(rows: Any) -> list[float]:
+    return [value for row in rows for value in row]
 
 
 # ---------------------------------------------------------------- the guard and the database
