@@ -35,14 +35,19 @@ base p <= 0.05): one window of 3 tokens 10, of 4, 6, 8, 12 tokens 15, 17, 19, 23
 fine-tune learns of the format). Bonferroni over the six statistics instead of the joint test: the same
 misses with p-values up to 2.3x higher. 16 controls and per-item rank tests were tried on the same
 models and moved at most two verdicts either way.
-Controls are scored on their answer windows alone (`window_batch`, cut after the longest): the text after
-it and the output layer elsewhere do not matter to them, so a control costs a little less than a plain
-forward pass.
+Controls cost their answer windows alone: a control is the borrowed item's prompt tokens then this item's
+own answer tokens (`control_encoded`), and every item's prompt lies in the key-value cache of its own
+batch's pass, so each control feeds its window's tokens on that cache (`host_batch`), the prompt's
+last position giving its first token; a model whose cache cannot be rolled back (sliding-window layers;
+transformers 4.x) scores them whole, cut after the window (`window_batch`). Both give the same
+log-probabilities (1.5e-5 apart). On perf/probe_accuracy.py's ARC items the probe's scoring went from
+1.23-1.47x a plain forward pass over the texts it scores to 0.67x.
 Tried and rejected on the tiny models of tests/test_probe.py: perturbed items (word swaps; a fine-tune on
 any fluent text gains more on the real text than on its perturbation, so clean models came out suspect),
 reordered choices (no signal left), and the answer's first non-space token alone (a fine-tune that learnt
 the `Question:/Answer:` format links every benchmark's first answer word better: suspect everywhere). With
-the first three tokens, 4 or 16 controls give the same verdicts; 4 keeps the cost at 5 passes per item.
+the first three tokens, 4 or 16 controls give the same verdicts; 4 kept the cost at 5 passes per item
+(before controls ran on the cache).
 The lone space: a 512-token vocabulary starts 65% of GSM8K answers (names, capitals) with a bare " " token
 (22% of ARC's), where a large vocabulary has " Janet": three tokens held one word's start. The window adds
 the lone space to three tokens with text (GSM8K fine-tune, seed 0: p 0.0087 -> 5.7e-5). Dropping the space
@@ -96,7 +101,7 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 # words name the item, GSM8K's open with a name copied from the question and the link runs on through the
 # numbers. So the test reads windows of 3, 6 and 12 tokens with text and takes the strongest, its p-value
 # corrected for the choice (`signed_rank.max_signed_rank`). Each item has CONTROLS borrowed questions (1:
-# p=4e-4, 4: p=1e-6 on the same model): more controls, less noise, each one more forward pass.
+# p=4e-4, 4: p=1e-6 on the same model): more controls, less noise, each one more answer window on the cache.
 ANSWER_WINDOWS = (3, 6, 12)
 CONTROLS = 4
 

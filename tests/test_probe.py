@@ -193,6 +193,13 @@ def test_amplify_one_runs_the_plain_test_alone(probe_models_trained: dict) -> No
     row = next(csv.DictReader(io.StringIO(table.stdout)))
     assert _joint_between(float(row["p_value"]), float(row["p_plain"]), float(row["p_amplified"]))
     assert row["window"] in {"3", "6", "12"}
+    shown = _probe_gsm8k(m, m["clean"], *FAST)  # the table has the window too
+    lines = shown.stdout.splitlines()
+    column = [cell.strip() for cell in next(line for line in lines if "window" in line).split("┃")].index(
+        "window"
+    )
+    cells = [cell.strip() for cell in next(line for line in lines if line.startswith("│ clean")).split("│")]
+    assert shown.exit_code == 0 and cells[column] == row["window"]
 
 
 def test_amplified_weights_are_the_reference_plus_factor_times_the_change(

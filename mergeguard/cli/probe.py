@@ -111,13 +111,13 @@ def exit_status(reports: list[Any]) -> int:
 
 def render(reports: list[Any]) -> Any:
     """One rich table: model, benchmark, items, verdict, p-value (and the two tests' behind it), effect,
-    reference."""
+    the answer window it came from (tokens), reference."""
     from rich.table import Table  # rich: imported when drawing (mergeguard.lazy)
 
     table = Table(
         title="model-side probe (gain over the reference, against borrowed questions)", title_justify="left"
     )
-    numeric = ("items", "p-value", "as is / amplified", "effect")
+    numeric = ("items", "p-value", "as is / amplified", "effect", "window")
     for column in (
         "model",
         "benchmark",
@@ -126,6 +126,7 @@ def render(reports: list[Any]) -> Any:
         "p-value",
         "as is / amplified",
         "effect",
+        "window",
         "reference",
     ):
         table.add_column(column, justify="right" if column in numeric else "left")
@@ -142,6 +143,7 @@ def render(reports: list[Any]) -> Any:
                 _p(probe.p_value),
                 f"{_p(probe.p_plain)} / {_p(probe.p_amplified)}",
                 "—" if probe.effect is None else f"{probe.effect:+.2f}",
+                "—" if probe.window is None else str(probe.window),
                 f"{report.reference} ({report.reference_source})" if report.reference else "none",
             )
     return table
