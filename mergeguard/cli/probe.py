@@ -164,7 +164,15 @@ PROBE_FLAGS: OptionTable = {  # ProbeOptions fields, under the same names
     "alpha": (float, typer.Option(0.001, "--alpha", help="Significance level of the benchmark test.")),
     "min_items": (int, typer.Option(20, "--min-items", min=2, help="Fewer items scored: inconclusive.")),
     "dtype": (str, typer.Option("auto", "--dtype", help="auto, float32, bfloat16 or float16.")),
-    "batch_size": (int, typer.Option(8, "--batch-size", min=1, help="Sequences per forward pass.")),
+    "batch_size": (
+        int,
+        typer.Option(
+            8,
+            "--batch-size",
+            min=1,
+            help="Items per forward pass (their controls follow on its key-value cache).",
+        ),
+    ),
     "max_tokens": (int, typer.Option(512, "--max-tokens", min=8, help="Tokens kept per item.")),
     "controls": (
         int,
