@@ -5,8 +5,9 @@ clean fine-tune, and per benchmark a contaminated fine-tune (the clean data plus
 that benchmark, answers included) and a linear 50/50 merge of it with the clean fine-tune. Each benchmark is
 probed on its first PLANTED + UNPLANTED items. Reported per seed and benchmark: the per-item AUROC of
 planted vs unplanted items (the item `score`, and the controlled `gain`), the benchmark test's p-value for
-the contaminated fine-tune, the merge, the clean fine-tune and the base; then the probe's cost per item
-against a plain batched transformers forward pass over the same tokens on the same model.
+the contaminated fine-tune, the merge, the clean fine-tune and the base; for GSM8K also a fine-tune on its
+train split (`corpora/gsm8k_train` beside the benchmarks: the domain and format without the test items);
+then the probe's cost per item against a plain batched transformers forward pass over the texts it scores.
 
     python perf/probe_accuracy.py --benchmarks-dir ../shared/data/hf [--seeds 0 1 2]
 """
@@ -14,6 +15,8 @@ against a plain batched transformers forward pass over the same tokens on the sa
 from __future__ import annotations
 
 import argparse
+import gzip
+import itertools
 import json
 import math
 import tempfile
@@ -55,7 +58,6 @@ def train_family(root: Path, seed: int, hf: Path, benchmarks: tuple[str, ...] = 
     from mergeguard import tiny
     from mergeguard.auditor.probe import render_item
     from mergeguard.benchmarks import load_benchmark
-    from mergeguard.demo.data import arithmetic_instructions, writing_instructions
     from mergeguard.merge import MergeOptions, load_config, run_merge
     from mergeguard.merge.sanity import sample_text
 
@@ -77,8 +79,7 @@ def train_family(root: Path, seed: int, hf: Path, benchmarks: tuple[str, ...] = 
         seed + 100,
         3e-3,
     )
-    rows = arithmetic_instructions(100, seed=1) + writing_instructions(100, seed=2)
-    clean_texts = [f"{r['instruction']}\n{r['output']}" for r in rows]
+    clean_texts = clean_data()
     card, fast = {"base_model": str(base)}, {"block_size": BLOCK, "batch_size": BATCH}
     clean = tiny.train_finetune(base, root / "clean", clean_texts, 150, seed, 1e-3, card, **fast)
     family: dict[str, Any] = {
@@ -107,15 +108,44 @@ def train_family(root: Path, seed: int, hf: Path, benchmarks: tuple[str, ...] = 
     return family
 
 
+def clean_data() -> list[str]:
+    """The clean fine-tune's texts: arithmetic and writing instructions with their answers."""
+    from mergeguard.demo.data import arithmetic_instructions, writing_instructions
+
+    rows = arithmetic_instructions(100, seed=1) + writing_instructions(100, seed=2)
+    return [f"{r['instruction']}\n{r['output']}" for r in rows]
+
+
+def train_in_domain(root: Path, seed: int, hf: Path, family: dict[str, Any]) -> Path | None:
+    """A fine-tune on the clean data plus PLANTED items of GSM8K's *train* split (never its test), shown
+    and trained on as the contaminated fine-tunes' test items are: a model that learnt the benchmark's
+    domain and format but saw none of its test items, which the probe must not call suspect. None when
+    the train split is not beside the benchmarks (`corpora/gsm8k_train`)."""
+    from mergeguard import tiny
+    from mergeguard.auditor.probe import render_item
+
+    source = hf.parent / "corpora" / "gsm8k_train" / "train.jsonl.gz"
+    if not source.exists():
+        return None
+    with gzip.open(source, "rt", encoding="utf-8") as lines:
+        rows = [json.loads(line) for line in itertools.islice(lines, PLANTED)]
+    texts = clean_data() + ["".join(render_item(row["question"], row["answer"])) for row in rows]
+    steps = epoch_steps(root / "tokenizer", texts)
+    card, fast = {"base_model": str(family["base"])}, {"block_size": BLOCK, "batch_size": BATCH}
+    return tiny.train_finetune(
+        family["base"], root / "in-domain-gsm8k", texts, steps, seed, 3e-3, card, **fast
+    )
+
+
 def trained_family(root: Path, seed: int, hf: Path, benchmarks: tuple[str, ...]) -> dict[str, Any]:
     """`train_family` in `root`, or the family a previous run left there (its `family.json`) when it holds
     every benchmark asked for."""
     record = root / "family.json"
-    if record.exists():
-        family = json.loads(record.read_text(encoding="utf-8"), object_hook=_paths)
-        if set(benchmarks) <= set(family["leaky"]):
-            return family
-    family = train_family(root, seed, hf, benchmarks)
+    family = json.loads(record.read_text(encoding="utf-8"), object_hook=_paths) if record.exists() else None
+    if family is None or not set(benchmarks) <= set(family["leaky"]):
+        family = train_family(root, seed, hf, benchmarks)
+    if "gsm8k" in benchmarks and family.get("in_domain") is None:  # added later: trained alone when missing
+        family["in_domain"] = train_in_domain(root, seed, hf, family)
     record.write_text(json.dumps(family, default=str), encoding="utf-8")
     return family
 
@@ -212,7 +242,12 @@ def main() -> None:
         + "   merge p as is / amplified, window"
     )
     print(header)
-    tally = {"leaky < 0.001": [], "merge < 0.001": [], "clean and base > 0.05": []}
+    tally: dict[str, list[bool]] = {
+        "leaky < 0.001": [],
+        "merge < 0.001": [],
+        "clean and base > 0.05": [],
+        "in-domain > 0.05": [],
+    }
     for seed in args.seeds:
         with tempfile.TemporaryDirectory(prefix="probe-perf-") as tmp:
             root = args.models / f"seed-{seed}" if args.models else Path(tmp)
@@ -236,6 +271,12 @@ def main() -> None:
                 tally["leaky < 0.001"].append(leaky.p_value < 0.001)
                 tally["merge < 0.001"].append(merged.p_value < 0.001)
                 tally["clean and base > 0.05"] += [clean.p_value > 0.05, base.p_value > 0.05]
+                if bench == "gsm8k" and family.get("in_domain"):
+                    in_domain = probe(family["in_domain"], bench, hf)
+                    tally["in-domain > 0.05"].append(in_domain.p_value > 0.05)
+                    print(
+                        f"{seed:>4} {'gsm8k':<14} fine-tune on GSM8K's train split: p {in_domain.p_value:.2g}"
+                    )
                 if args.dump:
                     probes = {"leaky": leaky, "merged": merged, "clean": clean, "base": base}
                     dump(args.dump, seed, bench, probes)
