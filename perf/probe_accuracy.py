@@ -172,7 +172,9 @@ def cost(model_dir: Path, hf: Path, repeats: int = 7) -> dict[str, float]:
     """Seconds per item, best of N interleaved runs, over 200 ARC-Challenge items and their controls: the
     probe (`score_items`, tokenization included); a plain batched forward pass over the texts it scores
     (each item whole and its CONTROLS controls up to the end of their longest answer window: what the
-    probe would feed without its key-value cache); one over every text whole; one over the items alone."""
+    probe would feed without its key-value cache); one over every text whole; one over the items alone;
+    one over the tokens the probe feeds (each item whole, each control's answer tokens alone as a sequence
+    of its own, without the prompt they attend to on the cache)."""
     import torch
 
     from mergeguard.auditor.probe import control_encoded, item_pairs, load_model, score_items, tokenize
@@ -186,6 +188,7 @@ def cost(model_dir: Path, hf: Path, repeats: int = 7) -> dict[str, float]:
     alone = [ids for ids, *_ in encoded]
     whole = alone + [ids for ids, *_ in controls]
     fed = alone + [ids[: ends[-1]] for ids, _, ends in controls]
+    fed_alone = alone + [ids[start : max(ends[-1] - 1, start + 1)] for ids, start, ends in controls]
 
     def plain(sequences: list[list[int]]) -> None:
         order = sorted(sequences, key=len)
@@ -205,6 +208,7 @@ def cost(model_dir: Path, hf: Path, repeats: int = 7) -> dict[str, float]:
         "fed": lambda: plain(fed),
         "whole": lambda: plain(whole),
         "alone": lambda: plain(alone),
+        "windows": lambda: plain(fed_alone),
     }
     best = dict.fromkeys(runs, float("inf"))
     for _ in range(repeats):  # interleaved: a slow spell of the shared host hits all alike
@@ -282,17 +286,25 @@ def main() -> None:
                     dump(args.dump, seed, bench, probes)
             if seed == args.seeds[0] and not args.skip_cost:
                 seconds = cost(family["clean"], hf)
-                ms = {name: value * 1e3 for name, value in seconds.items()}
                 print(
-                    f"cost per item: probe {ms['probe']:.3f} ms; plain forward pass over the texts it scores "
-                    f"{ms['fed']:.3f} ms (ratio {ms['probe'] / ms['fed']:.2f}x), over every text whole "
-                    f"{ms['whole']:.3f} ms (ratio {ms['probe'] / ms['whole']:.2f}x), over the items alone "
-                    f"{ms['alone']:.3f} ms (ratio {ms['probe'] / ms['alone']:.2f}x) (CPU, one thread, tiny "
-                    "llama; each item has CONTROLS controls)",
-                    flush=True,
+                    f"cost per item: probe {seconds['probe'] * 1e3:.3f} ms; " + _ratios(seconds), flush=True
                 )
 
     print("; ".join(f"{name}: {sum(hits)}/{len(hits)}" for name, hits in tally.items()), flush=True)
+
+
+def _ratios(seconds: dict[str, float]) -> str:
+    described = {
+        "fed": "a plain forward pass over the texts it scores",
+        "whole": "over every text whole",
+        "alone": "over the items alone",
+        "windows": "over the tokens it feeds",
+    }
+    parts = [
+        f"{label} {seconds[name] * 1e3:.3f} ms (ratio {seconds['probe'] / seconds[name]:.2f}x)"
+        for name, label in described.items()
+    ]
+    return ", ".join(parts) + " (CPU, one thread, tiny llama; each item has CONTROLS controls)"
 
 
 def _maybe(value: float | None) -> str:
