@@ -61,11 +61,11 @@ each item's standardized plain plus amplified gain: the plain gains' noise took 
 Over the 10 seeds' windows {3, 6, 12} (offline): the controls' median in place of their mean 11 misses (5
 now), each item's gain over its controls' spread 6, each model's real-minus-control over its own spread 17.
 The question's own link (its second half after its own first half against after borrowed first halves, in
-the same design) finds every merge the answer's link misses (p < 1e-20: the merges keep the items' text,
-per-item Min-K%++ AUROC 0.84-1.0, where the answer's link fades) and calls clean fine-tunes and bases calm,
-but a fine-tune on GSM8K's train split (no test item) scores p 6e-24 on GSM8K's test: it measures how well
-the model knows the benchmark's kind of question, not its items. Not adopted; the answer's link gives that
-fine-tune p 0.2 and 0.3 (seeds 0, 1).
+the same design) finds the four merges the answer's link misses that it was run on (p < 1e-20: they keep
+the items' text, per-item Min-K%++ AUROC 0.84-1.0, where the answer's link fades) and calls their clean
+fine-tunes and bases calm, but a fine-tune on GSM8K's train split (no test item) scores p 6e-24 on
+GSM8K's test: it measures how well the model knows the benchmark's kind of question, not its items. Not
+adopted; the answer's link gives such fine-tunes p 0.13-0.40 over 10 seeds (perf/probe_accuracy.py).
 Limitations: a model that saw questions without their answers leaves no link to find; a fine-tune much
 better at the task than its reference also links right answers, which the strict default `alpha` (0.001)
 and the reported `effect` only partly keep apart from memorisation.
