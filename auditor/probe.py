@@ -41,7 +41,7 @@ batch's pass, so each control feeds its window's tokens on that cache (`host_bat
 last position giving its first token; a model whose cache cannot be rolled back (sliding-window layers;
 transformers 4.x) scores them whole, cut after the window (`window_batch`). Both give the same
 log-probabilities (1.5e-5 apart). On perf/probe_accuracy.py's ARC items the probe's scoring went from
-1.23-1.47x a plain forward pass over the texts it scores to 0.67x.
+1.23-1.47x a plain forward pass over the texts it scores to 0.66-0.80x.
 Tried and rejected on the tiny models of tests/test_probe.py: perturbed items (word swaps; a fine-tune on
 any fluent text gains more on the real text than on its perturbation, so clean models came out suspect),
 reordered choices (no signal left), and the answer's first non-space token alone (a fine-tune that learnt
