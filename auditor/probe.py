@@ -25,6 +25,8 @@ faster than that. So the test runs twice, on the model and on `R + amplify * (M 
 default 2: a two-parent merge's share undone); its windows join the same joint test (six statistics).
 On perf/probe_accuracy.py's merges (seeds 0-2) this took the merge from 7 of 15 benchmarks under 0.001 to
 12; a contaminated model itself overshoots when doubled (weaker there), which is why both run.
+Larger factors, on seeds 3 and 7's ten merges: 3 misses at 2, 3 at 3, 5 at 4 (the amplified test weaker on
+every one as the factor grows).
 Windows. One window of 3 tokens missed GSM8K (its answers open with a name copied from the question and the
 link runs on through the numbers: per-token gains of 0.2-0.4 nats over the first 12 tokens) and MMLU merges
 whose link is all in the first tokens. Over 10 seeds x 5 benchmarks of perf/probe_accuracy.py (offline,
