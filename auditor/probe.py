@@ -27,6 +27,8 @@ On perf/probe_accuracy.py's merges (seeds 0-2) this took the merge from 7 of 15 
 12; a contaminated model itself overshoots when doubled (weaker there), which is why both run.
 Larger factors, on seeds 3 and 7's ten merges: 3 misses at 2, 3 at 3, 5 at 4 (the amplified test weaker on
 every one as the factor grows).
+Amplifying only each tensor's largest changes (TIES-style trim to the top 10-20%, factors 2-4) on seeds 3, 7
+and 8's missed merges: no better (seed 8 MMLU 0.18 -> 0.21-0.33).
 Windows. One window of 3 tokens missed GSM8K (its answers open with a name copied from the question and the
 link runs on through the numbers: per-token gains of 0.2-0.4 nats over the first 12 tokens) and MMLU merges
 whose link is all in the first tokens. Over 10 seeds x 5 benchmarks of perf/probe_accuracy.py (offline,
