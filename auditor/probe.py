@@ -64,6 +64,12 @@ each item's standardized plain plus amplified gain: the plain gains' noise took 
 1 and 4, MMLU 1 and 2) over 0.001: not adopted.
 Over the 10 seeds' windows {3, 6, 12} (offline): the controls' median in place of their mean 11 misses (5
 now), each item's gain over its controls' spread 6, each model's real-minus-control over its own spread 17.
+Min-K%++'s standardisation inside the windows (each token's log-probability less its distribution's mean,
+over its spread) in place of log-probabilities, the same 10 seeds: merges 40 of 50 (45 now), bases over 0.05
+42 of 50 (50), GSM8K-train fine-tunes 5 of 10 (10; one at 1.3e-5): it rewards a sharper distribution on the
+benchmark's kind of text. The reference's per-item link barely predicts the suspect's (correlation -0.28 to
++0.05 over 3- and 6-token windows on the missed merges), so it adds its own variance; it stays: it sets
+the null (a model links no better than its base), which the models' own links alone do not give.
 The question's own link (its second half after its own first half against after borrowed first halves, in
 the same design) finds the four merges the answer's link misses that it was run on (p < 1e-20: they keep
 the items' text, per-item Min-K%++ AUROC 0.84-1.0, where the answer's link fades) and calls their clean
