@@ -76,6 +76,9 @@ the items' text, per-item Min-K%++ AUROC 0.84-1.0, where the answer's link fades
 fine-tunes and bases calm, but a fine-tune on GSM8K's train split (no test item) scores p 6e-24 on
 GSM8K's test: it measures how well the model knows the benchmark's kind of question, not its items. Not
 adopted; the answer's link gives such fine-tunes p 0.13-0.40 over 10 seeds (perf/probe_accuracy.py).
+Scoring only the second half's tokens of words the first half does not hold (no copied names or numbers)
+leaves that fine-tune at p 2e-14 (seed 0; the merges 7e-15 to 2e-21) and a base against its reference
+at 8.5e-4 on ARC-Easy: it links the benchmark's kind of sentence, not only its names.
 Limitations: a model that saw questions without their answers leaves no link to find; a fine-tune much
 better at the task than its reference also links right answers, which the strict default `alpha` (0.001)
 and the reported `effect` only partly keep apart from memorisation.
