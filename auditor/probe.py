@@ -18,8 +18,11 @@ What is left is how much more the suspect links this question to this answer tha
 training on the item (answer included) leaves behind. One-sided Wilcoxon signed-rank statistics over the
 items, one per window, are tested together (`signed_rank.max_signed_rank`: the strongest one's p-value
 under their joint sign-flip null, so the choice is paid for by what the windows share, not by Bonferroni);
-`effect` is the strongest one's mean gain over its standard deviation, and `window` names it. Held-out
-items would need a split nobody trained on, which a public test set lacks.
+`effect` is the strongest one's mean gain over its standard deviation, and `window` names it.
+Held-out items (`ProbeOptions.heldout`, `--heldout BENCH=SPLIT`): where the benchmark has another split
+drawn from the same pool, its items are a second control, for the items' text rather than the link
+(`heldout.py`); the two tests join as twice the smaller p-value. Opt-in: a split may be what a legitimate
+fine-tune trained on (the test then stays calm), and only GSM8K's train split is here offline.
 Amplified. A merge dilutes: a 50/50 merge halves the contaminated parent's weight change and the link fades
 faster than that. So the test runs twice, on the model and on `R + amplify * (M - R)` (`amplify.py`,
 default 2: a two-parent merge's share undone); its windows join the same joint test (six statistics).
@@ -86,6 +89,7 @@ and the reported `effect` only partly keep apart from memorisation.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import inspect
 import json
@@ -99,6 +103,7 @@ from typing import Any
 import numpy as np
 
 from mergeguard.auditor.amplify import AMPLIFY, amplify_weights
+from mergeguard.auditor.heldout import heldout_test, load_heldout, pick_heldout
 from mergeguard.auditor.report import ProbeVerdict
 from mergeguard.auditor.signed_rank import max_signed_rank
 from mergeguard.benchmarks import load_benchmarks
@@ -149,6 +154,7 @@ class ProbeOptions:
     use_hub: bool = True
     threads: int | None = None  # torch CPU threads while scoring (None: torch's default)
     amplify: float = AMPLIFY  # also test reference + amplify * (model - reference); 1: off (amplify.py)
+    heldout: dict[str, str] = field(default_factory=dict)  # benchmark -> another split or a file (heldout.py)
 
 
 @dataclass
@@ -181,6 +187,8 @@ class BenchmarkProbe:
     p_plain: float | None = None  # the test on the model as it is
     p_amplified: float | None = None  # ... on its amplified weights (None: not run); p_value combines both
     window: int | None = None  # the answer window (tokens with text) of the strongest statistic
+    p_heldout: float | None = None  # test items against held-out ones (`--heldout`; None: not run)
+    heldout_items: int = 0
 
 
 @dataclass
@@ -663,6 +671,7 @@ class LinkTest:
     p_amplified: float | None = None
     window: int | None = None
     amplified: bool = False
+    p_heldout: float | None = None
 
 
 def benchmark_test(
@@ -765,6 +774,7 @@ class _Prepared:
     indices: list[int]
     real: list[Pair]
     controls: list[list[int]]  # per item, the items whose questions its controls borrow (`item_pairs`)
+    heldout: list[Pair] = field(default_factory=list)  # another split's items (`--heldout`), scored alone
 
 
 def _prepare(options: ProbeOptions) -> list[_Prepared]:
@@ -776,13 +786,22 @@ def _prepare(options: ProbeOptions) -> list[_Prepared]:
     )
     if problems:
         raise ProbeError(problems[0])
+    unknown = sorted(set(options.heldout) - {bench.name for bench in loaded})
+    if unknown:
+        raise ProbeError(f"--heldout {unknown[0]}: not a probed benchmark", hint="add --benchmark for it")
     prepared = []
     for bench in loaded:
         items = [item for item in bench.items if item.question.strip() and item.answer.strip()]
         items = items[: options.limit] if options.limit else items
         real, controls = item_pairs(items, options.seed, options.controls)
         split = items[0].split if items else bench.spec.split
-        prepared.append(_Prepared(bench.name, split, [item.index for item in items], real, controls))
+        heldout: list[Pair] = []
+        if bench.name in options.heldout:
+            others = load_heldout(bench, options.heldout[bench.name], options.benchmarks_dir, options.use_hub)
+            picked = pick_heldout(others, items, len(items), options.seed)
+            heldout = [render_item(item.question, item.answer) for item in picked]
+        indices = [item.index for item in items]
+        prepared.append(_Prepared(bench.name, split, indices, real, controls, heldout))
     return prepared
 
 
@@ -803,7 +822,7 @@ def _score_model(
     if options.threads:
         torch.set_num_threads(options.threads)
     try:
-        plain = _score_all(model, tokenizer, prepared, options)
+        plain = _score_all(model, tokenizer, prepared, options, with_heldout=True)
         if amplify_from is None:
             return plain, None, ""
         problem = amplify_weights(model, amplify_from, options.amplify)
@@ -815,19 +834,19 @@ def _score_model(
         _empty_device_cache()
 
 
-def _score_all(model: Any, tokenizer: Any, prepared: list[_Prepared], options: ProbeOptions) -> Scores:
-    return [
-        score_items(
-            model,
-            tokenizer,
-            bench.real,
-            bench.controls,
-            batch_size=options.batch_size,
-            max_tokens=options.max_tokens,
-            k=options.k,
-        )
-        for bench in prepared
-    ]
+def _score_all(
+    model: Any, tokenizer: Any, prepared: list[_Prepared], options: ProbeOptions, with_heldout: bool = False
+) -> Scores:
+    """Per benchmark, `score_items`' rows (items, then controls), then with `with_heldout` a row per
+    held-out item (`score_texts`; the amplified model is not tested on them)."""
+    scores = []
+    for bench in prepared:
+        sizes = {"batch_size": options.batch_size, "max_tokens": options.max_tokens, "k": options.k}
+        rows = score_items(model, tokenizer, bench.real, bench.controls, **sizes)
+        if with_heldout and bench.heldout:
+            rows += score_texts(model, tokenizer, bench.heldout, **sizes)
+        scores.append(rows)
+    return scores
 
 
 def _empty_device_cache() -> None:
@@ -876,6 +895,7 @@ def _verdicts(
             more = link_gains(bench, amplified[position], reference[position]) if amplified else None
             base = [row[0] for row in reference[position][:n]]
             test = benchmark_test(windows, more, options.alpha, options.min_items)
+            test = with_heldout(test, bench, mine, reference[position], options)
             gains = windows[ANSWER_WINDOWS.index(test.window) if test.window else 0]
         items = [
             ItemScore(index, mine[i][0] - base[i], gains[i], *mine[i][:4])
@@ -894,9 +914,36 @@ def _verdicts(
                 test.p_plain,
                 test.p_amplified,
                 test.window,
+                test.p_heldout,
+                len(bench.heldout),
             )
         )
     return probes
+
+
+def with_heldout(
+    test: LinkTest,
+    bench: _Prepared,
+    suspect: list[list[float]],
+    reference: list[list[float]],
+    options: ProbeOptions,
+) -> LinkTest:
+    """The link test joined with the held-out test (`heldout.py`) where the benchmark has held-out items
+    (the rows after its items' and controls'): p is twice the smaller p-value (Bonferroni over the two,
+    whatever they share), `effect` the smaller one's. Too few on either side: the link test alone."""
+    held = len(bench.heldout)
+    if not held or test.verdict == INCONCLUSIVE or test.p_value is None:
+        return test
+    loss, n = SCORES.index("loss"), len(bench.real)
+    gains = [s[loss] - r[loss] for s, r in zip(suspect[:n], reference[:n], strict=True)]
+    others = [s[loss] - r[loss] for s, r in zip(suspect[-held:], reference[-held:], strict=True)]
+    if min(sum(map(math.isfinite, gains)), sum(map(math.isfinite, others))) < options.min_items:
+        return test
+    p_heldout, effect_heldout = heldout_test(gains, others)
+    p_value = min(1.0, 2 * min(test.p_value, p_heldout))
+    effect = effect_heldout if p_heldout < test.p_value else test.effect
+    verdict = SUSPECT if p_value < options.alpha and (effect or 0.0) > 0 else NO_SIGNAL
+    return dataclasses.replace(test, verdict=verdict, p_value=p_value, effect=effect, p_heldout=p_heldout)
 
 
 def probe_models(models: Sequence[str], options: ProbeOptions) -> list[ProbeReport]:

@@ -6,8 +6,11 @@ that benchmark, answers included) and a linear 50/50 merge of it with the clean 
 probed on its first PLANTED + UNPLANTED items. Reported per seed and benchmark: the per-item AUROC of
 planted vs unplanted items (the item `score`, and the controlled `gain`), the benchmark test's p-value for
 the contaminated fine-tune, the merge, the clean fine-tune and the base; for GSM8K also a fine-tune on its
-train split (`corpora/gsm8k_train` beside the benchmarks: the domain and format without the test items);
-then the probe's cost per item against a plain batched transformers forward pass over the texts it scores.
+train split (`corpora/gsm8k_train` beside the benchmarks: the domain and format without the test items).
+GSM8K is also probed with that train split as the held-out control (`--heldout`: 150 of its 7,473 items
+drawn at random, so about 2 of the in-domain fine-tune's 100 among them); the other benchmarks have no
+non-test split offline and run the answer-link test alone. Then the probe's cost per item against a plain
+batched transformers forward pass over the texts it scores.
 
     python perf/probe_accuracy.py --benchmarks-dir ../shared/data/hf [--seeds 0 1 2]
 """
@@ -154,9 +157,17 @@ def _paths(entry: dict[str, Any]) -> dict[str, Any]:
     return {key: Path(value) if isinstance(value, str) else value for key, value in entry.items()}
 
 
+def heldout_source(bench: str, hf: Path) -> str | None:
+    """The held-out split the probe may use as its second control (`--heldout`): GSM8K's train split where
+    it lies beside the benchmarks (the only non-test split offline); None for the others."""
+    source = hf.parent / "corpora" / "gsm8k_train" / "train.jsonl.gz"
+    return str(source) if bench == "gsm8k" and source.exists() else None
+
+
 def probe(model: Path, bench: str, hf: Path, reference: Path | None = None) -> Any:
     from mergeguard.auditor.probe import ProbeOptions, probe_model
 
+    heldout = heldout_source(bench, hf)
     options = ProbeOptions(
         benchmarks=[bench],
         benchmarks_dir=hf,
@@ -164,6 +175,7 @@ def probe(model: Path, bench: str, hf: Path, reference: Path | None = None) -> A
         max_tokens=MAX_TOKENS,
         batch_size=32,
         reference=str(reference) if reference else None,
+        heldout={bench: heldout} if heldout else {},
     )
     return probe_model(str(model), options).benchmarks[0]
 
@@ -243,7 +255,7 @@ def main() -> None:
     header = (
         f"{'seed':>4} {'benchmark':<14} {'steps':>5} {'AUROC score':>11} {'AUROC gain':>10}"
         + "".join(f" {name:>9}" for name in ("p leaky", "p merge", "p clean", "p base"))
-        + "   merge p as is / amplified, window"
+        + "   merge p as is / amplified / held-out, window"
     )
     print(header)
     tally: dict[str, list[bool]] = {
@@ -269,7 +281,8 @@ def main() -> None:
                     f"{seed:>4} {bench:<14} {family['steps'][bench]:>5} "
                     f"{auroc(pos, neg):>11.3f} {auroc(gpos, gneg):>10.3f} "
                     + " ".join(f"{probe.p_value:>9.2g}" for probe in (leaky, merged, clean, base))
-                    + f"   {merged.p_plain:.2g} / {_maybe(merged.p_amplified)}, {merged.window}",
+                    + f"   {merged.p_plain:.2g} / {_maybe(merged.p_amplified)} / {_maybe(merged.p_heldout)}"
+                    + f", {merged.window}",
                     flush=True,
                 )
                 tally["leaky < 0.001"].append(leaky.p_value < 0.001)
@@ -280,6 +293,7 @@ def main() -> None:
                     tally["in-domain > 0.05"].append(in_domain.p_value > 0.05)
                     print(
                         f"{seed:>4} {'gsm8k':<14} fine-tune on GSM8K's train split: p {in_domain.p_value:.2g}"
+                        f" (answer link {in_domain.p_plain:.2g}, held-out {_maybe(in_domain.p_heldout)})"
                     )
                 if args.dump:
                     probes = {"leaky": leaky, "merged": merged, "clean": clean, "base": base}
@@ -323,6 +337,7 @@ def dump(path: Path, seed: int, bench: str, probes: dict[str, Any]) -> None:
                 "p_value": result.p_value,
                 "p_plain": result.p_plain,
                 "p_amplified": result.p_amplified,
+                "p_heldout": result.p_heldout,
                 "gains": gains,
             }
             out.write(json.dumps(row) + "\n")

@@ -595,3 +595,106 @@ def test_benchmark_test_joins_the_windows_and_the_amplified_model() -> None:
     test = benchmark_test([rising, mixed, mixed], nan_only, 0.001, 20)
     assert test.verdict == SUSPECT and test.p_value == test.p_plain and test.p_amplified is None
     assert test.window == 3 and not test.amplified
+
+
+# ---------------------------------------------------------------- the held-out control (`--heldout`)
+
+
+def _heldout_dir(hf: Path, root: Path) -> Path:
+    """A benchmarks folder whose ARC-Challenge has its test split and a `validation` split made of other
+    real test items (rows 200-399: never planted, drawn from the same pool)."""
+    folder = root / "bench" / "arc_challenge"
+    folder.mkdir(parents=True)
+    rows = (hf / "arc_challenge" / "test.jsonl").read_text(encoding="utf-8").splitlines()
+    (folder / "test.jsonl").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    (folder / "validation.jsonl").write_text("\n".join(rows[200:400]) + "\n", encoding="utf-8")
+    return root / "bench"
+
+
+def test_heldout_split_finds_memorised_items_and_stays_calm_on_the_clean_finetune(
+    probe_models_trained: dict, tmp_path: Path
+) -> None:
+    m = probe_models_trained
+    bench = _heldout_dir(m["hf"], tmp_path)
+    run = _cli(
+        "probe",
+        *[str(m[n]) for n in ("leaky", "merged", "clean")],
+        "-b",
+        "arc_challenge",
+        "--benchmarks-dir",
+        str(bench),
+        "--limit",
+        str(LIMIT),
+        "--heldout",
+        "arc_challenge=validation",
+        "--amplify",
+        "1",
+        "--json",
+        *FAST,
+    )
+    assert run.exit_code == 1, run.output
+    leaky, merged, clean = (r["benchmarks"][0] for r in json.loads(run.stdout)["models"])
+    assert leaky["heldout_items"] == merged["heldout_items"] == LIMIT
+    assert leaky["p_heldout"] < 0.001 and merged["p_heldout"] < 0.001, (leaky, merged)
+    assert clean["p_heldout"] > 0.05 and clean["verdict"] == NO_SIGNAL
+    for probe in (leaky, merged, clean):  # twice the smaller of the two tests' p-values
+        assert probe["p_value"] == pytest.approx(min(1.0, 2 * min(probe["p_plain"], probe["p_heldout"])))
+    assert leaky["verdict"] == merged["verdict"] == SUSPECT
+
+
+def test_heldout_file_gives_the_same_items_as_the_split(probe_models_trained: dict, tmp_path: Path) -> None:
+    m = probe_models_trained
+    bench = _heldout_dir(m["hf"], tmp_path)
+    common = [
+        "probe",
+        str(m["clean"]),
+        "-b",
+        "arc_challenge",
+        "--benchmarks-dir",
+        str(bench),
+        "--limit",
+        "30",
+    ]
+    common += ["--amplify", "1", "--json", *FAST]
+    by_split = _cli(*common, "--heldout", "arc_challenge=validation")
+    by_file = _cli(*common, "--heldout", f"arc_challenge={bench / 'arc_challenge' / 'validation.jsonl'}")
+    assert by_split.exit_code == by_file.exit_code == 0, by_split.output + by_file.output
+    first, second = (json.loads(run.stdout)["models"][0]["benchmarks"][0] for run in (by_split, by_file))
+    assert first["heldout_items"] == second["heldout_items"] == 30
+    assert first["p_heldout"] == second["p_heldout"]
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("gsm8k", "error: --heldout 'gsm8k' is not BENCH=SOURCE"),
+        ("gsm8k=test", "error: --heldout gsm8k=test is the split being probed"),
+        ("hellaswag=train", "error: --heldout hellaswag: not a probed benchmark"),
+        ("gsm8k=nowhere/rows.jsonl", "error: --heldout gsm8k: no file nowhere/rows.jsonl"),
+    ],
+)
+def test_a_bad_heldout_is_one_line_exit_2(probe_models_trained: dict, value: str, message: str) -> None:
+    m = probe_models_trained
+    run = _probe_gsm8k(m, m["clean"], "--heldout", value)
+    assert run.exit_code == 2
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message), lines
+
+
+def test_heldout_items_are_a_seeded_sample_without_the_probed_questions() -> None:
+    from types import SimpleNamespace
+
+    from mergeguard.auditor.heldout import heldout_test, pick_heldout
+
+    items = [SimpleNamespace(question=f"q{i}", answer="a") for i in range(50)]
+    probed = items[:5]
+    picked = pick_heldout(items, probed, 20, seed=3)
+    assert len(picked) == 20 and not {i.question for i in picked} & {i.question for i in probed}
+    assert picked == pick_heldout(items, probed, 20, seed=3) != pick_heldout(items, probed, 20, seed=4)
+    assert len(pick_heldout(items, probed, 100, seed=3)) == 45
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    same = heldout_test(rng.normal(size=200), rng.normal(size=200))
+    shifted = heldout_test(rng.normal(0.5, 1, size=200), rng.normal(size=200))
+    assert same[0] > 0.05 and shifted[0] < 1e-4 and shifted[1] > 0.3

@@ -110,21 +110,21 @@ def exit_status(reports: list[Any]) -> int:
 
 
 def render(reports: list[Any]) -> Any:
-    """One rich table: model, benchmark, items, verdict, p-value (and the two tests' behind it), effect,
+    """One rich table: model, benchmark, items, verdict, p-value (and the tests' behind it), effect,
     the answer window it came from (tokens), reference."""
     from rich.table import Table  # rich: imported when drawing (mergeguard.lazy)
 
     table = Table(
         title="model-side probe (gain over the reference, against borrowed questions)", title_justify="left"
     )
-    numeric = ("items", "p-value", "as is / amplified", "effect", "window")
+    numeric = ("items", "p-value", "as is / amplified / held-out", "effect", "window")
     for column in (
         "model",
         "benchmark",
         "items",
         "verdict",
         "p-value",
-        "as is / amplified",
+        "as is / amplified / held-out",
         "effect",
         "window",
         "reference",
@@ -141,7 +141,7 @@ def render(reports: list[Any]) -> Any:
                 str(probe.n_items),
                 verdict,
                 _p(probe.p_value),
-                f"{_p(probe.p_plain)} / {_p(probe.p_amplified)}",
+                f"{_p(probe.p_plain)} / {_p(probe.p_amplified)} / {_p(probe.p_heldout)}",
                 "—" if probe.effect is None else f"{probe.effect:+.2f}",
                 "—" if probe.window is None else str(probe.window),
                 f"{report.reference} ({report.reference_source})" if report.reference else "none",
@@ -211,6 +211,8 @@ ROW_HEADERS = [
     "p_plain",
     "p_amplified",
     "window",
+    "p_heldout",
+    "heldout_items",
 ]
 
 
@@ -224,6 +226,11 @@ def probe_command(
     benchmarks_dir: Path | None = typer.Option(None, "--benchmarks-dir", help="Local benchmark test sets."),
     benchmark_spec: list[Path] = typer.Option([], "--benchmark-spec", help="A custom benchmark YAML spec."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
+    heldout: list[str] = typer.Option(
+        [],
+        "--heldout",
+        help="BENCH=SPLIT or BENCH=FILE: items of another split as a second control (repeatable).",
+    ),
     db: Path | None = typer.Option(
         None, "--db", help="Store the results in this database (else not stored)."
     ),
@@ -236,8 +243,10 @@ def probe_command(
     Exit status: 0 no signal; 1 suspect on some benchmark; 2 an error, or inconclusive (no reference model,
     too few items: the probe fails closed).
 
-    Example: mergeguard probe ./ft-math --benchmark gsm8k --reference ./base --limit 200
+    Example: mergeguard probe ./ft-math --benchmark gsm8k --reference ./base --heldout gsm8k=train
     """
+    from mergeguard.auditor.heldout import parse_sources  # numpy and the loaders: only when probing
+
     fmt = output_format(fmt, as_json)
     if device.split(":")[0] not in ("cpu", "cuda"):
         raise ProbeError(f"unknown device {device!r}", hint="use --device cpu or --device cuda")
@@ -250,6 +259,7 @@ def probe_command(
         benchmarks_dir=benchmarks_dir,
         benchmark_specs=list(benchmark_spec),
         device=device,
+        heldout=parse_sources(heldout),
     )
     try:
         with quiet_stderr(quiet):
@@ -286,7 +296,7 @@ def rows(reports: list[ProbeReport]) -> list[list[Any]]:
     """One row per model and benchmark, for --format csv and markdown (ROW_HEADERS)."""
     return [
         [r.model, p.benchmark, p.n_items, p.verdict, p.reason, p.p_value, p.effect, r.reference, p.p_plain]
-        + [p.p_amplified, p.window]
+        + [p.p_amplified, p.window, p.p_heldout, p.heldout_items]
         for r in reports
         for p in r.benchmarks
     ]
