@@ -698,3 +698,37 @@ def test_heldout_items_are_a_seeded_sample_without_the_probed_questions() -> Non
     same = heldout_test(rng.normal(size=200), rng.normal(size=200))
     shifted = heldout_test(rng.normal(0.5, 1, size=200), rng.normal(size=200))
     assert same[0] > 0.05 and shifted[0] < 1e-4 and shifted[1] > 0.3
+
+
+def test_audit_and_merge_pass_probe_heldout_to_the_probe(probe_models_trained: dict, tmp_path: Path) -> None:
+    m = probe_models_trained
+    bench = _heldout_dir(m["hf"], tmp_path)
+    common = [
+        "-b",
+        "arc_challenge",
+        "--benchmarks-dir",
+        str(bench),
+        "--probe-heldout",
+        "arc_challenge=validation",
+    ]
+    run = _cli(
+        "audit", "--model", str(m["merged"]), *common, "--probe", "missing", "--probe-limit", str(LIMIT)
+    )
+    payload = _cli(
+        "audit",
+        "--model",
+        str(m["merged"]),
+        *common,
+        "--probe",
+        "missing",
+        "--probe-limit",
+        str(LIMIT),
+        "--json",
+    )
+    assert run.exit_code == payload.exit_code == 1, run.output
+    (probe,) = json.loads(payload.stdout)["probe"][0]["benchmarks"]
+    assert probe["heldout_items"] == LIMIT and probe["p_heldout"] < 0.001 and probe["verdict"] == SUSPECT
+    config = _linear(tmp_path / "merge.yml", m["leaky"], m["clean"])
+    unasked = _cli("merge", str(config), str(tmp_path / "out"), *common, "--quiet")
+    assert unasked.exit_code == 2 and not (tmp_path / "out").exists()
+    assert unasked.stderr.strip() == "error: --probe-heldout needs --probe; add --probe missing (or all)"

@@ -303,6 +303,7 @@ def audit_command(
     device: str = typer.Option("cpu", "--device", help="Device of the --semantic models (cpu, cuda)."),
     probe: str | None = probe_cli.PROBE,
     probe_limit: int | None = probe_cli.PROBE_LIMIT,
+    probe_heldout: list[str] = probe_cli.PROBE_HELDOUT,
     workers: int | None = WORKERS,
     engine: str = ENGINE,
     ray_address: str | None = RAY_ADDRESS,
@@ -329,7 +330,7 @@ def audit_command(
             raise
         raise AuditError(error.message, hint=error.hint) from error
     record_report(db, report)
-    probes = probe_cli.audit_probe(probe, report, options, device, db, probe_limit)
+    probes = probe_cli.audit_probe(probe, report, options, device, db, probe_limit, probe_heldout)
     family = _family(config) if config is not None else None
     _show(report, family, probes if probe is not None else None, fmt, shown)
     status = exit_status(report)

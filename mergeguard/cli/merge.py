@@ -288,6 +288,7 @@ def merge_command(
     dataset: list[str] = DATASET,
     probe: str | None = probe_cli.PROBE,
     probe_limit: int | None = probe_cli.PROBE_LIMIT,
+    probe_heldout: list[str] = probe_cli.PROBE_HELDOUT,
     db: Path | None = DB,
 ) -> None:
     """Merge models from a mergekit YAML config into OUT_DIR, after auditing every input (and the base).
@@ -310,7 +311,7 @@ def merge_command(
     if not options.strict:  # under --strict the first warning is the error (the guard's preflight)
         for warning in merge_config.warnings:
             _warn(warning)
-    guard = _guard_options(ctx, dataset, device, probe, probe_limit, db)
+    guard = _guard_options(ctx, dataset, device, (probe, probe_limit, probe_heldout), db)
     guarded = _merge_or_show_refusal(merge_config, out_dir, options, guard, fmt)
     _show_outcome(guarded, fmt, quiet)
     if check:
@@ -321,12 +322,12 @@ def _guard_options(
     ctx: typer.Context,
     dataset: list[str],
     device: str,
-    probe: str | None,
-    probe_limit: int | None,
+    probe_flags: tuple[str | None, int | None, list[str]],
     db: Path | None,
 ) -> GuardOptions:
-    """The guard's options from the command line: the audit's (shared with `audit`), the probe's and the
-    overrides."""
+    """The guard's options from the command line: the audit's (shared with `audit`), the probe's (`--probe`,
+    `--probe-limit`, `--probe-heldout`) and the overrides."""
+    probe, probe_limit, probe_heldout = probe_flags
     plain, audit_options = audit_cli.audit_options(dataset, **options_of(ctx, "audit"), device=device)
     if plain:
         raise UsageError(f"--dataset {plain[0]} needs a model", hint="write --dataset MODEL=REF")
@@ -334,7 +335,7 @@ def _guard_options(
         **options_of(ctx, "guard"),
         audit=audit_options,
         db_path=db,
-        probe=probe_cli.guard_probe_options(probe, audit_options, device, probe_limit),
+        probe=probe_cli.guard_probe_options(probe, audit_options, device, probe_limit, probe_heldout),
         probe_scope=probe or "missing",
     )
 

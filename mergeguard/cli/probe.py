@@ -6,6 +6,7 @@ model, too few items): like `audit`, the probe fails closed, a script never read
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -57,12 +58,23 @@ PROBE = typer.Option(
     help="Also run the model-side probe: `missing` (models with no declared data) or `all` models.",
 )
 PROBE_LIMIT = typer.Option(None, "--probe-limit", min=1, help="Probe each benchmark's first N items.")
+PROBE_HELDOUT = typer.Option(
+    [],
+    "--probe-heldout",
+    help="BENCH=SPLIT or BENCH=FILE: held-out items as the probe's second control (probe --heldout).",
+)
 ALLOW_SUSPECT = typer.Option(False, "--allow-suspect", help="Merge inputs the probe finds suspect anyway.")
 
 
-def guard_probe_options(scope: str | None, audit_options: Any, device: str, limit: int | None = None) -> Any:
+def guard_probe_options(
+    scope: str | None, audit_options: Any, device: str, limit: int | None = None, heldout: Sequence[str] = ()
+) -> Any:
     """ProbeOptions for `--probe SCOPE` (None without it), on the benchmarks the audit reads."""
+    from mergeguard.auditor.heldout import parse_sources  # numpy and the loaders: only when probing
+
     if scope is None:
+        if heldout:
+            raise ProbeError("--probe-heldout needs --probe", hint="add --probe missing (or all)")
         return None
     if scope not in SCOPES:
         raise ProbeError(f"--probe {scope!r} is not a scope", hint="use --probe missing or --probe all")
@@ -74,6 +86,7 @@ def guard_probe_options(scope: str | None, audit_options: Any, device: str, limi
         benchmark_specs=list(audit_options.custom_specs or []),
         device=device,
         limit=limit,
+        heldout=parse_sources(heldout),
     )
 
 
@@ -84,10 +97,11 @@ def audit_probe(
     device: str,
     db: Path | None,
     limit: int | None = None,
+    heldout: Sequence[str] = (),
 ) -> list[ProbeReport]:
     """`audit --probe SCOPE`: probe the audited models with no declared data (`missing`) or all of them;
     stored when the audit has a database."""
-    options = guard_probe_options(scope, audit_options, device, limit)
+    options = guard_probe_options(scope, audit_options, device, limit, heldout)
     if options is None:
         return []
     models = [
