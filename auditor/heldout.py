@@ -31,20 +31,6 @@ from mergeguard.benchmarks.loading import LoadedBenchmark, load_spec
 from mergeguard.errors import BenchmarkError, ProbeError
 
 
-def parse_sources(values: Sequence[str]) -> dict[str, str]:
-    """`BENCH=SOURCE` strings (the CLI's repeated --heldout) as {benchmark: source}."""
-    sources: dict[str, str] = {}
-    for value in values:
-        name, sep, source = value.partition("=")
-        if not sep or not name.strip() or not source.strip():
-            raise ProbeError(
-                f"--heldout {value!r} is not BENCH=SOURCE",
-                hint="use e.g. --heldout gsm8k=train (a split) or --heldout gsm8k=rows.jsonl (a file)",
-            )
-        sources[name.strip()] = source.strip()
-    return sources
-
-
 def load_heldout(
     bench: LoadedBenchmark, source: str, benchmarks_dir: Path | None, use_hub: bool
 ) -> list[Any]:

@@ -66,12 +66,24 @@ PROBE_HELDOUT = typer.Option(
 ALLOW_SUSPECT = typer.Option(False, "--allow-suspect", help="Merge inputs the probe finds suspect anyway.")
 
 
+def parse_sources(values: Sequence[str]) -> dict[str, str]:
+    """`BENCH=SOURCE` strings (the repeated --heldout / --probe-heldout) as {benchmark: source}."""
+    sources: dict[str, str] = {}
+    for value in values:
+        name, sep, source = value.partition("=")
+        if not sep or not name.strip() or not source.strip():
+            raise ProbeError(
+                f"--heldout {value!r} is not BENCH=SOURCE",
+                hint="use e.g. --heldout gsm8k=train (a split) or --heldout gsm8k=rows.jsonl (a file)",
+            )
+        sources[name.strip()] = source.strip()
+    return sources
+
+
 def guard_probe_options(
     scope: str | None, audit_options: Any, device: str, limit: int | None = None, heldout: Sequence[str] = ()
 ) -> Any:
     """ProbeOptions for `--probe SCOPE` (None without it), on the benchmarks the audit reads."""
-    from mergeguard.auditor.heldout import parse_sources  # numpy and the loaders: only when probing
-
     if scope is None:
         if heldout:
             raise ProbeError("--probe-heldout needs --probe", hint="add --probe missing (or all)")
@@ -259,8 +271,6 @@ def probe_command(
 
     Example: mergeguard probe ./ft-math --benchmark gsm8k --reference ./base --heldout gsm8k=train
     """
-    from mergeguard.auditor.heldout import parse_sources  # numpy and the loaders: only when probing
-
     fmt = output_format(fmt, as_json)
     if device.split(":")[0] not in ("cpu", "cuda"):
         raise ProbeError(f"unknown device {device!r}", hint="use --device cpu or --device cuda")
