@@ -732,3 +732,14 @@ def test_audit_and_merge_pass_probe_heldout_to_the_probe(probe_models_trained: d
     unasked = _cli("merge", str(config), str(tmp_path / "out"), *common, "--quiet")
     assert unasked.exit_code == 2 and not (tmp_path / "out").exists()
     assert unasked.stderr.strip() == "error: --probe-heldout needs --probe; add --probe missing (or all)"
+
+
+def test_a_benchmark_stored_per_subtask_takes_no_heldout(probe_models_trained: dict) -> None:
+    m = probe_models_trained
+    args = ["probe", str(m["clean"]), "-b", "bbh", "--benchmarks-dir", str(m["hf"]), "--limit", "20"]
+    run = _cli(*args, "--heldout", "bbh=train")
+    assert run.exit_code == 2
+    assert run.stderr.strip() == (
+        "error: --heldout bbh: a benchmark stored per subtask has no single held-out split; "
+        "drop --heldout bbh"
+    )
