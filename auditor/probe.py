@@ -701,7 +701,7 @@ def benchmark_test(
     spread = float(best.std(ddof=1)) if len(best) > 1 else 0.0
     effect = float(best.mean()) / spread if spread > 0 else 0.0
     return LinkTest(
-        SUSPECT if p_value < alpha and effect > 0 else NO_SIGNAL,
+        _verdict(p_value, effect, alpha),
         p_value,
         effect,
         p_plain=p_plain,
@@ -839,9 +839,9 @@ def _score_all(
 ) -> Scores:
     """Per benchmark, `score_items`' rows (items, then controls), then with `with_heldout` a row per
     held-out item (`score_texts`; the amplified model is not tested on them)."""
+    sizes = {"batch_size": options.batch_size, "max_tokens": options.max_tokens, "k": options.k}
     scores = []
     for bench in prepared:
-        sizes = {"batch_size": options.batch_size, "max_tokens": options.max_tokens, "k": options.k}
         rows = score_items(model, tokenizer, bench.real, bench.controls, **sizes)
         if with_heldout and bench.heldout:
             rows += score_texts(model, tokenizer, bench.heldout, **sizes)
@@ -942,8 +942,13 @@ def with_heldout(
     p_heldout, effect_heldout = heldout_test(gains, others)
     p_value = min(1.0, 2 * min(test.p_value, p_heldout))
     effect = effect_heldout if p_heldout < test.p_value else test.effect
-    verdict = SUSPECT if p_value < options.alpha and (effect or 0.0) > 0 else NO_SIGNAL
+    verdict = _verdict(p_value, effect or 0.0, options.alpha)
     return dataclasses.replace(test, verdict=verdict, p_value=p_value, effect=effect, p_heldout=p_heldout)
+
+
+def _verdict(p_value: float, effect: float, alpha: float) -> str:
+    """`suspect` when significant at `alpha` in the direction of memorisation, else `no_signal`."""
+    return SUSPECT if p_value < alpha and effect > 0 else NO_SIGNAL
 
 
 def probe_models(models: Sequence[str], options: ProbeOptions) -> list[ProbeReport]:

@@ -119,6 +119,11 @@ def clean_data() -> list[str]:
     return [f"{r['instruction']}\n{r['output']}" for r in rows]
 
 
+def gsm8k_train(hf: Path) -> Path:
+    """GSM8K's train split, where the shared data keeps it: beside the benchmarks, under `corpora/`."""
+    return hf.parent / "corpora" / "gsm8k_train" / "train.jsonl.gz"
+
+
 def train_in_domain(root: Path, seed: int, hf: Path, family: dict[str, Any]) -> Path | None:
     """A fine-tune on the clean data plus PLANTED items of GSM8K's *train* split (never its test), shown
     and trained on as the contaminated fine-tunes' test items are: a model that learnt the benchmark's
@@ -127,7 +132,7 @@ def train_in_domain(root: Path, seed: int, hf: Path, family: dict[str, Any]) -> 
     from mergeguard import tiny
     from mergeguard.auditor.probe import render_item
 
-    source = hf.parent / "corpora" / "gsm8k_train" / "train.jsonl.gz"
+    source = gsm8k_train(hf)
     if not source.exists():
         return None
     with gzip.open(source, "rt", encoding="utf-8") as lines:
@@ -160,7 +165,7 @@ def _paths(entry: dict[str, Any]) -> dict[str, Any]:
 def heldout_source(bench: str, hf: Path) -> str | None:
     """The held-out split the probe may use as its second control (`--heldout`): GSM8K's train split where
     it lies beside the benchmarks (the only non-test split offline); None for the others."""
-    source = hf.parent / "corpora" / "gsm8k_train" / "train.jsonl.gz"
+    source = gsm8k_train(hf)
     return str(source) if bench == "gsm8k" and source.exists() else None
 
 
